@@ -1,0 +1,573 @@
+"""PackageManager: the persistent sandbox venv and approved-package installs.
+
+Layout under SANDBOX_VENV_DIR (default DATA_DIR/venv):
+
+    current -> gen-20250101T120000-3f2a     (relative symlink, swapped atomically)
+    gen-20250101T120000-3f2a/               a complete venv with a `.ready` marker
+    gen-.../                                the previous one, kept until the next rebuild
+    .lock                                   cross-process lock (bot and admin CLI)
+
+Why this shape:
+- A venv is built in its final directory and only becomes `current` after its
+  `.ready` marker is written, so a half-built venv is never used, and its absolute
+  path (baked into console scripts and matplotlib's font cache) never changes.
+- A rebuild builds a new generation beside the old one and flips the symlink; runs
+  in flight hold the old directory's path and keep working.
+- The venv is made from a base Python the unprivileged sandbox uid can read
+  (/usr/bin/python3, not pyenv's under /root) and has no pip in it: members cannot
+  install from inside a run. The host's pip installs into it (`pip --python`),
+  wheels only, so no package's build code ever runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from interpreter.approved import ApprovedPackages, PackageRequest, PackageRequestError
+
+log = logging.getLogger(__name__)
+
+# Preinstalled in every new venv: what the seed's examples and the cogs' CSV flow use.
+BASE_PACKAGES: tuple[str, ...] = ("numpy", "pandas", "matplotlib", "seaborn", "plotly", "scipy", "openpyxl", "pyarrow")
+BASE_PYTHON_CANDIDATES: tuple[str, ...] = ("/usr/bin/python3", "/usr/local/bin/python3")
+MARKER = ".ready"
+CURRENT = "current"
+GENERATION_PREFIX = "gen-"
+MPLCONFIG = "mplconfig"
+MAX_PACKAGES_PER_REQUEST = 20
+# Environment passed to pip: enough to find an index and a cache, nothing of the bot's secrets.
+_PIP_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+                 "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "XDG_CONFIG_HOME",
+                 "XDG_CACHE_HOME")
+
+
+class VenvError(RuntimeError):
+    """The sandbox venv cannot be made or used. The message is for the admin (it names paths)."""
+
+
+@dataclasses.dataclass
+class InstallReport:
+    """What `ensure_packages` did. `installed` lists every request that is now available."""
+
+    installed: list[str] = dataclasses.field(default_factory=list)
+    failed: list[dict] = dataclasses.field(default_factory=list)  # {"package", "reason"}
+    newly_installed: list[str] = dataclasses.field(default_factory=list)  # needed a pip call
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def error_message(self) -> str:
+        """The run's error when anything failed; the seed's wording for unapproved packages."""
+        return "; ".join(item["reason"] for item in self.failed)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipResult:
+    returncode: int | None  # None: timed out and killed
+    output: str
+
+
+class PackageManager:
+    def __init__(
+        self,
+        settings,
+        *,
+        base_packages: Sequence[str] = BASE_PACKAGES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.base_packages = tuple(base_packages)
+        self.approved = ApprovedPackages.from_settings(settings)
+        self.root = Path(os.path.abspath(settings.venv_dir))
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._rebuild_task: asyncio.Task | None = None
+        self.pip_calls = 0  # every real pip invocation goes through _run_pip; tests count them
+
+    # ------------------------------------------------------------------ paths and state
+
+    @property
+    def current_link(self) -> Path:
+        return self.root / CURRENT
+
+    @property
+    def venv_dir(self) -> Path:
+        """The venv in use now (a generation directory). Stable for whoever holds it."""
+        try:
+            return self.root / os.readlink(self.current_link)
+        except OSError:
+            return self.current_link
+
+    @property
+    def python_path(self) -> Path:
+        return self.venv_dir / "bin" / "python"
+
+    @property
+    def mpl_config_dir(self) -> Path:
+        """Pre-built matplotlib font cache (read-only in the sandbox: copy it to a writable MPLCONFIGDIR)."""
+        return self.venv_dir / MPLCONFIG
+
+    def marker(self, venv: Path | None = None) -> dict | None:
+        """The `.ready` marker of `venv` (default: current), or None when it is not a finished venv."""
+        try:
+            return json.loads(((venv or self.venv_dir) / MARKER).read_text())
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def generation(self) -> int:
+        """Increases whenever the venv in use changes (rebuild swap, or an install into it).
+
+        The sandbox pool retires warm sandboxes prepared on an older generation, since they
+        may hold modules imported before an upgrade. 0: no venv yet.
+        """
+        marker = self.marker()
+        return int(marker.get("generation", 0)) if marker else 0
+
+    @property
+    def is_ready(self) -> bool:
+        return self.marker() is not None
+
+    def site_packages(self, venv: Path | None = None) -> list[Path]:
+        return sorted((venv or self.venv_dir).glob("lib/python3*/site-packages"))
+
+    def installed_distributions(self, venv: Path | None = None) -> dict[str, str]:
+        """Canonical name -> version of what is installed in the venv (read from its metadata)."""
+        found: dict[str, str] = {}
+        paths = [str(p) for p in self.site_packages(venv)]
+        if not paths:
+            return found
+        for dist in metadata.distributions(path=paths):
+            name = dist.metadata["Name"]
+            if name:
+                found.setdefault(canonicalize_name(name), dist.version)
+        return found
+
+    # ------------------------------------------------------------------ venv lifecycle
+
+    async def ensure_venv(self) -> Path:
+        """The ready venv's directory, building the first one if needed (once; callers wait).
+
+        A venv older than VENV_MAX_AGE_DAYS is rebuilt in the background; callers keep
+        using the old one until the swap.
+        """
+        if not self.is_ready:
+            async with self._lock:
+                async with self._file_lock():
+                    if not self.is_ready:
+                        await self._build_generation(self.base_packages, extra=(), generation=1)
+        if self._is_stale() and (self._rebuild_task is None or self._rebuild_task.done()):
+            self._rebuild_task = asyncio.get_running_loop().create_task(self._rebuild_logged())
+        return self.venv_dir
+
+    def _is_stale(self) -> bool:
+        max_days = float(getattr(self.settings, "venv_max_age_days", 0) or 0)
+        marker = self.marker()
+        if max_days <= 0 or marker is None:
+            return False
+        return self._clock() - float(marker.get("created_ts", 0)) > max_days * 86400
+
+    async def _rebuild_logged(self) -> None:
+        try:
+            await self.rebuild()
+        except Exception:  # a failed rebuild leaves the old venv in use; say why in the log
+            log.exception("Sandbox venv rebuild failed; the previous venv stays in use")
+
+    async def rebuild(self) -> Path:
+        """Build a fresh venv (base set + what members had installed) beside the current one, then swap."""
+        async with self._lock:
+            async with self._file_lock():
+                old = self.marker() or {}
+                extra = tuple(old.get("requested", ()))
+                new_dir = await self._build_generation(
+                    self.base_packages, extra=extra, generation=int(old.get("generation", 0)) + 1
+                )
+        log.info("Sandbox venv rebuilt: %s (generation %s)", new_dir.name, self.generation)
+        return new_dir
+
+    async def _build_generation(self, base: Sequence[str], *, extra: Sequence[str], generation: int) -> Path:
+        """Build a complete venv in a new generation directory and make it current. Lock held."""
+        base_python = self._base_python()
+        self._prepare_root()
+        self._remove_unfinished()
+        stamp = dt.datetime.fromtimestamp(self._clock(), dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        venv = self.root / f"{GENERATION_PREFIX}{stamp}-{secrets.token_hex(2)}"
+        started = time.monotonic()
+        log.info("Building sandbox venv %s from %s", venv, base_python)
+        try:
+            await self._run_checked([base_python, "-m", "venv", "--without-pip", str(venv)], "create the venv")
+            os.chmod(venv, 0o755)
+            python = venv / "bin" / "python"
+            if base:
+                result = await self._run_pip(python, list(base))
+                if result.returncode != 0:
+                    raise VenvError(f"Installing the sandbox base set failed: {_pip_summary(result, venv)}")
+            kept_extra = await self._install_extras(python, venv, extra)
+            await self._build_font_cache(python, venv)
+            self._make_world_readable(venv)
+            installed = self.installed_distributions(venv)
+            self._write_marker(venv, {
+                "created_at": dt.datetime.fromtimestamp(self._clock(), dt.timezone.utc).isoformat(),
+                "created_ts": self._clock(),
+                "generation": generation,
+                "base_python": base_python,
+                "base_packages": list(base),
+                "requested": kept_extra,
+                "installed": installed,
+            })
+        except BaseException:
+            shutil.rmtree(venv, ignore_errors=True)
+            raise
+        self._swap_current(venv)
+        log.info("Sandbox venv ready in %.0f s: %d packages", time.monotonic() - started, len(installed))
+        return venv
+
+    async def _install_extras(self, python: Path, venv: Path, extra: Sequence[str]) -> list[str]:
+        """Reinstall members' earlier requests into a new venv; one that no longer installs is dropped."""
+        if not extra:
+            return []
+        if (await self._run_pip(python, list(extra))).returncode == 0:
+            return list(extra)
+        kept = []
+        for requirement in extra:
+            result = await self._run_pip(python, [requirement])
+            if result.returncode == 0:
+                kept.append(requirement)
+            else:
+                log.warning("Rebuild dropped %s: %s", requirement, _pip_summary(result, venv))
+        return kept
+
+    def _base_python(self) -> str:
+        configured = getattr(self.settings, "sandbox_base_python", "") or ""
+        candidates = [configured] if configured else list(BASE_PYTHON_CANDIDATES)
+        for candidate in candidates:
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                self._check_reachable_by_sandbox(Path(os.path.realpath(candidate)), "SANDBOX_BASE_PYTHON")
+                return candidate
+        raise VenvError(
+            f"No base Python for the sandbox venv: {'SANDBOX_BASE_PYTHON=' + configured if configured else 'none of ' + ', '.join(candidates)}"
+            " exists. Install python3 (e.g. apt-get install python3) or set SANDBOX_BASE_PYTHON to a Python the sandbox uid can read."
+        )
+
+    def _prepare_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        self._check_reachable_by_sandbox(self.root, "SANDBOX_VENV_DIR")
+
+    def _check_reachable_by_sandbox(self, path: Path, setting: str) -> None:
+        """When we run as root the sandbox drops to SANDBOX_UID, which must traverse every parent."""
+        if os.geteuid() != 0:
+            return  # the sandbox runs as our own uid
+        sandbox_uid = int(getattr(self.settings, "sandbox_uid", 65534))
+        for directory in [path, *path.parents] if path.is_dir() else list(path.parents):
+            mode = directory.stat()
+            if mode.st_uid == sandbox_uid or mode.st_mode & stat.S_IXOTH:
+                continue
+            raise VenvError(
+                f"{setting}: {directory} is not traversable by the sandbox uid {sandbox_uid} "
+                f"(mode {stat.filemode(mode.st_mode)}), so runs could not reach {path}. "
+                f"Set {setting} to a location under world-traversable directories (e.g. /srv/code-interpreter/venv) "
+                f"or chmod o+x {directory}."
+            )
+
+    def _remove_unfinished(self) -> None:
+        """Generation dirs without a marker are leftovers of an interrupted build (we hold the lock)."""
+        for child in self.root.glob(f"{GENERATION_PREFIX}*"):
+            if child.is_dir() and not (child / MARKER).exists():
+                log.info("Removing unfinished sandbox venv %s", child)
+                shutil.rmtree(child, ignore_errors=True)
+
+    def _swap_current(self, new_venv: Path) -> None:
+        """Point `current` at `new_venv` atomically; keep the previous one for runs in flight, drop older ones."""
+        previous = self.venv_dir if self.is_ready else None
+        tmp_link = self.root / f".{CURRENT}.{secrets.token_hex(4)}"
+        os.symlink(new_venv.name, tmp_link)
+        os.replace(tmp_link, self.current_link)
+        keep = {new_venv.name, previous.name if previous else None}
+        for child in self.root.glob(f"{GENERATION_PREFIX}*"):
+            if child.name not in keep and child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+
+    def _write_marker(self, venv: Path, data: dict) -> None:
+        tmp = venv / f"{MARKER}.tmp"
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, venv / MARKER)
+
+    async def _build_font_cache(self, python: Path, venv: Path) -> None:
+        """Import matplotlib once so its font cache ships with the venv (saves ~60 ms a run)."""
+        if "matplotlib" not in self.installed_distributions(venv):
+            return
+        cache = venv / MPLCONFIG
+        cache.mkdir(exist_ok=True)
+        await self._run_checked(
+            [str(python), "-c", "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot"],
+            "build matplotlib's font cache", env={"MPLCONFIGDIR": str(cache), "PATH": os.defpath},
+        )
+
+    @staticmethod
+    def _make_world_readable(venv: Path) -> None:
+        """Files readable and dirs traversable by the sandbox uid, whatever umask pip ran under."""
+        for dirpath, dirnames, filenames in os.walk(venv):
+            for name in dirnames + filenames:
+                path = os.path.join(dirpath, name)
+                try:
+                    mode = os.lstat(path).st_mode
+                except OSError:
+                    continue
+                if stat.S_ISLNK(mode):
+                    continue
+                wanted = mode | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+                if stat.S_ISDIR(mode) or mode & stat.S_IXUSR:
+                    wanted |= stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+                wanted &= ~(stat.S_IWGRP | stat.S_IWOTH)
+                if wanted != stat.S_IMODE(mode):
+                    os.chmod(path, stat.S_IMODE(wanted))
+
+    # ------------------------------------------------------------------ approval and installs
+
+    def is_package_approved(self, name: str) -> tuple[bool, str]:
+        """The seed's check: `(True, reason)` or `(False, "Package 'x' is not in the approved list")`."""
+        return self.approved.check(name)
+
+    async def ensure_packages(self, names: Iterable[str]) -> InstallReport:
+        """Make every requested package available in the venv; refuse the lot if any is refused.
+
+        Requests are validated first (no pip call for a refused one); already-satisfied
+        requests cost no pip call; the rest install in one wheels-only pip call under the
+        venv lock, so concurrent requests for the same package install it once.
+        """
+        report = InstallReport()
+        requests: list[PackageRequest] = []
+        names = list(names) if not isinstance(names, str) else [names]
+        if len(names) > MAX_PACKAGES_PER_REQUEST:
+            report.failed.append({"package": f"{len(names)} packages",
+                                  "reason": f"At most {MAX_PACKAGES_PER_REQUEST} packages can be requested at once"})
+            return report
+        for name in names:
+            try:
+                requests.append(self.approved.parse(name))
+            except PackageRequestError as exc:
+                report.failed.append({"package": str(name)[:60], "reason": str(exc)})
+        if report.failed or not requests:
+            return report
+        try:
+            await self.ensure_venv()
+        except VenvError:
+            log.exception("Sandbox venv unavailable")
+            reason = "The sandbox environment is not ready; an admin can see why in the bot's log"
+            report.failed.extend({"package": r.requirement, "reason": reason} for r in requests)
+            return report
+        if not self._missing(requests):
+            report.installed = [r.requirement for r in requests]
+            return report
+        async with self._lock:
+            async with self._file_lock():
+                await self._install_locked(requests, report)
+        return report
+
+    def _missing(self, requests: Sequence[PackageRequest]) -> list[PackageRequest]:
+        installed = self.installed_distributions()
+        missing = []
+        for request in requests:
+            version = installed.get(request.name)
+            if version is None or not _satisfies(version, request):
+                missing.append(request)
+        return missing
+
+    async def _install_locked(self, requests: list[PackageRequest], report: InstallReport) -> None:
+        missing = self._missing(requests)  # again: another caller may have installed them while we waited
+        venv = self.venv_dir
+        failed: dict[str, str] = {}
+        if missing:
+            result = await self._run_pip(self.python_path, [r.requirement for r in missing])
+            if result.returncode != 0 and len(missing) > 1:
+                # Find out which one failed, so the member gets a reason per package.
+                for request in missing:
+                    single = await self._run_pip(self.python_path, [request.requirement])
+                    if single.returncode != 0:
+                        failed[request.requirement] = _pip_reason(request, single, venv)
+            elif result.returncode != 0:
+                failed[missing[0].requirement] = _pip_reason(missing[0], result, venv)
+            self._record_install(venv, [r.requirement for r in missing if r.requirement not in failed])
+        for request in requests:
+            if request.requirement in failed:
+                report.failed.append({"package": request.requirement, "reason": failed[request.requirement]})
+            else:
+                report.installed.append(request.requirement)
+                if request in missing:
+                    report.newly_installed.append(request.requirement)
+
+    def _record_install(self, venv: Path, requirements: list[str]) -> None:
+        """Remember members' requests (a rebuild reinstalls them) and bump the generation."""
+        self._make_world_readable(venv)
+        marker = self.marker(venv)
+        if marker is None:
+            return
+        requested = [r for r in marker.get("requested", []) if canonicalize_name(re.split(r"[<>=!~ ]", r)[0])
+                     not in {canonicalize_name(re.split(r"[<>=!~ ]", q)[0]) for q in requirements}]
+        marker["requested"] = requested + requirements
+        marker["installed"] = self.installed_distributions(venv)
+        marker["generation"] = int(marker.get("generation", 0)) + 1
+        self._write_marker(venv, marker)
+
+    # ------------------------------------------------------------------ subprocesses
+
+    async def _run_pip(self, python: Path, requirements: list[str]) -> PipResult:
+        """The one place pip runs: host pip targeting the venv, wheels only, with a timeout."""
+        self.pip_calls += 1
+        command = [sys.executable, "-m", "pip", "--python", str(python), "install",
+                   "--only-binary=:all:", "--no-input", "--disable-pip-version-check",
+                   "--no-warn-script-location", "--progress-bar", "off"]
+        find_links = getattr(self.settings, "pip_find_links", "") or ""
+        index_url = getattr(self.settings, "pip_index_url", "") or ""
+        if find_links:
+            command += ["--find-links", find_links]
+        if index_url:
+            command += ["--index-url", index_url]
+        command += ["--", *requirements]
+        env = {key: os.environ[key] for key in os.environ if key in _PIP_ENV_KEYS or key.startswith("PIP_")}
+        timeout = float(getattr(self.settings, "install_timeout", 300))
+        log.info("pip install %s", " ".join(requirements))
+        return await _run(command, timeout=timeout, env=env)
+
+    async def _run_checked(self, command: list[str], what: str, env: dict | None = None) -> None:
+        timeout = float(getattr(self.settings, "install_timeout", 300))
+        result = await _run([str(c) for c in command], timeout=timeout, env=env)
+        if result.returncode != 0:
+            tail = result.output.strip()[-800:] if result.returncode is not None else f"timed out after {timeout:.0f} s"
+            raise VenvError(f"Could not {what}: {tail}")
+
+    # ------------------------------------------------------------------ locking and status
+
+    def _file_lock(self) -> "_FileLock":
+        self._prepare_root()
+        return _FileLock(self.root / ".lock")
+
+    async def status(self) -> dict:
+        marker = self.marker()
+        installed = marker.get("installed", {}) if marker else {}
+        if marker:
+            installed = await asyncio.to_thread(self.installed_distributions) or installed
+        age_hours = None
+        if marker:
+            age_hours = round((self._clock() - float(marker.get("created_ts", 0))) / 3600, 2)
+        return {
+            "venv_exists": marker is not None,
+            "python_path": str(self.python_path),
+            "installed_packages": sorted(installed),
+            "package_count": len(installed),
+            "installed_versions": dict(sorted(installed.items())),
+            "requested_packages": list(marker.get("requested", [])) if marker else [],
+            "venv_age_hours": age_hours,
+            "venv_max_age_days": getattr(self.settings, "venv_max_age_days", None),
+            "venv_size_mb": round(await asyncio.to_thread(_tree_size, self.venv_dir) / (1024 * 1024), 1) if marker else 0.0,
+            "venv_rebuilding": self._rebuild_task is not None and not self._rebuild_task.done(),
+            "generation": self.generation,
+            "approved_package_count": len(self.approved),
+        }
+
+
+class _FileLock:
+    """An exclusive flock on a file, taken in a thread so the event loop keeps running."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    async def __aenter__(self) -> "_FileLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+async def _run(command: list[str], *, timeout: float, env: dict | None = None) -> PipResult:
+    """Run a host command with a timeout; on timeout the whole process group is killed."""
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True, umask=0o022,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except BaseException as exc:  # timeout, or the caller was cancelled: never leave pip running
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        await proc.wait()
+        if isinstance(exc, asyncio.TimeoutError):
+            return PipResult(None, "")
+        raise
+    return PipResult(proc.returncode, out.decode("utf-8", "replace"))
+
+
+def _satisfies(version: str, request: PackageRequest) -> bool:
+    if not request.specifier:
+        return True
+    try:
+        return request.specifier.contains(Version(version), prereleases=True)
+    except InvalidVersion:
+        return False
+
+
+def _pip_summary(result: PipResult, venv: Path) -> str:
+    if result.returncode is None:
+        return "timed out"
+    errors = [line for line in result.output.splitlines() if line.startswith("ERROR:")]
+    text = (errors[-1] if errors else result.output.strip()[-300:]).removeprefix("ERROR:").strip()
+    return text.replace(str(venv), "<venv>")[:300]
+
+
+def _pip_reason(request: PackageRequest, result: PipResult, venv: Path) -> str:
+    """A member-facing reason for a failed install (no host paths)."""
+    name = f"Package '{request.requirement}'"
+    if result.returncode is None:
+        return f"{name} could not be installed: the install timed out"
+    if "No matching distribution found" in result.output or "from versions: none" in result.output:
+        return (f"{name} could not be installed: no compatible wheel was found "
+                "(only prebuilt wheels are installed; building from source is not allowed)")
+    if "ResolutionImpossible" in result.output or "conflicting dependencies" in result.output:
+        return f"{name} could not be installed: its dependencies conflict with the installed packages"
+    return f"{name} could not be installed: {_pip_summary(result, venv)}"
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total

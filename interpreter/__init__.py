@@ -1,0 +1,92 @@
+"""The code-interpreter engine: the seed's async API, usable without Discord.
+
+    from interpreter import execute_code, upload_file
+    up = await upload_file(user_id=1, file_data=csv_bytes, filename="sales.csv")
+    res = await execute_code("df = load_file(FILE_ID); print(df.head())".replace("FILE_ID", repr(up["file_id"])),
+                             user_id=1, user_files=[up["file_id"]])
+
+Every function takes an optional `db_handler`: a PyMongo async database (or a motor
+database) whose `user_files` collection then holds the file metadata. Without it the
+store configured in settings is used (SQLite in DATA_DIR unless MONGODB_URI is set).
+
+The engine is built lazily from `config.load_settings()`; call `configure(settings)`
+first to use other settings (the bot and the tests do).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from interpreter.engine import Engine, configure, get_engine
+from interpreter.types import ExitCause, GeneratedFile, InputFile, InterpreterError
+
+__all__ = [
+    "Engine",
+    "ExitCause",
+    "GeneratedFile",
+    "InputFile",
+    "InterpreterError",
+    "cleanup_expired_files",
+    "configure",
+    "delete_user_file",
+    "execute_code",
+    "get_engine",
+    "get_file_manager",
+    "get_interpreter_status",
+    "get_package_manager",
+    "list_user_files",
+    "upload_file",
+]
+
+
+async def execute_code(
+    code: str,
+    user_id: int,
+    user_files: list[str] | None = None,
+    install_packages: list[str] | None = None,
+    timeout: float | None = None,
+    db_handler: Any = None,
+    **options: Any,
+) -> dict:
+    """Run `code` in a fresh sandbox; returns the seed's result dict (never raises for user errors)."""
+    engine = await get_engine(db_handler)
+    return await engine.execute(code, user_id, user_files, install_packages, timeout, **options)
+
+
+async def upload_file(user_id: int, file_data: bytes, filename: str, file_type: str | None = None, db_handler: Any = None) -> dict:
+    engine = await get_engine(db_handler)
+    return await engine.files.upload(user_id, file_data, filename, file_type)
+
+
+async def list_user_files(user_id: int, db_handler: Any = None) -> list[dict]:
+    engine = await get_engine(db_handler)
+    return await engine.files.list_files(user_id)
+
+
+async def delete_user_file(file_id: str, user_id: int, db_handler: Any = None) -> bool:
+    engine = await get_engine(db_handler)
+    return await engine.files.delete(file_id, user_id)
+
+
+async def cleanup_expired_files(db_handler: Any = None) -> int:
+    engine = await get_engine(db_handler)
+    return await engine.files.cleanup_expired()
+
+
+async def get_interpreter_status(db_handler: Any = None) -> dict:
+    engine = await get_engine(db_handler)
+    return await engine.status()
+
+
+def get_package_manager():
+    """The PackageManager of the default engine (synchronous, as in the seed)."""
+    from interpreter.engine import default_engine
+
+    return default_engine().packages
+
+
+def get_file_manager(db_handler: Any = None):
+    """A FileManager bound to `db_handler` (or the configured store). Its methods are async."""
+    from interpreter.engine import default_engine
+
+    return default_engine().for_db(db_handler).files

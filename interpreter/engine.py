@@ -1,0 +1,120 @@
+"""The Engine ties the parts together: policy, packages, files, sandbox.
+
+One Engine per settings. `get_engine(db_handler)` returns the default engine, or a
+view of it whose file metadata lives in the given MongoDB database (the seed's
+`db_handler`), sharing the same sandbox runner and package manager.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from config import Settings, load_settings
+from interpreter import policy
+from interpreter.files import FileManager
+from interpreter.packages import PackageManager
+from interpreter.result import build_result, error_result
+from interpreter.sandbox import SandboxJob, SandboxRunner
+from interpreter.store import open_store
+from interpreter.types import InterpreterError
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, settings: Settings, *, store: Any = None, runner: SandboxRunner | None = None,
+                 packages: PackageManager | None = None) -> None:
+        self.settings = settings
+        self.packages = packages or PackageManager(settings)
+        self.runner = runner or SandboxRunner(settings, self.packages)
+        self.store = store if store is not None else open_store(settings)
+        self.files = FileManager(settings, self.store)
+        self.started_at = time.time()
+        self._db_views: dict[int, Engine] = {}
+
+    def for_db(self, db_handler: Any) -> "Engine":
+        """This engine with file metadata in `db_handler` (a PyMongo async or motor database)."""
+        if db_handler is None:
+            return self
+        key = id(db_handler)
+        view = self._db_views.get(key)
+        if view is None:
+            view = Engine(self.settings, store=open_store(self.settings, db_handler=db_handler),
+                          runner=self.runner, packages=self.packages)
+            self._db_views[key] = view
+        return view
+
+    async def execute(
+        self,
+        code: str,
+        user_id: int,
+        user_files: list[str] | None = None,
+        install_packages: list[str] | None = None,
+        timeout: float | None = None,
+        *,
+        keep_generated_files: bool = False,
+    ) -> dict:
+        """Run one snippet; always returns the seed's result dict."""
+        if not isinstance(code, str):
+            return error_result("Code must be text")
+        limit = self.settings.run_timeout if timeout is None else timeout
+        if not isinstance(limit, (int, float)) or limit <= 0:
+            return error_result("Timeout must be a positive number of seconds")
+        limit = min(float(limit), float(self.settings.max_run_timeout))
+
+        refusal = policy.precheck(code)
+        if refusal:
+            return error_result(f"Security validation failed: {refusal}")
+
+        extra: dict[str, Any] = {}
+        try:
+            if install_packages:
+                report = await self.packages.ensure_packages(install_packages)
+                extra["installed_packages"] = report.installed
+                extra["failed_packages"] = report.failed
+                if report.failed:
+                    return error_result(report.error_message(), **extra)
+            inputs = await self.files.resolve_for_run(user_id, list(user_files or []))
+        except InterpreterError as exc:
+            return error_result(str(exc), **extra)
+
+        job = SandboxJob(code=code, timeout=limit, input_files=tuple(inputs))
+        outcome = await self.runner.run(job)
+        generated = list(outcome.files)
+        if keep_generated_files and generated:
+            generated = await self.files.keep_generated(user_id, generated)
+        return build_result(outcome, limit, generated, **extra)
+
+    async def status(self) -> dict:
+        """The seed's status keys plus what an admin needs (sandbox layers, limits, load)."""
+        status: dict[str, Any] = {}
+        status.update(await self.packages.status())
+        status.update(await self.files.totals())
+        status["sandbox"] = self.runner.describe()
+        status["runs"] = self.runner.load()
+        status["uptime_seconds"] = round(time.time() - self.started_at, 1)
+        return status
+
+
+_default: Engine | None = None
+
+
+def configure(settings: Settings | None = None, **overrides: Any) -> Engine:
+    """(Re)build the default engine from `settings` (default: the environment)."""
+    global _default
+    settings = settings or load_settings()
+    if overrides:
+        settings = dataclasses.replace(settings, **overrides)
+    _default = Engine(settings)
+    return _default
+
+
+def default_engine() -> Engine:
+    return _default or configure()
+
+
+async def get_engine(db_handler: Any = None) -> Engine:
+    return default_engine().for_db(db_handler)

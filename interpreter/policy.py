@@ -1,0 +1,43 @@
+"""A fast, friendly first answer for code that cannot work in the sandbox.
+
+This is NOT the security boundary (the sandbox is: see interpreter/sandbox). It only
+spares members a slow, confusing failure: a network call that the sandbox would
+refuse anyway, or `!pip install` notebook syntax. It must never reject harmless code
+such as `df.rename(...)`, `s.replace(...)`, `lst.remove(...)` or `import os`;
+tests/test_policy.py holds it to that.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_CODE_CHARS = 100_000
+
+_CHECKS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"^\s*[!%]\s*pip3?\s+install\b", re.MULTILINE),
+        "Blocked unsafe operation: pip install from code. Ask for packages with the packages option instead",
+    ),
+    (
+        re.compile(r"\b(?:requests|httpx|aiohttp|urllib3)\s*\.\s*(?:get|post|put|patch|delete|head|request|Session|PoolManager)\s*\("),
+        "Blocked unsafe operation: network access. The sandbox has no internet; upload the data as a file instead",
+    ),
+    (
+        re.compile(r"\burlopen\s*\(\s*['\"](?:https?|ftp)://"),
+        "Blocked unsafe operation: network access. The sandbox has no internet; upload the data as a file instead",
+    ),
+)
+
+
+def precheck(code: str) -> str | None:
+    """A reason to refuse `code` before starting a sandbox, or None to run it."""
+    if not code.strip():
+        return "No code to run"
+    if len(code) > MAX_CODE_CHARS:
+        return f"Code is too long ({len(code):,} characters; the limit is {MAX_CODE_CHARS:,})"
+    if "\x00" in code:
+        return "Code contains a NUL character"
+    for pattern, message in _CHECKS:
+        if pattern.search(code):
+            return message
+    return None

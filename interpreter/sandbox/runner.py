@@ -1,0 +1,426 @@
+"""Run one job in one sandbox: spawn, feed, watch, collect, explain how it ended.
+
+A `SandboxProcess` is one bubblewrap sandbox serving exactly one job and then
+destroyed. The runner limits how many run at once. The launch chain, all exec'd
+with an empty environment (ARCHITECTURE.md pitfall 2):
+
+    sh -c 'echo $$ > <run cgroups>; exec "$@"'   join the run's cgroups before anything runs
+      setpriv --reuid --regid --clear-groups      drop root before bwrap (pitfall 1)
+        prlimit --cpu --fsize --nofile --core     rlimits inherited by everything inside
+          bwrap ...                               namespaces, mounts, seccomp
+            python -I -B bootstrap.py             the job
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from config import Settings
+from interpreter.sandbox.bwrap import BwrapBinary, BwrapNotFound, build_bwrap_args, find_bwrap, sandbox_env
+from interpreter.sandbox.job import SandboxJob, SandboxOutcome
+from interpreter.sandbox.limits import CgroupManager, RunCgroup, prlimit_args
+from interpreter.sandbox.protocol import MAX_HEADER_BYTES, ControlState, ProtocolError, consume
+from interpreter.types import ExitCause
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_SOURCE = (Path(__file__).resolve().parent.parent / "runtime" / "bootstrap.py").read_bytes()
+COLLECT_GRACE_SECONDS = 15.0  # after the code ends, time to save figures and send files
+READ_CHUNK = 64 * 1024
+
+_SIGNAL_NAMES = {
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGABRT: "aborted",
+    signal.SIGBUS: "bus error",
+    signal.SIGILL: "illegal instruction",
+    signal.SIGFPE: "floating-point exception",
+    signal.SIGSYS: "bad system call",
+}
+
+
+@dataclasses.dataclass
+class _Watch:
+    """What the host observed while a run was going on."""
+
+    output: bytearray = dataclasses.field(default_factory=bytearray)
+    output_total: int = 0
+    killed_for: ExitCause | None = None
+
+
+class SandboxProcess:
+    """One sandbox for one job. Start it (cold) or let a pool start it ahead (warm)."""
+
+    def __init__(self, runner: "SandboxRunner", venv_dir: Path, *, preload: str = "", cpu_seconds: float) -> None:
+        self.runner = runner
+        self.settings = runner.settings
+        self.venv_dir = venv_dir
+        self.preload = preload
+        self.cpu_seconds = cpu_seconds
+        self.proc: asyncio.subprocess.Process | None = None
+        self.cgroup: RunCgroup | None = None
+        self.state = ControlState()
+        self._control_reader: asyncio.StreamReader | None = None
+        self._control_transport: asyncio.BaseTransport | None = None
+        self._watch = _Watch()
+        self._output_task: asyncio.Task | None = None
+        self._control_task: asyncio.Task | None = None
+        self._finished = asyncio.Event()
+        self._ready = asyncio.Event()
+
+    # ------------------------------------------------------------------ start
+
+    async def start(self) -> None:
+        runner, settings = self.runner, self.settings
+        self.cgroup = runner.cgroups.create(settings) if runner.cgroups.available else None
+        control_r, control_w = os.pipe()
+        bootstrap_r, bootstrap_w = os.pipe()
+        fds = [control_w, bootstrap_r]
+        seccomp_r = None
+        try:
+            os.write(bootstrap_w, BOOTSTRAP_SOURCE)  # < pipe buffer; bwrap copies it in
+            os.close(bootstrap_w)
+            program = runner.seccomp_program
+            if program is not None:
+                seccomp_r, seccomp_w = os.pipe()
+                os.write(seccomp_w, program)
+                os.close(seccomp_w)
+                fds.append(seccomp_r)
+            bwrap_args = build_bwrap_args(
+                settings, runner.bwrap, self.venv_dir,
+                bootstrap_fd=bootstrap_r, control_fd=control_w, seccomp_fd=seccomp_r,
+                env=sandbox_env(self.preload),
+            )
+            argv = runner.launch_prefix(self.cgroup, self.cpu_seconds) + bwrap_args
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                pass_fds=fds,
+                env={},
+                cwd="/",
+                start_new_session=True,
+            )
+        finally:
+            for fd in fds:
+                os.close(fd)
+        loop = asyncio.get_running_loop()
+        self._control_reader = asyncio.StreamReader(limit=MAX_HEADER_BYTES)
+        self._control_transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(self._control_reader), os.fdopen(control_r, "rb", buffering=0)
+        )
+        self._output_task = asyncio.create_task(self._read_output())
+        self._control_task = asyncio.create_task(self._read_control())
+
+    async def wait_ready(self) -> bool:
+        """True once the bootstrap has imported what it preloads and waits for a job."""
+        ready = asyncio.create_task(self._ready.wait())
+        died = asyncio.create_task(self.proc.wait())
+        await asyncio.wait({ready, died}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        died.cancel()
+        return self._ready.is_set()
+
+    # ------------------------------------------------------------------ watching
+
+    async def _read_output(self) -> None:
+        settings, watch = self.settings, self._watch
+        stream = self.proc.stdout
+        while True:
+            chunk = await stream.read(READ_CHUNK)
+            if not chunk:
+                return
+            watch.output_total += len(chunk)
+            room = settings.output_limit_bytes - len(watch.output)
+            if room > 0:
+                watch.output += chunk[:room]
+            if watch.output_total > settings.output_kill_bytes and watch.killed_for is None:
+                watch.killed_for = ExitCause.OUTPUT_LIMIT
+                self.kill()
+                # keep draining so nothing blocks; the process is going away
+
+    async def _read_control(self) -> None:
+        settings = self.settings
+        state = self.state
+
+        try:
+            await consume(
+                self._control_reader, state,
+                max_files=settings.max_generated_files,
+                max_file_size=settings.max_file_size_bytes,
+                max_total=settings.run_workdir_mb * 1024 * 1024,
+                on_ready=self._ready.set, on_finished=self._finished.set,
+            )
+        except (ProtocolError, asyncio.IncompleteReadError) as exc:
+            log.info("run sent a malformed control frame: %s", exc)
+        finally:
+            self._finished.set()  # a run that closed its channel early is finished too
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()  # bwrap; --die-with-parent takes the sandbox's pid 1 down with it
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+
+    # ------------------------------------------------------------------ the job
+
+    async def execute(self, job: SandboxJob) -> SandboxOutcome:
+        started = time.monotonic()
+        feeder = asyncio.create_task(self._send_job(job))
+        try:
+            try:
+                await asyncio.wait_for(self._finished.wait(), timeout=job.timeout)
+            except TimeoutError:
+                if self._watch.killed_for is None:
+                    self._watch.killed_for = ExitCause.TIMEOUT
+                self.kill()
+            duration = time.monotonic() - started
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout=COLLECT_GRACE_SECONDS)
+            except TimeoutError:
+                self.state.skipped.append("(file collection took too long and was stopped)")
+                self.kill()
+                await self.proc.wait()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._output_task, timeout=5)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._control_task, timeout=5)
+            return self._outcome(job, duration)
+        finally:
+            feeder.cancel()
+            await self.destroy()
+
+    async def _send_job(self, job: SandboxJob) -> None:
+        limits = {"max_files": self.settings.max_generated_files, "max_file_size": self.settings.max_file_size_bytes}
+        header = {
+            "code": job.code,
+            "files": [
+                {"file_id": f.file_id, "filename": f.filename, "file_type": f.file_type, "size": f.size}
+                for f in job.input_files
+            ],
+            "limits": limits,
+        }
+        stdin = self.proc.stdin
+        try:
+            stdin.write(json.dumps(header).encode() + b"\n")
+            for item in job.input_files:
+                data = await asyncio.to_thread(item.host_path.read_bytes)
+                stdin.write(data[: item.size].ljust(item.size, b"\0"))
+                await stdin.drain()
+            await stdin.drain()
+            stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the sandbox died early; the outcome explains why
+
+    def _outcome(self, job: SandboxJob, duration: float) -> SandboxOutcome:
+        watch, state = self._watch, self.state
+        truncated = watch.output_total > len(watch.output)
+        output = bytes(watch.output).decode("utf-8", errors="replace")
+        if truncated:
+            output += (
+                f"\n… [output truncated: showing {len(watch.output):,} of {watch.output_total:,} bytes]"
+            )
+        outcome = SandboxOutcome(
+            cause=ExitCause.OK, output=output, duration=duration, output_truncated=truncated,
+            files=list(state.files), skipped_files=list(state.skipped),
+        )
+        rc = self.proc.returncode
+        finished = state.finished
+        if watch.killed_for is ExitCause.TIMEOUT:
+            outcome.cause, outcome.return_code = ExitCause.TIMEOUT, -1
+            outcome.error = f"Execution timeout after {job.timeout:g} seconds"
+        elif watch.killed_for is ExitCause.OUTPUT_LIMIT:
+            outcome.cause, outcome.return_code = ExitCause.OUTPUT_LIMIT, -1
+            outcome.error = (
+                f"Output limit exceeded: the code printed more than "
+                f"{self.settings.output_kill_bytes:,} bytes and was stopped"
+            )
+        elif finished is not None and finished["status"] == "ok":
+            outcome.return_code = 0
+        elif finished is not None:
+            outcome.cause, outcome.return_code = ExitCause.EXCEPTION, finished["exit_code"] or 1
+            outcome.error = finished["error"] or f"Exited with status {outcome.return_code}"
+        else:
+            self._explain_death(outcome, rc)
+        if outcome.cause is not ExitCause.OK and outcome.cause is not ExitCause.EXCEPTION and self.cgroup and self.cgroup.oom_killed():
+            outcome.cause = ExitCause.MEMORY
+            outcome.error = self._memory_message()
+        return outcome
+
+    def _memory_message(self) -> str:
+        return f"Out of memory: the code used more than {self.settings.run_memory_mb} MB and was stopped"
+
+    def _explain_death(self, outcome: SandboxOutcome, rc: int | None) -> None:
+        """No 'finished' frame: the code never got to the end. Say why."""
+        rc = rc if rc is not None else -1
+        sig = rc - 128 if rc > 128 else (-rc if rc < 0 else 0)
+        outcome.return_code = rc
+        if self.cgroup is not None and self.cgroup.oom_killed():
+            outcome.cause, outcome.error = ExitCause.MEMORY, self._memory_message()
+        elif sig == signal.SIGXCPU or (sig == signal.SIGKILL and self._cpu_exhausted()):
+            outcome.cause = ExitCause.CPU
+            outcome.error = f"CPU time limit exceeded ({int(self.cpu_seconds)} s of CPU)"
+        elif sig in _SIGNAL_NAMES:
+            outcome.cause = ExitCause.CRASH
+            outcome.error = f"The Python process crashed ({_SIGNAL_NAMES[sig]})"
+        elif sig == signal.SIGKILL and self.cgroup is None:
+            outcome.cause = ExitCause.MEMORY  # rlimit fallback: the likeliest SIGKILL is memory
+            outcome.error = f"The code was killed (signal 9), probably for using more than {self.settings.run_memory_mb} MB"
+        elif sig:
+            outcome.cause = ExitCause.SIGNAL
+            outcome.error = f"The code was killed by signal {sig} ({signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else 'unknown'})"
+        elif not self.state.ready:
+            outcome.cause = ExitCause.SANDBOX
+            outcome.error = "The sandbox failed to start"
+            log.error("sandbox failed to start (exit %s): %s", rc, outcome.output[-2000:])
+        elif rc == 0:
+            outcome.cause = ExitCause.OK  # os._exit(0): ended without the usual wrap-up
+        else:
+            outcome.cause = ExitCause.EXCEPTION
+            outcome.error = f"Exited with status {rc}"
+
+    def _cpu_exhausted(self) -> bool:
+        return False  # a SIGKILL at the hard CPU limit follows SIGXCPU, which Python does not catch
+
+    async def destroy(self) -> None:
+        self.kill()
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                await self.proc.wait()
+        if self._control_transport is not None:
+            self._control_transport.close()
+        for task in (self._output_task, self._control_task):
+            if task is not None and not task.done():
+                task.cancel()
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+            self.cgroup.remove()
+
+
+class SandboxRunner:
+    """Starts sandboxes and limits how many run at once."""
+
+    def __init__(self, settings: Settings, packages) -> None:
+        self.settings = settings
+        self.packages = packages
+        self.running_as_root = os.geteuid() == 0
+        self.cgroups = CgroupManager.detect() if self.running_as_root else CgroupManager(0, [], "the bot is not root")
+        self.seccomp_program, self.seccomp_reason = _load_seccomp()
+        self._bwrap: BwrapBinary | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self.in_flight = 0
+        self.queued = 0
+        self.completed = 0
+        self.failures_by_cause: dict[str, int] = {}
+
+    @property
+    def bwrap(self) -> BwrapBinary:
+        if self._bwrap is None:
+            self._bwrap = find_bwrap(self.settings)
+        return self._bwrap
+
+    def launch_prefix(self, cgroup: RunCgroup | None, cpu_seconds: float) -> list[str]:
+        prefix: list[str] = []
+        if cgroup is not None:
+            joins = "".join(f"echo $$ > {shlex.quote(str(p))} && " for p in cgroup.procs_files)
+            prefix += ["/bin/sh", "-c", joins + 'exec "$@"', "sandbox-launch"]
+        if self.running_as_root:
+            prefix += [
+                _tool("setpriv"),
+                f"--reuid={self.settings.sandbox_uid}",
+                f"--regid={self.settings.sandbox_gid}",
+                "--clear-groups",
+            ]
+        prefix += [_tool("prlimit"), *prlimit_args(self.settings, cpu_seconds, with_fallbacks=cgroup is None), "--"]
+        return prefix
+
+    async def run(self, job: SandboxJob) -> SandboxOutcome:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.settings.max_concurrent_runs)
+        self.queued += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.queued -= 1
+        self.in_flight += 1
+        try:
+            outcome = await self._run_cold(job)
+        finally:
+            self.in_flight -= 1
+            self._semaphore.release()
+        self.completed += 1
+        if not outcome.success:
+            self.failures_by_cause[outcome.cause.value] = self.failures_by_cause.get(outcome.cause.value, 0) + 1
+        return outcome
+
+    async def _run_cold(self, job: SandboxJob) -> SandboxOutcome:
+        try:
+            venv_dir = await self.packages.ensure_venv()
+            sandbox = SandboxProcess(self, venv_dir, cpu_seconds=job.timeout)
+            await sandbox.start()
+        except (BwrapNotFound, OSError) as exc:
+            log.error("cannot start a sandbox: %s", exc)
+            return SandboxOutcome(cause=ExitCause.SANDBOX, error=f"The sandbox is unavailable: {exc}", return_code=-1)
+        return await sandbox.execute(job)
+
+    def describe(self) -> dict:
+        """Which isolation layers are active, for /status and start-up logs."""
+        try:
+            bwrap = f"{self.bwrap.path} ({self.bwrap.source})"
+        except BwrapNotFound as exc:
+            bwrap = f"missing: {exc}"
+        s = self.settings
+        return {
+            "backend": "bubblewrap",
+            "bwrap": bwrap,
+            "unprivileged_uid": s.sandbox_uid if self.running_as_root else os.geteuid(),
+            "cgroups": f"v{self.cgroups.version} (memory, pids per run)" if self.cgroups.available else f"off: {self.cgroups.reason}",
+            "seccomp": "on" if self.seccomp_program is not None else f"off: {self.seccomp_reason}",
+            "network": "none (private loopback only)",
+            "limits": {
+                "timeout_s": s.run_timeout,
+                "max_timeout_s": s.max_run_timeout,
+                "memory_mb": s.run_memory_mb,
+                "processes": s.run_max_processes,
+                "workdir_mb": s.run_workdir_mb,
+                "open_files": s.run_max_open_files,
+                "output_kb": s.output_limit_bytes // 1000,
+                "max_file_size_mb": s.max_file_size_mb,
+            },
+        }
+
+    def load(self) -> dict:
+        return {
+            "in_flight": self.in_flight,
+            "queued": self.queued,
+            "completed": self.completed,
+            "max_concurrent": self.settings.max_concurrent_runs,
+            "failures_by_cause": dict(self.failures_by_cause),
+        }
+
+
+def _load_seccomp() -> tuple[bytes | None, str]:
+    try:
+        from interpreter.sandbox.seccomp import seccomp_program, seccomp_unavailable_reason
+    except ImportError as exc:
+        return None, f"seccomp support not installed ({exc})"
+    program = seccomp_program()
+    return program, "" if program else seccomp_unavailable_reason()
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin")
+    if path is None:
+        raise BwrapNotFound(f"'{name}' (util-linux) is required to start sandboxes")
+    return path

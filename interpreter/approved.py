@@ -43,8 +43,8 @@ ALIASES: Mapping[str, tuple[str, ...]] = {
 
 MAX_REQUEST_LENGTH = 100
 # Name: what PyPI accepts. Specifier: operators, versions, wildcards, commas, spaces.
-_REQUEST = re.compile(r"^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(.*)$", re.DOTALL)
-_SPECIFIER_CHARS = re.compile(r"^[0-9A-Za-z<>=!~,.*+\s]*$")
+_REQUEST = re.compile(r"^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?) *(.*)$", re.DOTALL)
+_SPECIFIER_CHARS = re.compile(r"^[0-9A-Za-z<>=!~,.*+ ]*$")
 
 
 class PackageRequestError(ValueError):
@@ -67,7 +67,7 @@ class PackageRequest:
 
 def _shown(text: str) -> str:
     """A member's request, shortened for an error message."""
-    text = text.strip()
+    text = "".join(ch if ch.isprintable() else "?" for ch in text.strip())
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -124,7 +124,7 @@ class ApprovedPackages:
         if match is None:
             # Leading '-' (pip options, -e), '.', '/', '~' (paths), quotes, shell characters...
             raise PackageRequestError(f"'{_shown(text)}' is not a package name")
-        name, rest = match.group(1), match.group(2).strip()
+        name, rest = match.group(1), match.group(2)
         if rest.startswith("["):
             raise PackageRequestError(f"Package extras are not supported ('{_shown(text)}'): ask for each package by name")
         if rest and not _SPECIFIER_CHARS.match(rest):

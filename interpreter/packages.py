@@ -180,6 +180,12 @@ class PackageManager:
             self._rebuild_task = asyncio.get_running_loop().create_task(self._rebuild_logged())
         return self.venv_dir
 
+    async def wait_for_rebuild(self) -> None:
+        """Wait for a background rebuild started by `ensure_venv` (if any) to finish."""
+        task = self._rebuild_task
+        if task is not None:
+            await asyncio.shield(task)
+
     def _is_stale(self) -> bool:
         max_days = float(getattr(self.settings, "venv_max_age_days", 0) or 0)
         marker = self.marker()
@@ -378,7 +384,7 @@ class PackageManager:
             reason = "The sandbox environment is not ready; an admin can see why in the bot's log"
             report.failed.extend({"package": r.requirement, "reason": reason} for r in requests)
             return report
-        if not self._missing(requests):
+        if not await asyncio.to_thread(self._missing, requests):
             report.installed = [r.requirement for r in requests]
             return report
         async with self._lock:
@@ -396,7 +402,7 @@ class PackageManager:
         return missing
 
     async def _install_locked(self, requests: list[PackageRequest], report: InstallReport) -> None:
-        missing = self._missing(requests)  # again: another caller may have installed them while we waited
+        missing = await asyncio.to_thread(self._missing, requests)  # again: another caller may have installed them while we waited
         venv = self.venv_dir
         failed: dict[str, str] = {}
         if missing:
@@ -409,7 +415,7 @@ class PackageManager:
                         failed[request.requirement] = _pip_reason(request, single, venv)
             elif result.returncode != 0:
                 failed[missing[0].requirement] = _pip_reason(missing[0], result, venv)
-            self._record_install(venv, [r.requirement for r in missing if r.requirement not in failed])
+            await asyncio.to_thread(self._record_install, venv, [r.requirement for r in missing if r.requirement not in failed])
         for request in requests:
             if request.requirement in failed:
                 report.failed.append({"package": request.requirement, "reason": failed[request.requirement]})
@@ -424,8 +430,8 @@ class PackageManager:
         marker = self.marker(venv)
         if marker is None:
             return
-        requested = [r for r in marker.get("requested", []) if canonicalize_name(re.split(r"[<>=!~ ]", r)[0])
-                     not in {canonicalize_name(re.split(r"[<>=!~ ]", q)[0]) for q in requirements}]
+        replaced = {_requirement_name(r) for r in requirements}
+        requested = [r for r in marker.get("requested", []) if _requirement_name(r) not in replaced]
         marker["requested"] = requested + requirements
         marker["installed"] = self.installed_distributions(venv)
         marker["generation"] = int(marker.get("generation", 0)) + 1
@@ -530,6 +536,11 @@ async def _run(command: list[str], *, timeout: float, env: dict | None = None) -
             return PipResult(None, "")
         raise
     return PipResult(proc.returncode, out.decode("utf-8", "replace"))
+
+
+def _requirement_name(requirement: str) -> str:
+    """`seaborn>=0.13` -> `seaborn` (requirements here were validated by ApprovedPackages)."""
+    return canonicalize_name(re.match(r"[A-Za-z0-9._-]*", requirement).group())
 
 
 def _satisfies(version: str, request: PackageRequest) -> bool:

@@ -1,0 +1,115 @@
+"""The Discord client: a commands.Bot that loads one cog per area and sweeps expired files."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import discord
+from discord import app_commands
+from discord.ext import commands, tasks
+
+import interpreter
+from cogs._access import NotBotAdmin
+from cogs._format import NO_MENTIONS
+from cogs._queue import RunScheduler
+from config import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.run", "cogs.files", "cogs.admin")
+SWEEP_INTERVAL_HOURS = 1.0
+GENERIC_FAILURE = "⚠️ Something went wrong on our side. The error was logged; please try again."
+
+
+class InterpreterTree(app_commands.CommandTree):
+    """Every app-command failure becomes a short message to the member; the trace goes to the log."""
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        if isinstance(error, NotBotAdmin):
+            message = f"🔒 {error}"
+        elif isinstance(error, app_commands.CheckFailure):
+            message = "🔒 You can't use this command here."
+        elif isinstance(error, app_commands.TransformerError):
+            message = f"That value doesn't look right: {discord.utils.escape_markdown(str(error.value))[:100]}"
+        else:
+            command = interaction.command.qualified_name if interaction.command else "?"
+            log.error("command %s failed for user %s", command, interaction.user.id, exc_info=error)
+            message = GENERIC_FAILURE
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            else:
+                await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException:
+            log.warning("could not report a command error to user %s", interaction.user.id)
+
+
+class CodeInterpreterBot(commands.Bot):
+    def __init__(self, settings: Settings, *, sync_commands: bool | None = None) -> None:
+        intents = discord.Intents.default()
+        # Attachments of ordinary messages are only visible with this privileged intent.
+        intents.message_content = settings.auto_upload
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            help_command=None,
+            tree_cls=InterpreterTree,
+            allowed_mentions=NO_MENTIONS,  # nothing the bot sends pings anyone unless a call says so
+        )
+        self.settings = settings
+        self.sync_commands = bool(settings.discord_token) if sync_commands is None else sync_commands
+        self.started_at = time.monotonic()
+        self.scheduler = RunScheduler(
+            capacity=settings.max_concurrent_runs,
+            per_member_queued=settings.run_queue_per_member,
+            max_waiting=settings.run_queue_max,
+            cooldown_seconds=settings.run_cooldown_seconds,
+        )
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        self.expiry_sweep.start()
+        if self.sync_commands:
+            await self.sync_app_commands()
+
+    async def sync_app_commands(self) -> None:
+        """Register slash commands: instantly in DEV_GUILD_ID, else globally (may take a while to show)."""
+        try:
+            if self.settings.dev_guild_id:
+                guild = discord.Object(id=self.settings.dev_guild_id)
+                self.tree.copy_global_to(guild=guild)
+                synced = await self.tree.sync(guild=guild)
+                log.info("synced %d commands to dev guild %s", len(synced), self.settings.dev_guild_id)
+            else:
+                synced = await self.tree.sync()
+                log.info("synced %d commands globally", len(synced))
+        except discord.HTTPException as exc:  # e.g. the bot was invited without applications.commands
+            log.error("could not sync slash commands (%s %s); invite the bot with the applications.commands scope",
+                      exc.status, exc.text)
+
+    @tasks.loop(hours=SWEEP_INTERVAL_HOURS)
+    async def expiry_sweep(self) -> None:
+        """Delete expired files (metadata and blobs) every hour."""
+        try:
+            deleted = await interpreter.cleanup_expired_files()
+        except Exception:
+            log.exception("expired-file sweep failed; will retry next hour")
+            return
+        if deleted:
+            log.info("expired-file sweep removed %d files", deleted)
+
+    async def on_ready(self) -> None:
+        log.info("logged in as %s (%s) in %d servers", self.user, getattr(self.user, "id", "?"), len(self.guilds))
+
+    async def close(self) -> None:
+        self.expiry_sweep.cancel()
+        await super().close()
+
+
+def create_bot(settings: Settings | None = None, *, sync_commands: bool | None = None) -> CodeInterpreterBot:
+    """The bot, configured but not started; its cogs load in setup_hook (at login, or when a test calls it)."""
+    settings = settings or load_settings()
+    interpreter.configure(settings)
+    return CodeInterpreterBot(settings, sync_commands=sync_commands)

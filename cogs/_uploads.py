@@ -1,0 +1,164 @@
+"""Storing a Discord attachment as a member's file, and previewing tables safely.
+
+The preview (shape, columns with dtypes, first rows) is computed by a small snippet
+that runs *in the sandbox* through `execute_code`: the bot process never parses a
+member's file with pandas, so a zip-bomb workbook or a pathological CSV can only
+exhaust a sandbox, not the bot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+import discord
+
+import interpreter
+from cogs._format import code_block, display_filename, human_size, inline
+from config import Settings
+from interpreter.filetypes import extension, sanitize_filename
+
+log = logging.getLogger(__name__)
+
+# Dropped in chat, these are uploaded automatically (the issue's list).
+AUTO_UPLOAD_EXTENSIONS = frozenset({"csv", "tsv", "xlsx", "json", "parquet"})
+# These get a table preview.
+PREVIEW_EXTENSIONS = frozenset({"csv", "tsv", "xlsx", "xls", "json", "jsonl", "ndjson", "parquet", "feather"})
+PREVIEW_TIMEOUT_SECONDS = 30
+_PREVIEW_MARKER = "__dci_preview__"
+
+_PREVIEW_SNIPPET = """
+import json as _json
+_obj = load_file({file_id!r})
+_out = {{"kind": type(_obj).__name__}}
+try:
+    import pandas as _pd
+    if isinstance(_obj, _pd.Series):
+        _obj = _obj.to_frame()
+    if isinstance(_obj, _pd.DataFrame):
+        _out["rows"], _out["cols"] = int(_obj.shape[0]), int(_obj.shape[1])
+        _out["columns"] = [[str(c)[:40], str(t)] for c, t in list(_obj.dtypes.items())[:25]]
+        with _pd.option_context("display.width", 120, "display.max_columns", 8, "display.max_colwidth", 18):
+            _out["head"] = _obj.head(5).to_string()[:1500]
+    elif hasattr(_obj, "__len__"):
+        _out["length"] = len(_obj)
+except Exception as _exc:
+    _out["note"] = type(_exc).__name__
+print({marker!r} + _json.dumps(_out))
+"""
+
+
+@dataclasses.dataclass
+class UploadReply:
+    ok: bool
+    content: str
+    file_id: str | None = None
+
+
+def _expires_timestamp(value: Any) -> str:
+    """A Discord relative timestamp for an expiry given as datetime or ISO text."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return ""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return discord.utils.format_dt(value, "R")
+    return ""
+
+
+def too_large_message(filename: str, size: int, settings: Settings) -> str:
+    return (f"⚠️ **{display_filename(filename)}** is {human_size(size)}; the largest file I can take is "
+            f"{settings.max_file_size_mb} MB. Try a smaller extract (or compress it as Parquet).")
+
+
+async def store_bytes(user_id: int, data: bytes, filename: str, settings: Settings) -> UploadReply:
+    """Upload `data` for `user_id` and describe the result (with a preview for tables)."""
+    name = sanitize_filename(filename)
+    if len(data) > settings.max_file_size_bytes:
+        return UploadReply(False, too_large_message(name, len(data), settings))
+    try:
+        stored = await interpreter.upload_file(user_id=user_id, file_data=data, filename=name)
+    except interpreter.InterpreterError as exc:
+        return UploadReply(False, f"⚠️ Could not store **{display_filename(name)}**: {inline(str(exc), 300)}")
+    if not stored.get("success", True) or not stored.get("file_id"):
+        reason = stored.get("error") or "the file was refused"
+        return UploadReply(False, f"⚠️ Could not store **{display_filename(name)}**: {inline(str(reason), 300)}")
+
+    file_id = str(stored["file_id"])
+    kind = stored.get("file_type") or extension(name) or "file"
+    size = int(stored.get("file_size") or stored.get("size") or len(data))
+    expires = _expires_timestamp(stored.get("expires_at"))
+    lines = [
+        f"📁 Stored **{display_filename(stored.get('filename') or name)}** ({inline(str(kind), 20)}, {human_size(size)})"
+        + (f", expires {expires}" if expires else ""),
+        f"File id: `{file_id}`",
+    ]
+    if extension(name) in PREVIEW_EXTENSIONS:
+        lines.append(await preview(file_id, user_id))
+    lines.append(f"Use it: `/run files:{file_id} code:df = load_file('{file_id}')`")
+    content = "\n".join(line for line in lines if line)
+    return UploadReply(True, content[:2000], file_id)
+
+
+async def preview(file_id: str, user_id: int) -> str:
+    """Shape, columns with dtypes and first rows, computed in the sandbox."""
+    code = _PREVIEW_SNIPPET.format(file_id=file_id, marker=_PREVIEW_MARKER)
+    try:
+        result = await interpreter.execute_code(code, user_id=user_id, user_files=[file_id],
+                                                timeout=PREVIEW_TIMEOUT_SECONDS)
+    except Exception:  # the preview is a courtesy: never let it fail the upload
+        log.exception("preview of %s failed", file_id)
+        return "*(no preview: the interpreter had a problem; the file is stored)*"
+    info = _parse_preview(result.get("output") or "")
+    if not result.get("success") or info is None:
+        reason = str(result.get("error") or "could not read the file").strip().splitlines()
+        return f"*(no preview: {inline(reason[-1] if reason else 'unknown error', 200)})*"
+    return render_preview(info)
+
+
+def _parse_preview(output: str) -> dict | None:
+    for line in reversed(output.splitlines()):
+        if line.startswith(_PREVIEW_MARKER):
+            try:
+                info = json.loads(line[len(_PREVIEW_MARKER):])
+            except ValueError:
+                return None
+            return info if isinstance(info, dict) else None
+    return None
+
+
+def render_preview(info: dict) -> str:
+    if "rows" in info:
+        columns = info.get("columns") or []
+        col_text = ", ".join(f"{name} ({dtype})" for name, dtype in columns)
+        if info.get("cols", 0) > len(columns):
+            col_text += f", … {info['cols'] - len(columns)} more"
+        parts = [
+            f"**Shape:** {info['rows']:,} rows × {info['cols']:,} columns",
+            "**Columns:** " + inline(col_text, 600),
+        ]
+        head = str(info.get("head") or "")
+        if head:
+            parts.append(code_block(head[:1000]))
+        return "\n".join(parts)
+    if "length" in info:
+        return f"**Loaded as** {inline(str(info.get('kind')), 40)} with {info['length']:,} items"
+    return f"**Loaded as** {inline(str(info.get('kind')), 40)}"
+
+
+async def store_attachment(user_id: int, attachment: discord.Attachment, settings: Settings) -> UploadReply:
+    """Download and store one Discord attachment; refuses too-large files before downloading."""
+    if attachment.size and attachment.size > settings.max_file_size_bytes:
+        return UploadReply(False, too_large_message(attachment.filename, attachment.size, settings))
+    try:
+        data = await attachment.read()
+    except (discord.HTTPException, OSError):
+        log.exception("download of attachment %s failed", attachment.id)
+        return UploadReply(False, f"⚠️ I could not download **{display_filename(attachment.filename)}** from Discord. Please try again.")
+    return await store_bytes(user_id, data, attachment.filename, settings)

@@ -1,0 +1,261 @@
+"""/run, its code modal, the "Run code" message menu and the buttons under a result.
+
+The cog holds no execution logic: it validates options, takes a place in the fair
+queue (cogs/_queue.py), calls `interpreter.execute_code` and renders the result
+(cogs/_format.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+import interpreter
+from cogs._access import is_bot_admin
+from cogs._format import NO_MENTIONS, code_block, extract_code, has_code_block, inline, render_result, split_list
+from cogs._queue import RunRefused
+
+if TYPE_CHECKING:
+    from bot.client import CodeInterpreterBot
+
+log = logging.getLogger(__name__)
+
+RESULT_BUTTONS_SECONDS = 600  # interaction tokens live 15 minutes; buttons act through them
+MAX_CODE_CHARS = 4000  # a modal text input holds at most 4,000 characters
+AUTOCOMPLETE_CHOICES = 25
+SOMETHING_WENT_WRONG = "⚠️ Something went wrong on our side while running this. The error was logged; please try again."
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRequest:
+    code: str
+    author_id: int
+    files: tuple[str, ...] = ()
+    packages: tuple[str, ...] = ()
+    timeout: int | None = None
+    header: str = ""  # first line of the result, already safe (e.g. whose code ran)
+
+
+class RunCog(commands.Cog, name="Run"):
+    def __init__(self, bot: "CodeInterpreterBot") -> None:
+        self.bot = bot
+        self.settings = bot.settings
+        # Discord enforces the bound in the client, so members see the configured maximum.
+        self.run_command._params["timeout"].max_value = self.settings.max_run_timeout
+        self.run_message_menu = app_commands.ContextMenu(name="Run code", callback=self.run_message)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.run_message_menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.run_message_menu.name, type=self.run_message_menu.type)
+
+    # --- entry points
+
+    @app_commands.command(name="run", description="Run Python in the sandbox (no code: a box opens to paste it)")
+    @app_commands.describe(
+        code="Python code; ```py fenced``` code is fine. Leave empty to get a multi-line box.",
+        files="Your files to make available, comma-separated (start typing to pick)",
+        packages="Extra approved packages to install, comma-separated (e.g. scipy, statsmodels)",
+        timeout="Seconds before the run is stopped",
+    )
+    async def run_command(
+        self,
+        interaction: discord.Interaction,
+        code: str | None = None,
+        files: str | None = None,
+        packages: str | None = None,
+        timeout: app_commands.Range[int, 1, 3600] | None = None,
+    ) -> None:
+        file_ids = tuple(split_list(files))
+        package_names = tuple(split_list(packages))
+        if timeout is not None:
+            timeout = min(timeout, self.settings.max_run_timeout)
+        if not code or not code.strip():
+            await interaction.response.send_modal(
+                RunModal(self, interaction.user.id, file_ids, package_names, timeout))
+            return
+        await self.execute(interaction, RunRequest(extract_code(code), interaction.user.id, file_ids,
+                                                   package_names, timeout))
+
+    @run_command.autocomplete("files")
+    async def files_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return await own_file_choices(interaction.user.id, current, multi=True)
+
+    async def run_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """Message menu "Run code": run the code block of any message, as the member who asked."""
+        if not message.content.strip():
+            await interaction.response.send_message("That message has no code to run.", ephemeral=True)
+            return
+        code = extract_code(message.content)
+        source = "code block" if has_code_block(message.content) else "message"
+        header = f"▶️ {interaction.user.mention} ran the {source} from {message.author.mention}'s message {message.jump_url}"
+        await self.execute(interaction, RunRequest(code, interaction.user.id, header=header))
+
+    # --- the run itself
+
+    async def execute(self, interaction: discord.Interaction, request: RunRequest) -> None:
+        """Queue, run and answer. Refusals are ephemeral; the result is public."""
+        if not request.code.strip():
+            await interaction.response.send_message("There is no code to run.", ephemeral=True)
+            return
+        if len(request.code) > 100_000:
+            await interaction.response.send_message("That code is too long to run (100,000 characters at most).", ephemeral=True)
+            return
+        try:
+            ticket = self.bot.scheduler.submit(interaction.user.id)
+        except RunRefused as refusal:
+            await interaction.response.send_message(f"⏳ {refusal}", ephemeral=True)
+            return
+
+        async with ticket:
+            await interaction.response.defer(thinking=True)
+            if not ticket.started:
+                await interaction.edit_original_response(
+                    content=f"⏳ Queued: your run is number {ticket.position} in line. It starts as soon as a slot is free.",
+                    allowed_mentions=NO_MENTIONS)
+                await ticket.wait_until_started()
+                await interaction.edit_original_response(content="▶️ Your run has started…", allowed_mentions=NO_MENTIONS)
+            try:
+                result = await interpreter.execute_code(
+                    request.code,
+                    user_id=request.author_id,
+                    user_files=list(request.files) or None,
+                    install_packages=list(request.packages) or None,
+                    timeout=request.timeout,
+                )
+            except Exception:
+                log.exception("execute_code failed for member %s", request.author_id)
+                await interaction.edit_original_response(content=SOMETHING_WENT_WRONG, allowed_mentions=NO_MENTIONS)
+                return
+
+        rendered = render_result(result, upload_limit=upload_limit(interaction), header=request.header)
+        view = ResultView(self, request, interaction)
+        await interaction.edit_original_response(
+            content=rendered.content, attachments=rendered.files, view=view, allowed_mentions=NO_MENTIONS)
+
+
+def upload_limit(interaction: discord.Interaction) -> int:
+    """Bytes the destination accepts in one message (interaction's limit, else the guild's)."""
+    limit = getattr(interaction, "filesize_limit", None)
+    if not limit and interaction.guild is not None:
+        limit = interaction.guild.filesize_limit
+    return int(limit or 10 * 1024 * 1024)
+
+
+async def own_file_choices(user_id: int, current: str, *, multi: bool = False) -> list[app_commands.Choice[str]]:
+    """Autocomplete choices from the member's own files; with `multi`, completes the last item of a comma list."""
+    prefix, _, typed = current.rpartition(",") if multi else ("", "", current)
+    prefix = f"{prefix}," if prefix else ""
+    already = set(split_list(prefix))
+    typed = typed.strip().lower()
+    try:
+        files = await interpreter.list_user_files(user_id)
+    except Exception:  # autocomplete must answer within 3 s; an empty list is a fine answer
+        log.exception("listing files for autocomplete failed")
+        return []
+    choices = []
+    for meta in files:
+        file_id = str(meta.get("file_id"))
+        filename = str(meta.get("filename") or file_id)
+        if file_id in already or (typed and typed not in filename.lower() and typed not in file_id.lower()):
+            continue
+        value = prefix + file_id
+        if len(value) > 100:
+            continue
+        label = f"{filename} · {file_id}"
+        choices.append(app_commands.Choice(name=label[:100], value=value))
+        if len(choices) >= AUTOCOMPLETE_CHOICES:
+            break
+    return choices
+
+
+class RunModal(discord.ui.Modal, title="Run Python"):
+    code: discord.ui.TextInput = discord.ui.TextInput(
+        label="Code", style=discord.TextStyle.paragraph, max_length=MAX_CODE_CHARS,
+        placeholder="import pandas as pd\nprint(pd.__version__)")
+
+    def __init__(self, cog: RunCog, author_id: int, files: tuple[str, ...], packages: tuple[str, ...],
+                 timeout: int | None) -> None:
+        super().__init__(timeout=900)
+        self.cog = cog
+        self.author_id = author_id
+        self.files = files
+        self.packages = packages
+        self.run_timeout = timeout
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        request = RunRequest(extract_code(self.code.value), interaction.user.id, self.files, self.packages, self.run_timeout)
+        await self.cog.execute(interaction, request)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        await report_error(interaction, error, "the code box")
+
+
+class ResultView(discord.ui.View):
+    """Buttons under a result. They act through the original interaction, so they live
+    for RESULT_BUTTONS_SECONDS (well inside the 15-minute token lifetime)."""
+
+    def __init__(self, cog: RunCog, request: RunRequest, origin: discord.Interaction) -> None:
+        super().__init__(timeout=RESULT_BUTTONS_SECONDS)
+        self.cog = cog
+        self.request = request
+        self.origin = origin
+
+    def _may_manage(self, interaction: discord.Interaction) -> bool:
+        return interaction.user.id == self.request.author_id or is_bot_admin(interaction, self.cog.settings.owner_ids)
+
+    @discord.ui.button(label="Run again", emoji="🔁", style=discord.ButtonStyle.primary)
+    async def run_again(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        if interaction.user.id != self.request.author_id:
+            await interaction.response.send_message("Only the member who ran this can run it again. "
+                                                    "Use **Show code** and run your own copy.", ephemeral=True)
+            return
+        await self.cog.execute(interaction, dataclasses.replace(self.request, header=""))
+
+    @discord.ui.button(label="Show code", emoji="📄", style=discord.ButtonStyle.secondary)
+    async def show_code(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        shown = code_block(self.request.code[:1900], "py")
+        if len(shown) > 1990:
+            shown = code_block(self.request.code[:1800] + "\n# … (cut)", "py")
+        await interaction.response.send_message(shown, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    @discord.ui.button(label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger)
+    async def delete(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        if not self._may_manage(interaction):
+            await interaction.response.send_message("Only the member who ran this, or an admin, can delete it.", ephemeral=True)
+            return
+        await interaction.response.defer()
+        self.stop()
+        await self.origin.delete_original_response()
+
+    async def on_timeout(self) -> None:
+        try:  # drop the buttons; the token may already be gone, which is fine
+            await self.origin.edit_original_response(view=None)
+        except discord.HTTPException:
+            pass
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item) -> None:
+        await report_error(interaction, error, f"the {getattr(item, 'label', 'button')} button")
+
+
+async def report_error(interaction: discord.Interaction, error: Exception, where: str) -> None:
+    """Log the full trace; tell the member briefly (ephemeral)."""
+    log.error("error in %s", where, exc_info=error)
+    message = "⚠️ Something went wrong on our side. The error was logged; please try again."
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(message, ephemeral=True)
+        else:
+            await interaction.response.send_message(message, ephemeral=True)
+    except discord.HTTPException:
+        log.warning("could not tell the member about the error in %s", where)
+
+
+async def setup(bot: "CodeInterpreterBot") -> None:
+    await bot.add_cog(RunCog(bot))

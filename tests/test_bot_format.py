@@ -1,0 +1,92 @@
+"""Rendering results for Discord: limits, attachments, and text that tries to escape."""
+
+from __future__ import annotations
+
+import re
+
+from cogs._format import MESSAGE_LIMIT, code_block, extract_code, inline, render_result
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
+
+
+def result(**fields):
+    base = {"success": True, "output": "", "error": "", "execution_time": 0.5, "return_code": 0, "generated_files": []}
+    base.update(fields)
+    return base
+
+
+def fences(text: str) -> int:
+    return len(re.findall("```", text))
+
+
+def test_fenced_code_is_unwrapped():
+    assert extract_code("```py\nprint(1)\n```") == "print(1)"
+    assert extract_code("look:\n```python\nx = 1\nprint(x)\n``` thanks") == "x = 1\nprint(x)"
+    assert extract_code("```print(2)```") == "print(2)"
+    assert extract_code("`print(3)`") == "print(3)"
+    assert extract_code("print(4)") == "print(4)"
+
+
+def test_output_cannot_close_the_code_block():
+    evil = "ok\n```\n@everyone **bold** [link](https://x)\n```"
+    rendered = render_result(result(output=evil), upload_limit=10_000_000)
+    assert fences(rendered.content) == 2  # only our own opening and closing fence
+    assert "@everyone" in rendered.content  # shown, inside the block (mentions are off at send time)
+
+
+def test_zero_width_and_bidi_tricks_are_removed():
+    sneaky = "a`\u200b`\u200b`b \u202eevil\u202c \u2066x\u2069 \x07bell"
+    block = code_block(sneaky)
+    assert fences(block) == 2
+    for ch in ("\u202e", "\u202c", "\u2066", "\u2069", "\x07"):
+        assert ch not in block
+    assert "\u202e" not in inline("name\u202egnp.exe")
+
+
+def test_long_output_goes_to_output_txt():
+    output = "".join(f"line {i}\n" for i in range(2000))
+    rendered = render_result(result(output=output), upload_limit=10_000_000)
+    assert len(rendered.content) <= MESSAGE_LIMIT
+    assert "output.txt" in rendered.content
+    names = [f.filename for f in rendered.files]
+    assert names == ["output.txt"]
+    assert rendered.files[0].fp.read().decode() == output
+
+
+def test_images_first_and_files_over_the_limit_are_listed():
+    files = [
+        {"filename": "data.csv", "type": "data", "data": b"a,b\n1,2\n", "size": 8},
+        {"filename": "big.parquet", "type": "data", "data": b"x" * 5000, "size": 5000},
+        {"filename": "chart.png", "type": "image", "data": PNG, "size": len(PNG)},
+    ]
+    rendered = render_result(result(output="hi", generated_files=files), upload_limit=1000)
+    assert [f.filename for f in rendered.files] == ["chart.png", "data.csv"]
+    assert "big.parquet" in rendered.content and "upload limit" in rendered.content
+
+
+def test_hostile_filenames_are_sanitised_and_deduplicated():
+    files = [
+        {"filename": "../../etc/passwd", "type": "file", "data": b"x", "size": 1},
+        {"filename": "chart.png", "type": "image", "data": PNG, "size": len(PNG)},
+        {"filename": "chart.png", "type": "image", "data": PNG, "size": len(PNG)},
+    ]
+    rendered = render_result(result(generated_files=files), upload_limit=10_000_000)
+    names = [f.filename for f in rendered.files]
+    assert names == ["chart.png", "chart_2.png", "passwd"]
+
+
+def test_more_than_ten_files_are_listed_not_dropped_silently():
+    files = [{"filename": f"f{i}.png", "type": "image", "data": PNG, "size": len(PNG)} for i in range(12)]
+    rendered = render_result(result(generated_files=files), upload_limit=10_000_000)
+    assert len(rendered.files) == 10
+    assert "f10.png" in rendered.content and "f11.png" in rendered.content
+
+
+def test_errors_one_line_in_header_tracebacks_in_the_block():
+    short = render_result(result(success=False, error="Execution timeout after 5 seconds", return_code=-1),
+                          upload_limit=1)
+    assert short.content.splitlines()[0] == "❌ Execution timeout after 5 seconds"
+    trace = "Traceback (most recent call last):\n  File \"<code>\", line 1\nZeroDivisionError: division by zero"
+    failed = render_result(result(success=False, output="before\n", error=trace), upload_limit=1)
+    assert failed.content.startswith("❌ Failed in 0.50 s")
+    assert "ZeroDivisionError" in failed.content and "before" in failed.content

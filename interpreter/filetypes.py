@@ -6,6 +6,7 @@ Discord side when it attaches files.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import unicodedata
@@ -63,3 +64,183 @@ def sanitize_filename(name: str, default: str = "file") -> str:
         else:
             name = name[:MAX_FILENAME_LENGTH]
     return name
+
+
+# --- content sniffing: what a file *is*, from its bytes first and its name second
+#
+# `file_type` values (stored in metadata, handed to the runtime's load_file):
+#   csv tsv xlsx xls json jsonl parquet feather xml yaml html text   (data and text)
+#   image pdf zip gzip sqlite npy npz hdf5 pickle binary             (other content)
+
+TEXT_TYPES = frozenset({"csv", "tsv", "json", "jsonl", "xml", "yaml", "html", "text"})
+# Names that promise a binary format load_file parses: content that is no such thing
+# (and no other recognisable format) is refused at upload rather than failing later.
+STRICT_BINARY_TYPES = frozenset({"xlsx", "xls", "parquet", "feather"})
+KNOWN_TYPES = TEXT_TYPES | STRICT_BINARY_TYPES | {"image", "pdf", "zip", "gzip", "sqlite", "npy", "npz", "hdf5", "pickle", "binary"}
+
+_TYPE_BY_EXTENSION = {
+    "csv": "csv", "tsv": "tsv", "tab": "tsv", "xlsx": "xlsx", "xlsm": "xlsx", "xls": "xls",
+    "json": "json", "geojson": "json", "jsonl": "jsonl", "ndjson": "jsonl", "parquet": "parquet", "pq": "parquet",
+    "feather": "feather", "arrow": "feather", "xml": "xml", "yaml": "yaml", "yml": "yaml", "html": "html",
+    "htm": "html", "txt": "text", "md": "text", "log": "text", "py": "text", "rst": "text", "ini": "text",
+    "cfg": "text", "toml": "text", "tex": "text", "sql": "text", "pdf": "pdf", "zip": "zip", "gz": "gzip",
+    "tgz": "gzip", "sqlite": "sqlite", "sqlite3": "sqlite", "db": "sqlite", "npy": "npy", "npz": "npz",
+    "h5": "hdf5", "hdf5": "hdf5", "pkl": "pickle", "pickle": "pickle",
+    **{ext: "image" for ext in _KIND_BY_EXTENSION["image"]},
+}
+
+_DESCRIPTION = {
+    "csv": "CSV", "tsv": "TSV", "xlsx": "an Excel workbook", "xls": "an old-style Excel workbook",
+    "json": "JSON", "jsonl": "JSON lines", "parquet": "Parquet", "feather": "Feather/Arrow", "xml": "XML",
+    "yaml": "YAML", "html": "HTML", "text": "plain text", "image": "an image", "pdf": "a PDF", "zip": "a zip archive",
+    "gzip": "gzip data", "sqlite": "an SQLite database", "npy": "a NumPy array", "npz": "NumPy arrays",
+    "hdf5": "HDF5", "pickle": "a pickle", "binary": "binary data",
+}
+
+# (magic prefix, type): checked in order, on the first bytes
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image"), (b"\xff\xd8\xff", "image"), (b"GIF87a", "image"), (b"GIF89a", "image"),
+    (b"II*\x00", "image"), (b"MM\x00*", "image"), (b"%PDF-", "pdf"), (b"PAR1", "parquet"), (b"ARROW1", "feather"),
+    (b"SQLite format 3\x00", "sqlite"), (b"\x93NUMPY", "npy"), (b"\x89HDF\r\n\x1a\n", "hdf5"), (b"\x1f\x8b", "gzip"),
+)
+_OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # old Office files (xls, doc, ppt)
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+
+# Archive limits: Python's zipfile stops a member at its declared size, so checking the
+# declared sizes bounds what openpyxl/pandas will inflate later.
+ARCHIVE_MAX_MEMBERS = 10_000
+ARCHIVE_MAX_EXPANDED_BYTES = 1024 * 1024 * 1024
+ARCHIVE_MAX_RATIO = 200  # real spreadsheets compress 5-20x; repetitive CSV inside a zip maybe 100x
+
+
+class UnsupportedContent(ValueError):
+    """The content cannot be stored as what it claims to be. The message is for the member."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    file_type: str
+    encoding: str | None = None  # text only: utf-8, utf-8-sig, utf-16, cp1252, latin-1
+    note: str | None = None  # set when content and name disagree, or the text is not UTF-8
+
+
+def type_from_name(filename: str) -> str | None:
+    """The file_type a name promises (None when the extension says nothing)."""
+    return _TYPE_BY_EXTENSION.get(extension(filename or ""))
+
+
+def describe(file_type: str) -> str:
+    return _DESCRIPTION.get(file_type, file_type)
+
+
+def _text_encoding(data: bytes) -> str | None:
+    """The encoding a text file uses, or None when the bytes are not text."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    head = data[:65536]
+    if b"\x00" in head:
+        return None
+    try:
+        data.decode("utf-8")
+        return "utf-8-sig" if data.startswith(b"\xef\xbb\xbf") else "utf-8"
+    except UnicodeDecodeError:
+        pass
+    controls = sum(1 for byte in head if byte < 0x20 and byte not in b"\t\n\r\f\v")
+    if controls > len(head) // 100:
+        return None
+    try:
+        data.decode("cp1252")
+        return "cp1252"
+    except UnicodeDecodeError:
+        return "latin-1"
+
+
+def _guess_text_type(text: str) -> str:
+    stripped = text.lstrip("\ufeff \t\r\n")
+    if stripped.startswith(("{", "[")):
+        return "json"
+    lowered = stripped[:512].lower()
+    if lowered.startswith("<?xml"):
+        return "xml"
+    if lowered.startswith(("<!doctype html", "<html")):
+        return "html"
+    lines = [line for line in stripped.splitlines()[:6] if line.strip()]
+    for separator, kind in (("\t", "tsv"), (",", "csv"), (";", "csv")):
+        counts = {line.count(separator) for line in lines}
+        if len(lines) >= 2 and len(counts) == 1 and counts.pop() > 0:
+            return kind
+    return "text"
+
+
+def inspect_zip(data: bytes) -> str:
+    """'xlsx' or 'zip' for a sound archive; raises UnsupportedContent for damaged ones and zip bombs."""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError):
+        raise UnsupportedContent("it is a damaged zip archive") from None
+    if len(members) > ARCHIVE_MAX_MEMBERS:
+        raise UnsupportedContent(f"the archive holds {len(members):,} entries (at most {ARCHIVE_MAX_MEMBERS:,})")
+    expanded = sum(member.file_size for member in members)
+    if expanded > ARCHIVE_MAX_EXPANDED_BYTES:
+        raise UnsupportedContent(f"the archive would expand to {expanded / 2**20:,.0f} MB "
+                                 f"(at most {ARCHIVE_MAX_EXPANDED_BYTES // 2**20:,} MB)")
+    for member in members:
+        if member.file_size > 1024 * 1024 and member.file_size > ARCHIVE_MAX_RATIO * max(member.compress_size, 1):
+            raise UnsupportedContent("the archive is compressed suspiciously well (it looks like a zip bomb)")
+    names = {member.filename for member in members}
+    return "xlsx" if "xl/workbook.xml" in names or "xl/workbook.bin" in names else "zip"
+
+
+def _content_type(data: bytes, named: str | None) -> tuple[str, str | None]:
+    """(type, encoding) from the bytes; `named` only breaks ties the bytes cannot."""
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return kind, None
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "image", None
+    if data.startswith(_ZIP_MAGICS):
+        kind = inspect_zip(data)
+        return ("npz" if kind == "zip" and named == "npz" else kind), None
+    if data.startswith(_OLE2_MAGIC):
+        return ("xls" if named == "xls" else "binary"), None
+    if named == "image" and data.startswith((b"BM", b"\x00\x00\x01\x00")):  # BMP, ICO: magic too short to trust alone
+        return "image", None
+    if named == "image" and data.lstrip()[:5].lower() in (b"<svg ", b"<?xml"):
+        return "image", None
+    if named == "pickle" and data[:1] == b"\x80":
+        return "pickle", None
+    encoding = _text_encoding(data)
+    if encoding is None:
+        return "binary", None
+    if named in TEXT_TYPES:
+        return named, encoding
+    return _guess_text_type(data[:65536].decode(encoding, "replace")), encoding
+
+
+def detect_type(data: bytes, filename: str = "", declared: str | None = None) -> Detection:
+    """What `data` is. The content decides; the name (or `declared`) only fills gaps.
+
+    A name that disagrees with the content gets a note and the content's type, e.g. a
+    PNG called data.csv is stored as an image. Content that cannot be what a strict
+    binary name promises (an .xlsx that is not a workbook) and is nothing else we know
+    raises UnsupportedContent, as do zip bombs and damaged archives.
+    """
+    named = declared if declared in KNOWN_TYPES else type_from_name(filename)
+    try:
+        kind, encoding = _content_type(data, named)
+    except UnsupportedContent as exc:
+        claimed = describe(named) if named else "a file"
+        raise UnsupportedContent(f"This is not a usable {claimed.removeprefix('an ').removeprefix('a ')}: {exc}") from None
+    if named in STRICT_BINARY_TYPES and kind in {"binary", "zip"}:
+        raise UnsupportedContent(f"This file is not {describe(named)}: its content is {describe(kind)}")
+    note = None
+    if named and kind != named and not (named in TEXT_TYPES and kind in TEXT_TYPES):
+        note = f"The content is {describe(kind)}, not {describe(named)} as the name says; stored as {kind}."
+    if encoding in {"cp1252", "latin-1"}:
+        note = ((note + " ") if note else "") + (
+            f"The text is not UTF-8; it was kept as is (read it with encoding='{encoding}').")
+    return Detection(kind, encoding, note)

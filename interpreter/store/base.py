@@ -1,0 +1,141 @@
+"""What every metadata store offers, and how a store reports that its database is down.
+
+The FileManager (interpreter/files.py) owns the rules (ownership, expiry, quotas);
+a store only keeps `FileRecord`s and answers queries. Every query that reads files on
+behalf of a member takes `now` and filters on `expires_at` itself: MongoDB's TTL
+monitor is lazy (up to a minute on mongod), and the SQLite store has no TTL at all.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+import re
+from collections.abc import Awaitable, Iterable
+from datetime import datetime
+from typing import TypeVar
+
+from interpreter.types import InterpreterError
+
+log = logging.getLogger("interpreter.store")
+
+T = TypeVar("T")
+
+UNAVAILABLE_MESSAGE = "The file database is unavailable right now; try again in a minute"
+
+
+class StoreUnavailable(InterpreterError):
+    """The metadata database cannot be reached. The message is safe to show to members."""
+
+    def __init__(self, message: str = UNAVAILABLE_MESSAGE) -> None:
+        super().__init__(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRecord:
+    """One stored user file: the seed's `user_files` document."""
+
+    file_id: str
+    user_id: int
+    filename: str  # sanitised display name; never used to build a path
+    file_path: str  # where the blob was written (informational: readers derive it from file_id)
+    file_size: int
+    file_type: str
+    uploaded_at: datetime  # aware, UTC
+    expires_at: datetime | None  # aware, UTC; None: never expires
+
+
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    files: int
+    bytes: int
+
+
+_URI_PATTERN = re.compile(r"mongodb(?:\+srv)?://\S+", re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    """An error message with any connection string removed (they can carry passwords)."""
+    return _URI_PATTERN.sub("mongodb://<hidden>", text)
+
+
+class FileStore(abc.ABC):
+    """Metadata of user files. Implementations: SQLiteStore, MongoStore."""
+
+    backend: str = "?"  # "sqlite" or "mongodb", for status and logs
+
+    def __init__(self) -> None:
+        self._down = False
+
+    @property
+    @abc.abstractmethod
+    def namespace(self) -> str:
+        """Names the blob directory whose files this store describes.
+
+        Blobs of different stores live in different directories, so the orphan sweep of
+        one store never deletes blobs another store (say, a db_handler view) still lists.
+        """
+
+    # --- writes
+    @abc.abstractmethod
+    async def insert(self, record: FileRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_live(self, file_id: str, user_id: int, now: datetime) -> bool:
+        """Delete the record if it is `user_id`'s and not expired at `now`."""
+
+    @abc.abstractmethod
+    async def delete_expired(self, file_id: str, now: datetime) -> bool:
+        """Delete the record only if it is (still) expired at `now`."""
+
+    # --- reads
+    @abc.abstractmethod
+    async def get_live(self, file_id: str, user_id: int, now: datetime) -> FileRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_live(self, user_id: int, now: datetime) -> list[FileRecord]:
+        """The user's unexpired records, newest upload first."""
+
+    @abc.abstractmethod
+    async def usage(self, user_id: int, now: datetime) -> Usage:
+        """What counts against the user's quota: unexpired files and their bytes."""
+
+    @abc.abstractmethod
+    async def totals(self, now: datetime) -> Usage:
+        """Unexpired files and bytes of all users (admin status)."""
+
+    @abc.abstractmethod
+    async def list_expired(self, now: datetime, limit: int) -> list[FileRecord]: ...
+
+    @abc.abstractmethod
+    async def existing_ids(self, file_ids: Iterable[str]) -> set[str]:
+        """Which of `file_ids` have a record (expired or not): the orphan sweep's question."""
+
+    async def close(self) -> None:
+        """Release connections. Stores reconnect by themselves when used again."""
+
+    # --- outage reporting shared by the backends
+
+    async def _guarded(self, operation: Awaitable[T], unavailable: tuple[type[BaseException], ...]) -> T:
+        """Await `operation`; turn a database outage into StoreUnavailable with one log line.
+
+        Logs once when the database goes away and once when it is back, instead of a
+        line per call during an outage. The log line names the backend and the error
+        class, never the connection string.
+        """
+        try:
+            result = await operation
+        except unavailable as exc:
+            self._report_down(exc)
+            raise StoreUnavailable() from None
+        if self._down:
+            self._down = False
+            log.warning("file store (%s) is reachable again", self.backend)
+        return result
+
+    def _report_down(self, exc: BaseException) -> None:
+        if not self._down:
+            self._down = True
+            log.error("file store (%s) is unavailable: %s: %s", self.backend, type(exc).__name__,
+                      scrub(str(exc))[:500])

@@ -1,0 +1,229 @@
+"""The MongoDB store: collection `user_files`, as in the seed.
+
+Works with a PyMongo async database (`pymongo.AsyncMongoClient(uri)[name]`, the
+driver MongoDB now recommends) and with a motor database (the seed's db_handler), so
+it only uses calls both share: insert_one, find_one, find().sort().to_list(),
+delete_one, count_documents, aggregate, create_index. (`aggregate` is a coroutine in
+PyMongo and returns the cursor directly in motor; `_aggregate` accepts both.)
+
+Indexes (created on first use, once per store):
+- unique `file_id`;
+- compound (`user_id` 1, `expires_at` -1): a member's live files;
+- TTL on `expires_at` with expireAfterSeconds=0: the server removes a record once its
+  `expires_at` has passed. A file that never expires stores `expires_at: null`, which
+  the TTL monitor ignores. TTL removal is lazy (up to ~60 s on mongod), so every query
+  still filters on `expires_at`; the FileManager's sweep removes blobs whose record the
+  TTL monitor removed first.
+
+Datetimes are stored as BSON dates (UTC). Handles built without tz_aware return naive
+datetimes; they are read back as UTC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import ConfigurationError, ConnectionFailure, OperationFailure, PyMongoError
+
+from interpreter.store.base import FileRecord, FileStore, StoreUnavailable, Usage, scrub
+
+log = logging.getLogger("interpreter.store")
+
+COLLECTION = "user_files"
+_INDEX_CONFLICT_CODES = {85, 86}  # IndexOptionsConflict, IndexKeySpecsConflict
+_AUTH_FAILURE_CODES = {13, 18}  # Unauthorized, AuthenticationFailed: as good as down for us
+_DEFAULT_SERVER_SELECTION_MS = 5000  # fail a call in seconds, not PyMongo's default 30 s
+
+
+class _Unavailable(Exception):
+    """Internal marker: an OperationFailure that means 'cannot use the database'."""
+
+
+def _utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _record(doc: dict[str, Any]) -> FileRecord:
+    return FileRecord(
+        file_id=doc["file_id"], user_id=int(doc["user_id"]), filename=doc.get("filename") or "file",
+        file_path=doc.get("file_path") or "", file_size=int(doc.get("file_size") or 0),
+        file_type=doc.get("file_type") or "binary", uploaded_at=_utc(doc.get("uploaded_at")),
+        expires_at=_utc(doc.get("expires_at")),
+    )
+
+
+def _expired(now: datetime) -> dict[str, Any]:
+    # "$type" keeps never-expiring (null) records out on every server: MongoDB's type
+    # bracketing already does, some compatible servers order null before dates.
+    return {"expires_at": {"$type": "date", "$lte": now}}
+
+
+def _live(now: datetime) -> dict[str, Any]:
+    # {"expires_at": None} matches null and a missing field: files that never expire.
+    return {"$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}]}
+
+
+class MongoStore(FileStore):
+    backend = "mongodb"
+
+    def __init__(self, *, database: Any = None, uri: str | None = None, database_name: str | None = None) -> None:
+        """Either `database` (a PyMongo async or motor database) or `uri` + `database_name`.
+
+        With a URI the client is created on first use, inside the running event loop.
+        """
+        super().__init__()
+        if (database is None) == (uri is None):
+            raise ValueError("MongoStore needs either a database handle or a URI")
+        self._database = database
+        self._uri = uri
+        self._database_name = database_name if database is None else database.name
+        self._client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._indexes_ready = False
+
+    @property
+    def namespace(self) -> str:
+        return "mongo-" + re.sub(r"[^A-Za-z0-9_.-]", "_", self._database_name or "default")
+
+    # --- plumbing
+
+    def _collection(self) -> Any:
+        if self._database is not None:
+            return self._database[COLLECTION]
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            # A PyMongo async client belongs to the loop it was first used in; a new loop
+            # (tests, a restarted bot) gets a new client.
+            from pymongo import AsyncMongoClient
+
+            options: dict[str, Any] = {"tz_aware": True}
+            if "serverselectiontimeoutms" not in self._uri.lower():
+                options["serverSelectionTimeoutMS"] = _DEFAULT_SERVER_SELECTION_MS
+            self._client = AsyncMongoClient(self._uri, **options)
+            self._client_loop = loop
+            self._indexes_ready = False
+        return self._client[self._database_name][COLLECTION]
+
+    async def _call(self, operation):
+        """Run `operation(collection)` with indexes in place; outages become StoreUnavailable."""
+        async def run():
+            try:
+                collection = self._collection()
+                await self._ensure_indexes(collection)
+                return await operation(collection)
+            except OperationFailure as exc:
+                if exc.code in _AUTH_FAILURE_CODES:
+                    raise _Unavailable(f"authorization failed (code {exc.code})") from None
+                raise
+            except ConfigurationError as exc:  # e.g. an invalid MONGODB_URI, found on first use
+                raise _Unavailable(f"configuration error: {scrub(str(exc))}") from None
+
+        return await self._guarded(run(), (ConnectionFailure, _Unavailable))
+
+    async def _ensure_indexes(self, collection: Any) -> None:
+        if self._indexes_ready:
+            return
+        await collection.create_index("file_id", unique=True)
+        await collection.create_index([("user_id", ASCENDING), ("expires_at", DESCENDING)])
+        try:
+            await collection.create_index("expires_at", expireAfterSeconds=0)
+        except OperationFailure as exc:
+            if exc.code not in _INDEX_CONFLICT_CODES:
+                raise
+            # The seed created a plain index on expires_at; MongoDB refuses to change its
+            # options in place. Queries filter on expires_at and the hourly sweep removes
+            # expired files, so this only costs the server-side cleanup.
+            log.warning("user_files already has a non-TTL index on expires_at; expired records are removed by "
+                        "the sweep only (drop index 'expires_at_1' to let MongoDB's TTL monitor help)")
+        self._indexes_ready = True
+
+    @staticmethod
+    async def _aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        cursor = collection.aggregate(pipeline)
+        if inspect.isawaitable(cursor):  # PyMongo async; motor returns the cursor itself
+            cursor = await cursor
+        return await cursor.to_list(length=None)
+
+    async def _usage(self, match: dict[str, Any]) -> Usage:
+        async def op(collection):
+            rows = await self._aggregate(collection, [
+                {"$match": match},
+                {"$group": {"_id": None, "files": {"$sum": 1}, "bytes": {"$sum": "$file_size"}}},
+            ])
+            return Usage(int(rows[0]["files"]), int(rows[0]["bytes"])) if rows else Usage(0, 0)
+
+        return await self._call(op)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._client_loop is asyncio.get_running_loop():
+            try:
+                await client.close()
+            except PyMongoError:
+                pass
+
+    # --- the interface
+
+    async def insert(self, record: FileRecord) -> None:
+        document = {
+            "file_id": record.file_id, "user_id": record.user_id, "filename": record.filename,
+            "file_path": record.file_path, "file_size": record.file_size, "file_type": record.file_type,
+            "uploaded_at": record.uploaded_at, "expires_at": record.expires_at,
+        }
+        await self._call(lambda c: c.insert_one(document))
+
+    async def delete_live(self, file_id: str, user_id: int, now: datetime) -> bool:
+        result = await self._call(lambda c: c.delete_one({"file_id": file_id, "user_id": user_id, **_live(now)}))
+        return result.deleted_count > 0
+
+    async def delete_expired(self, file_id: str, now: datetime) -> bool:
+        result = await self._call(lambda c: c.delete_one({"file_id": file_id, **_expired(now)}))
+        return result.deleted_count > 0
+
+    async def get_live(self, file_id: str, user_id: int, now: datetime) -> FileRecord | None:
+        doc = await self._call(lambda c: c.find_one({"file_id": file_id, "user_id": user_id, **_live(now)}, {"_id": 0}))
+        return _record(doc) if doc else None
+
+    async def list_live(self, user_id: int, now: datetime) -> list[FileRecord]:
+        async def op(collection):
+            cursor = collection.find({"user_id": user_id, **_live(now)}, {"_id": 0})
+            return await cursor.sort([("uploaded_at", DESCENDING), ("file_id", ASCENDING)]).to_list(length=None)
+
+        return [_record(doc) for doc in await self._call(op)]
+
+    async def usage(self, user_id: int, now: datetime) -> Usage:
+        return await self._usage({"user_id": user_id, **_live(now)})
+
+    async def totals(self, now: datetime) -> Usage:
+        return await self._usage(_live(now))
+
+    async def list_expired(self, now: datetime, limit: int) -> list[FileRecord]:
+        async def op(collection):
+            cursor = collection.find(_expired(now), {"_id": 0})
+            return await cursor.sort([("expires_at", ASCENDING)]).limit(limit).to_list(length=None)
+
+        return [_record(doc) for doc in await self._call(op)]
+
+    async def existing_ids(self, file_ids: Iterable[str]) -> set[str]:
+        ids = list(file_ids)
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            batch = ids[start:start + 500]
+
+            async def op(collection, batch=batch):
+                return await collection.find({"file_id": {"$in": batch}}, {"_id": 0, "file_id": 1}).to_list(length=None)
+
+            found.update(doc["file_id"] for doc in await self._call(op))
+        return found
+
+
+__all__ = ["MongoStore", "StoreUnavailable"]

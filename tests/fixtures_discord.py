@@ -13,6 +13,7 @@ from pathlib import Path
 import discord
 import discord.ext.test as dpytest
 import discord.ext.test.backend as dpytest_backend
+import discord.ext.test.factories as dpytest_factories
 import pytest
 
 from tests.discord_harness import InteractionHarness
@@ -52,6 +53,11 @@ async def start_bot(settings, monkeypatch, tmp_path: Path) -> DiscordWorld:
     # Like the real bot, the test bot has no members intent, so members are not cached:
     # people are plain users (interactions carry their member data themselves).
     alice, bob, carol = (dpytest_backend.make_user(name, f"{n:04}") for n, name in enumerate(("alice", "bob", "carol"), 1))
+    # The guild always knows the bot's own member (Discord sends it in GUILD_CREATE even
+    # without the members intent); dpytest's FakeHttp needs it to check send permissions.
+    state = dpytest_backend.get_state()
+    member_data = dpytest_factories.make_member_dict(guild, bot.user, [], nick=None)
+    guild._add_member(discord.Member(data=member_data, guild=guild, state=state))
     harness = InteractionHarness(bot, guild, channel, monkeypatch)
     return DiscordWorld(bot, harness, guild, channel, alice, bob, carol)
 

@@ -1,0 +1,48 @@
+# Discord code-interpreter bot.
+#   docker build -t code-interpreter .                            (no Chromium)
+#   docker build -t code-interpreter --build-arg WITH_CHROMIUM=1 .  (plotly PNG export)
+# Container privileges the sandbox needs are explained in README ("Docker").
+FROM python:3.11-slim-bookworm
+
+ARG WITH_CHROMIUM=0
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DATA_DIR=/data \
+    SANDBOX_VENV_DIR=/opt/sandbox-venv \
+    SANDBOX_BASE_PYTHON=/usr/local/bin/python3 \
+    VENV_MAX_AGE_DAYS=0
+
+# bubblewrap: the distribution's bwrap (preferred over the wheel's copy);
+# libseccomp2: the syscall filter; util-linux: setpriv/prlimit used to launch runs;
+# tini: reaps sandbox processes and forwards signals.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bubblewrap libseccomp2 util-linux tini \
+    && if [ "$WITH_CHROMIUM" = "1" ]; then apt-get install -y --no-install-recommends chromium; fi \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY bot ./bot
+COPY cogs ./cogs
+COPY config ./config
+COPY interpreter ./interpreter
+RUN pip install .
+
+# An unprivileged account for the bot. Members' code never runs as this account's
+# files: each run gets a fresh bubblewrap sandbox with only the run's own inputs.
+RUN useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin bot \
+    && mkdir -p /data "$SANDBOX_VENV_DIR" \
+    && chown bot:bot /data "$SANDBOX_VENV_DIR"
+
+# Build the sandbox venv (pandas, matplotlib, seaborn, plotly...) into the image so the
+# first /run is fast and the container needs no package index at start-up.
+USER bot
+RUN python -c "import asyncio; from config import load_settings; from interpreter.packages import PackageManager; asyncio.run(PackageManager(load_settings(dotenv=False)).ensure_venv())"
+
+VOLUME ["/data"]
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["python", "-m", "bot"]

@@ -14,11 +14,9 @@ from typing import Any
 
 from config import Settings, load_settings
 from interpreter import policy
-from interpreter.files import FileManager
 from interpreter.packages import PackageManager
 from interpreter.result import build_result, error_result
 from interpreter.sandbox import SandboxJob, SandboxRunner
-from interpreter.store import open_store
 from interpreter.types import InterpreterError
 
 log = logging.getLogger(__name__)
@@ -27,6 +25,10 @@ log = logging.getLogger(__name__)
 class Engine:
     def __init__(self, settings: Settings, *, store: Any = None, runner: SandboxRunner | None = None,
                  packages: PackageManager | None = None) -> None:
+        # Imported here so `import interpreter.sandbox` alone stays light (benchmarks, CLI).
+        from interpreter.files import FileManager
+        from interpreter.store import open_store
+
         self.settings = settings
         self.packages = packages or PackageManager(settings)
         self.runner = runner or SandboxRunner(settings, self.packages)
@@ -42,6 +44,8 @@ class Engine:
         key = id(db_handler)
         view = self._db_views.get(key)
         if view is None:
+            from interpreter.store import open_store
+
             view = Engine(self.settings, store=open_store(self.settings, db_handler=db_handler),
                           runner=self.runner, packages=self.packages)
             self._db_views[key] = view

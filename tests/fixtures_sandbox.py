@@ -1,0 +1,76 @@
+"""Fixtures for everything that runs code: settings with a ready sandbox venv, runner, engine.
+
+The sandbox venv (pandas, matplotlib, seaborn, plotly...) takes a minute or two to
+build, so one is shared by the whole test session and kept between sessions at
+SANDBOX_VENV_DIR (default /var/tmp/code-interpreter/sandbox-venv, a path the
+unprivileged sandbox uid can reach). `scripts/dev.sh test` builds it first.
+
+The bot's process environment holds a fake token and database URI during the whole
+test session, so every sandbox test also proves they do not leak into runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from config import Settings, load_settings
+
+FAKE_TOKEN = "FAKE-DISCORD-TOKEN-MTIzNDU2Nzg5.leak-canary"
+FAKE_MONGODB_URI = "mongodb://canary-user:canary-password-4242@db.invalid:27017/leakcheck"
+DEFAULT_TEST_VENV = "/var/tmp/code-interpreter/sandbox-venv"
+
+# Set at import time: the secrets are in the environment before any engine exists.
+os.environ["DISCORD_TOKEN"] = FAKE_TOKEN
+os.environ["MONGODB_URI"] = FAKE_MONGODB_URI
+
+
+def make_settings(data_dir: Path, **environ: str) -> Settings:
+    """Settings for a test: explicit values only (never the process environment)."""
+    values = {
+        "DATA_DIR": str(data_dir),
+        "SANDBOX_VENV_DIR": os.environ.get("TEST_SANDBOX_VENV_DIR", DEFAULT_TEST_VENV),
+        "VENV_MAX_AGE_DAYS": "0",
+        "MAX_CONCURRENT_RUNS": "4",
+    }
+    values.update(environ)
+    return load_settings(values, dotenv=False)
+
+
+@pytest.fixture(scope="session")
+def sandbox_venv() -> Path:
+    """Build (or reuse) the shared sandbox venv once per session."""
+    from interpreter.packages import PackageManager
+
+    settings = make_settings(Path("/nonexistent-unused"))
+    manager = PackageManager(settings)
+    try:
+        return asyncio.run(manager.ensure_venv())
+    except Exception as exc:  # fail loudly: a missing venv must not turn into skipped tests
+        pytest.fail(f"could not build the sandbox venv at {settings.venv_dir}: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def sandbox_settings(tmp_path: Path, sandbox_venv: Path) -> Settings:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    return make_settings(data_dir)
+
+
+@pytest.fixture
+def runner(sandbox_settings: Settings):
+    from interpreter.packages import PackageManager
+    from interpreter.sandbox import SandboxRunner
+
+    return SandboxRunner(sandbox_settings, PackageManager(sandbox_settings))
+
+
+@pytest.fixture
+def engine(sandbox_settings: Settings):
+    """A full engine (SQLite store in the test's data dir) made the default for the facade."""
+    import interpreter
+
+    return interpreter.configure(sandbox_settings)

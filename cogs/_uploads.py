@@ -99,6 +99,8 @@ async def store_bytes(user_id: int, data: bytes, filename: str, settings: Settin
         + (f", expires {expires}" if expires else ""),
         f"File id: `{file_id}`",
     ]
+    if stored.get("note"):
+        lines.append(f"ℹ️ {inline(str(stored['note']), 300)}")
     if extension(name) in PREVIEW_EXTENSIONS:
         lines.append(await preview(file_id, user_id))
     lines.append(f"Use it: `/run files:{file_id} code:df = load_file('{file_id}')`")

@@ -17,7 +17,7 @@ from discord.ext import commands
 
 import interpreter
 from cogs._access import is_bot_admin
-from cogs._format import NO_MENTIONS, code_block, extract_code, has_code_block, inline, render_result, split_list
+from cogs._format import NO_MENTIONS, code_block, extract_code, has_code_block, render_result, split_list
 from cogs._queue import RunRefused
 
 if TYPE_CHECKING:

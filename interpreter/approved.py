@@ -71,6 +71,30 @@ def _shown(text: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def split_request(request: str) -> tuple[str, SpecifierSet]:
+    """`'seaborn >= 0.13'` -> `('seaborn', SpecifierSet('>=0.13'))`; anything else raises PackageRequestError."""
+    if not isinstance(request, str) or not request.strip():
+        raise PackageRequestError("Package names must be non-empty text")
+    text = request.strip()
+    if len(text) > MAX_REQUEST_LENGTH:
+        raise PackageRequestError(f"Package request '{_shown(text)}' is too long")
+    match = _REQUEST.match(text)
+    if match is None:
+        # Leading '-' (pip options, -e), '.', '/', '~' (paths), quotes, shell characters...
+        raise PackageRequestError(f"'{_shown(text)}' is not a package name")
+    name, rest = match.group(1), match.group(2)
+    if rest.startswith("["):
+        raise PackageRequestError(f"Package extras are not supported ('{_shown(text)}'): ask for each package by name")
+    if rest and not _SPECIFIER_CHARS.match(rest):
+        # ';' markers, '@' URLs, '/' paths, options after the name, shell characters, newlines
+        raise PackageRequestError(f"'{_shown(text)}' is not a package name with an optional version (like 'seaborn>=0.13')")
+    try:
+        specifier = SpecifierSet(rest)
+    except InvalidSpecifier:
+        raise PackageRequestError(f"'{_shown(text)}' has an invalid version specifier (try 'seaborn>=0.13')") from None
+    return name, specifier
+
+
 class ApprovedPackages:
     """The approved list in force, and the reading of requests against it."""
 
@@ -115,25 +139,7 @@ class ApprovedPackages:
 
     def parse(self, request: str) -> PackageRequest:
         """Read one request, or raise PackageRequestError with the member-facing reason."""
-        if not isinstance(request, str) or not request.strip():
-            raise PackageRequestError("Package names must be non-empty text")
-        text = request.strip()
-        if len(text) > MAX_REQUEST_LENGTH:
-            raise PackageRequestError(f"Package request '{_shown(text)}' is too long")
-        match = _REQUEST.match(text)
-        if match is None:
-            # Leading '-' (pip options, -e), '.', '/', '~' (paths), quotes, shell characters...
-            raise PackageRequestError(f"'{_shown(text)}' is not a package name")
-        name, rest = match.group(1), match.group(2)
-        if rest.startswith("["):
-            raise PackageRequestError(f"Package extras are not supported ('{_shown(text)}'): ask for each package by name")
-        if rest and not _SPECIFIER_CHARS.match(rest):
-            # ';' markers, '@' URLs, '/' paths, options after the name, shell characters
-            raise PackageRequestError(f"'{_shown(text)}' is not a package name with an optional version (like 'seaborn>=0.13')")
-        try:
-            specifier = SpecifierSet(rest)
-        except InvalidSpecifier:
-            raise PackageRequestError(f"'{_shown(text)}' has an invalid version specifier (try 'seaborn>=0.13')") from None
+        name, specifier = split_request(request)
         approved = self.resolve_name(name)
         if approved is None:
             raise PackageRequestError(f"Package '{name}' is not in the approved list")

@@ -42,7 +42,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from interpreter.approved import ApprovedPackages, PackageRequest, PackageRequestError
+from interpreter.approved import ApprovedPackages, PackageRequest, PackageRequestError, split_request
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,13 @@ class PackageManager:
         self,
         settings,
         *,
-        base_packages: Sequence[str] = BASE_PACKAGES,
+        base_packages: Sequence[str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        # The base set: SANDBOX_BASE_PACKAGES unless given (tests build small venvs fast).
+        if base_packages is None:
+            base_packages = getattr(settings, "sandbox_base_packages", BASE_PACKAGES)
         self.base_packages = tuple(base_packages)
         self.approved = ApprovedPackages.from_settings(settings)
         self.root = Path(os.path.abspath(settings.venv_dir))
@@ -213,6 +216,11 @@ class PackageManager:
 
     async def _build_generation(self, base: Sequence[str], *, extra: Sequence[str], generation: int) -> Path:
         """Build a complete venv in a new generation directory and make it current. Lock held."""
+        for requirement in base:  # admin-chosen, but still only names and versions reach pip
+            try:
+                split_request(requirement)
+            except PackageRequestError as exc:
+                raise VenvError(f"SANDBOX_BASE_PACKAGES: {exc}") from None
         base_python = self._base_python()
         self._prepare_root()
         self._remove_unfinished()
@@ -484,6 +492,7 @@ class PackageManager:
             "installed_packages": sorted(installed),
             "package_count": len(installed),
             "installed_versions": dict(sorted(installed.items())),
+            "base_packages": list(self.base_packages),
             "requested_packages": list(marker.get("requested", [])) if marker else [],
             "venv_age_hours": age_hours,
             "venv_max_age_days": getattr(self.settings, "venv_max_age_days", None),

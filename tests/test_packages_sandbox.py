@@ -112,3 +112,20 @@ async def test_rebuild_with_a_run_in_flight(offline_settings, wheelhouse: Path) 
     after = await run(runner, "import tinywheel; print(tinywheel.VALUE)")
     assert after.cause is ExitCause.OK, after.error
     assert after.output == "tiny 2.0\n", "the next run sees the rebuilt venv"
+
+
+async def test_execute_code_reports_installs_and_fails_cleanly(offline_settings, wheelhouse: Path) -> None:  # noqa: F811
+    from interpreter.engine import Engine
+
+    engine = Engine(offline_settings, packages=PackageManager(offline_settings, base_packages=()))
+    ok = await engine.execute("import tinywheel; print(tinywheel.VALUE)", 1, install_packages=["TinyWheel"])
+    assert ok["success"], ok["error"]
+    assert ok["output"] == "tiny 1.0\n"
+    assert ok["installed_packages"] == ["tinywheel"] and ok["failed_packages"] == []
+
+    refused = await engine.execute("print('must not run')", 1, install_packages=["tinywheel", "requests"])
+    assert refused["success"] is False
+    assert refused["error"] == "Package 'requests' is not in the approved list"
+    assert refused["failed_packages"] == [{"package": "requests", "reason": refused["error"]}]
+    assert refused["output"] == ""
+    assert engine.runner.completed == 1, "a refused install never starts a run"

@@ -169,3 +169,29 @@ async def test_drops_only_in_configured_channels(bot_settings, monkeypatch, tmp_
     finally:
         world.bot.expiry_sweep.cancel()
         await dpytest.empty_queue()
+
+
+async def test_acceptance_drop_sales_csv_then_run_with_load_file(discord_world, sales_csv):
+    """As a new member would: drop sales.csv, copy the id from the reply, /run with load_file."""
+    import re
+
+    w = discord_world
+    drop(w, sales_csv)
+    await dpytest.run_all_events()
+    file_id = re.search(r"File id: `([^`]+)`", dpytest.get_message().content).group(1)
+    reply = await w.harness.slash("run", w.alice, files=file_id,
+                                  code=f"df = load_file('{file_id}')\nprint(df.groupby('region').units.sum().to_dict())")
+    assert "{'east': 12, 'north': 10, 'south': 7}" in reply.content, reply.content
+
+
+async def test_hostile_filename_is_sanitised_and_never_pings(discord_world, sales_csv):
+    w = discord_world
+    evil_name = "@everyone ```\u202e<@&1>.csv"
+    reply = await w.harness.slash("upload", w.alice,
+                                  attachments={"file": attachment_payload(sales_csv, filename=evil_name)})
+    assert reply.content.count("```") % 2 == 0
+    assert "\u202e" not in reply.content
+    assert "Stored" in reply.content
+    for sent in reply.sent:
+        if sent.kind == "edit_original":
+            assert sent.allowed_mentions["parse"] == []

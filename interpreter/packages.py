@@ -54,6 +54,7 @@ CURRENT = "current"
 GENERATION_PREFIX = "gen-"
 MPLCONFIG = "mplconfig"
 MAX_PACKAGES_PER_REQUEST = 20
+REBUILD_RETRY_SECONDS = 3600
 # Environment passed to pip: enough to find an index and a cache, nothing of the bot's secrets.
 _PIP_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
                  "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "XDG_CONFIG_HOME",
@@ -105,6 +106,7 @@ class PackageManager:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._rebuild_task: asyncio.Task | None = None
+        self._rebuild_retry_after = 0.0
         self.pip_calls = 0  # every real pip invocation goes through _run_pip; tests count them
 
     # ------------------------------------------------------------------ paths and state
@@ -179,7 +181,8 @@ class PackageManager:
                 async with self._file_lock():
                     if not self.is_ready:
                         await self._build_generation(self.base_packages, extra=(), generation=1)
-        if self._is_stale() and (self._rebuild_task is None or self._rebuild_task.done()):
+        if (self._is_stale() and self._clock() >= self._rebuild_retry_after
+                and (self._rebuild_task is None or self._rebuild_task.done())):
             self._rebuild_task = asyncio.get_running_loop().create_task(self._rebuild_logged())
         return self.venv_dir
 
@@ -198,14 +201,22 @@ class PackageManager:
 
     async def _rebuild_logged(self) -> None:
         try:
-            await self.rebuild()
+            await self.rebuild(only_if_stale=True)
         except Exception:  # a failed rebuild leaves the old venv in use; say why in the log
+            # Not again on every run (each attempt holds the install lock): retry in an hour.
+            self._rebuild_retry_after = self._clock() + REBUILD_RETRY_SECONDS
             log.exception("Sandbox venv rebuild failed; the previous venv stays in use")
 
-    async def rebuild(self) -> Path:
-        """Build a fresh venv (base set + what members had installed) beside the current one, then swap."""
+    async def rebuild(self, *, only_if_stale: bool = False) -> Path:
+        """Build a fresh venv (base set + what members had installed) beside the current one, then swap.
+
+        Members' installs wait while it builds; runs do not (they use the current venv).
+        `only_if_stale`: skip when another process rebuilt it while we waited for the lock.
+        """
         async with self._lock:
             async with self._file_lock():
+                if only_if_stale and not self._is_stale():
+                    return self.venv_dir
                 old = self.marker() or {}
                 extra = tuple(old.get("requested", ()))
                 new_dir = await self._build_generation(

@@ -260,6 +260,42 @@ async def test_an_old_venv_is_rebuilt_in_the_background(offline_settings) -> Non
     assert status["venv_age_hours"] == 0 and status["generation"] == 2
 
 
+async def test_a_failed_background_rebuild_keeps_the_old_venv_and_backs_off(offline_settings) -> None:
+    now = [1_700_000_000.0]
+    await PackageManager(offline_settings, base_packages=(), clock=lambda: now[0]).ensure_venv()
+    # This manager's base set cannot be installed (no such version), so its rebuilds fail.
+    manager = PackageManager(offline_settings.replace(venv_max_age_days=1), base_packages=("tinywheel==9.9",),
+                             clock=lambda: now[0])
+    first = manager.venv_dir
+    now[0] += 2 * 86400
+    assert await manager.ensure_venv() == first
+    await manager.wait_for_rebuild()
+    assert manager.venv_dir == first and manager.generation == 1
+    assert manager.pip_calls == 1
+    assert [p.name for p in manager.root.glob("gen-*")] == [first.name], "the failed build is cleaned up"
+
+    await manager.ensure_venv()
+    await manager.wait_for_rebuild()
+    assert manager.pip_calls == 1, "no retry on every run"
+    now[0] += 3601
+    await manager.ensure_venv()
+    await manager.wait_for_rebuild()
+    assert manager.pip_calls == 2, "retried after an hour"
+
+
+async def test_a_venv_rebuilt_by_another_process_is_not_rebuilt_again(offline_settings) -> None:
+    now = [1_700_000_000.0]
+    stale_settings = offline_settings.replace(venv_max_age_days=1)
+    bot = PackageManager(stale_settings, base_packages=(), clock=lambda: now[0])
+    cli = PackageManager(stale_settings, base_packages=(), clock=lambda: now[0])
+    await bot.ensure_venv()
+    now[0] += 2 * 86400
+    await cli.rebuild()
+    assert cli.generation == 2
+    await bot.rebuild(only_if_stale=True)  # what the bot's background rebuild does after waiting for the lock
+    assert bot.generation == 2 and bot.venv_dir == cli.venv_dir
+
+
 async def test_max_age_zero_never_rebuilds(offline_settings) -> None:
     now = [1_700_000_000.0]
     manager = PackageManager(offline_settings.replace(venv_max_age_days=0), base_packages=(), clock=lambda: now[0])

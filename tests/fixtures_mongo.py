@@ -11,6 +11,7 @@ Fixtures:
 - `mongo_server`: the session's server (in-memory engine); `.uri`.
 - `mongo_db_name`: a fresh database name per test.
 - `pymongo_db` / `motor_db`: a database handle on that fresh name (PyMongo async / motor).
+- `db_handle`: the same, chosen by `@pytest.mark.parametrize("db_handle", [None, "pymongo", "motor"], indirect=True)`.
 - `MongoTestServer`: start your own (e.g. with a file-backed engine, to stop and restart it).
 
 And, for the user-files suites, one contract fixture over all metadata backends:
@@ -162,6 +163,30 @@ async def motor_db(mongo_server, mongo_db_name):
     client = AsyncIOMotorClient(mongo_server.uri, serverSelectionTimeoutMS=5000)
     yield client[mongo_db_name]
     client.close()
+
+
+@pytest.fixture
+async def db_handle(request, mongo_db_name):
+    """A database handle chosen by indirect parametrisation: None, "pymongo" or "motor"."""
+    kind = getattr(request, "param", None)
+    if kind is None:
+        yield None
+        return
+    server = request.getfixturevalue("mongo_server")
+    if kind == "pymongo":
+        from pymongo import AsyncMongoClient
+
+        client = AsyncMongoClient(server.uri, serverSelectionTimeoutMS=5000)
+        yield client[mongo_db_name]
+        await client.drop_database(mongo_db_name)
+        await client.close()
+    else:
+        from motor.motor_asyncio import AsyncIOMotorClient
+
+        client = AsyncIOMotorClient(server.uri, serverSelectionTimeoutMS=5000)
+        yield client[mongo_db_name]
+        await client.drop_database(mongo_db_name)
+        client.close()
 
 
 # --- user-files contract fixtures

@@ -11,8 +11,7 @@ from pathlib import Path
 from tests.test_packages_install import data_dir, wheelhouse  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]
-# The admin commands also register on `python -m interpreter` (interpreter/__main__.py).
-CLI_MODULE = "interpreter.cli_admin"
+CLI_MODULE = "interpreter"  # interpreter/cli.py registers the admin commands from interpreter/cli_admin.py
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

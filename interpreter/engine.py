@@ -17,7 +17,7 @@ from interpreter import policy
 from interpreter.packages import PackageManager
 from interpreter.result import build_result, error_result
 from interpreter.sandbox import SandboxJob, SandboxRunner
-from interpreter.types import InterpreterError
+from interpreter.types import InputFile, InterpreterError
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +61,10 @@ class Engine:
         *,
         keep_generated_files: bool = False,
     ) -> dict:
-        """Run one snippet; always returns the seed's result dict."""
-        if not isinstance(code, str):
-            return error_result("Code must be text")
-        limit = self.settings.run_timeout if timeout is None else timeout
-        if not isinstance(limit, (int, float)) or limit <= 0:
-            return error_result("Timeout must be a positive number of seconds")
-        limit = min(float(limit), float(self.settings.max_run_timeout))
-
-        refusal = policy.precheck(code)
+        """Run one snippet for a member; always returns the seed's result dict."""
+        refusal = self._refusal(code, timeout)
         if refusal:
-            return error_result(f"Security validation failed: {refusal}")
-
+            return error_result(refusal)
         extra: dict[str, Any] = {}
         try:
             if install_packages:
@@ -84,13 +76,34 @@ class Engine:
             inputs = await self.files.resolve_for_run(user_id, list(user_files or []))
         except InterpreterError as exc:
             return error_result(str(exc), **extra)
+        limit = self._limit(timeout)
+        outcome = await self.runner.run(SandboxJob(code=code, timeout=limit, input_files=tuple(inputs)))
+        files = list(outcome.files)
+        if keep_generated_files and files:
+            files = await self.files.keep_generated(user_id, files)
+        return build_result(outcome, limit, files, **extra)
 
-        job = SandboxJob(code=code, timeout=limit, input_files=tuple(inputs))
-        outcome = await self.runner.run(job)
-        generated = list(outcome.files)
-        if keep_generated_files and generated:
-            generated = await self.files.keep_generated(user_id, generated)
-        return build_result(outcome, limit, generated, **extra)
+    async def run_snippet(self, code: str, inputs: list[InputFile], timeout: float | None = None, **extra: Any) -> dict:
+        """Run code with these input files (no store involved: the CLI and demo use this)."""
+        refusal = self._refusal(code, timeout)
+        if refusal:
+            return error_result(refusal, **extra)
+        limit = self._limit(timeout)
+        outcome = await self.runner.run(SandboxJob(code=code, timeout=limit, input_files=tuple(inputs)))
+        return build_result(outcome, limit, list(outcome.files), **extra)
+
+    def _limit(self, timeout: float | None) -> float:
+        limit = self.settings.run_timeout if timeout is None else timeout
+        return min(float(limit), float(self.settings.max_run_timeout))
+
+    def _refusal(self, code: Any, timeout: Any) -> str | None:
+        """Why this request cannot run at all (bad input or the friendly pre-check), else None."""
+        if not isinstance(code, str):
+            return "Code must be text"
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+            return "Timeout must be a positive number of seconds"
+        reason = policy.precheck(code)
+        return f"Security validation failed: {reason}" if reason else None
 
     async def status(self) -> dict:
         """The seed's status keys plus what an admin needs (sandbox layers, limits, load)."""

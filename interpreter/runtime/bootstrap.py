@@ -166,6 +166,9 @@ def save_open_figures() -> None:
         return
     for number in list(pyplot.get_fignums()):
         figure = pyplot.figure(number)
+        if getattr(figure, "_saved_by_member", False):
+            pyplot.close(figure)  # already saved with savefig(): don't send it twice
+            continue
         if not figure.get_axes() and not figure.texts and not figure.images:
             pyplot.close(figure)
             continue
@@ -206,6 +209,16 @@ def after_import(module_name: str, patch) -> None:
 def _patch_pyplot(pyplot) -> None:
     # Agg cannot show anything: plt.show() saves the open figures instead.
     pyplot.show = lambda *args, **kwargs: save_open_figures()
+
+
+def _patch_figure(figure_module) -> None:
+    original = figure_module.Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        self._saved_by_member = True
+        return original(self, *args, **kwargs)
+
+    figure_module.Figure.savefig = savefig
 
 
 def _patch_plotly(basedatatypes) -> None:
@@ -364,6 +377,7 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     prepare_matplotlib_cache()
     after_import("matplotlib.pyplot", _patch_pyplot)
+    after_import("matplotlib.figure", _patch_figure)
     after_import("plotly.basedatatypes", _patch_plotly)
     for name in os.environ.get("SANDBOX_PRELOAD", "").split(","):
         if name:

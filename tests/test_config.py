@@ -1,0 +1,56 @@
+"""Settings: defaults, validation messages that name the variable, secrets kept hidden."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config import FIELDS, SettingsError, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_match_the_seed():
+    settings = load_settings({}, dotenv=False)
+    assert settings.run_timeout == 60
+    assert settings.output_limit_bytes == 100_000
+    assert settings.max_file_size_mb == 50
+    assert settings.file_expiry_hours == 48
+    assert settings.mongodb_uri == ""
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RUN_TIMEOUT_SECONDS": "soon"}, "RUN_TIMEOUT_SECONDS='soon' is invalid: expected an integer >= 1 and <= 3600."),
+        ({"RUN_MEMORY_MB": "10"}, "RUN_MEMORY_MB='10' is invalid: expected an integer >= 64."),
+        ({"AUTO_UPLOAD": "maybe"}, "AUTO_UPLOAD='maybe' is invalid: expected true/false (also 1/0, yes/no, on/off)."),
+        ({"OWNER_IDS": "12,abc"}, "OWNER_IDS='12,abc' is invalid: expected a comma-separated list of numeric Discord ids."),
+        ({"FILE_EXPIRY_HOURS": "-1"}, "FILE_EXPIRY_HOURS='-1' is invalid: expected a number >= 0."),
+    ],
+)
+def test_invalid_values_name_the_variable_and_what_it_accepts(env, message):
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env, dotenv=False)
+    assert str(caught.value) == message
+
+
+def test_secrets_never_show_in_reprs_or_errors():
+    settings = load_settings({"DISCORD_TOKEN": "tok-123", "MONGODB_URI": "mongodb://u:p@h/db"}, dotenv=False)
+    assert "tok-123" not in repr(settings) and "u:p@h" not in repr(settings)
+    assert settings.discord_token.reveal() == "tok-123"
+
+
+def test_every_setting_is_documented_in_env_example_with_its_default():
+    example = (REPO / ".env.example").read_text()
+    for field in FIELDS:
+        assert f"\n{field.env}={field.default}\n" in example, field.env
+
+
+def test_settings_dataclass_and_field_table_agree():
+    from dataclasses import fields
+
+    from config import Settings
+
+    assert [f.name for f in fields(Settings)] == [f.attr for f in FIELDS]

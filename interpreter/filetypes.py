@@ -206,7 +206,8 @@ def _content_type(data: bytes, named: str | None) -> tuple[str, str | None]:
         kind = inspect_zip(data)
         return ("npz" if kind == "zip" and named == "npz" else kind), None
     if data.startswith(_OLE2_MAGIC):
-        return ("xls" if named == "xls" else "binary"), None
+        # an old workbook renamed .xlsx is still a workbook; other OLE2 files (doc, msg) are not data
+        return ("xls" if named in {"xls", "xlsx"} else "binary"), None
     if named == "image" and data.startswith((b"BM", b"\x00\x00\x01\x00")):  # BMP, ICO: magic too short to trust alone
         return "image", None
     if named == "image" and data.lstrip()[:5].lower() in (b"<svg ", b"<?xml"):

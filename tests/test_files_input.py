@@ -181,6 +181,8 @@ async def test_declared_type_is_a_hint_not_an_order(manager):
     (b"\xff\xd8\xff\xe0" + bytes(16), "photo.jpg", "image"),
     (b"SQLite format 3\x00" + bytes(100), "x.db", "sqlite"),
     (b"\x00\x01\x02\x03", "blob", "binary"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64), "renamed.xlsx", "xls"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64), "letter.doc", "binary"),
     ("a,b\n1,2\n".encode("utf-16"), "wide.csv", "csv"),
 ])
 def test_detect_type(data, name, file_type):

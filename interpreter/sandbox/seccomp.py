@@ -4,14 +4,14 @@ Namespaces, the dropped uid and read-only mounts already keep a run away from th
 host; this filter narrows the kernel surface a run can reach, so that a kernel bug
 in one of these interfaces (user namespaces, mount APIs, bpf, io_uring, keyrings,
 perf...) is not reachable from `/run`. The default action is ALLOW: everything
-pandas, matplotlib, seaborn, plotly, scikit-learn and multiprocessing use keeps
+pandas, matplotlib, seaborn, plotly, scipy and multiprocessing use keeps
 working, and a denied call fails with an errno (not a kill), so the run goes on
 and Python prints a clear `PermissionError` / `OSError`.
 
-bubblewrap loads the compiled program (`--seccomp FD`) right before it execs the
-sandboxed Python, after it has built the namespaces it needs itself. bwrap's own
-pid 1 inside the sandbox stays unfiltered and runs as the same uid, which is one
-more reason ptrace and process_vm_* are denied: they are the way to reach it.
+bubblewrap loads the compiled program (`--seccomp FD`) after it has built the
+namespaces it needs itself: into the sandboxed Python right before exec, and into
+its own pid-1 reaper too (both show `Seccomp: 2` in /proc/N/status), so no process
+inside a run is unfiltered.
 
 Notes on single rules:
 - clone3 passes its flags in a struct seccomp cannot read, so it answers ENOSYS:

@@ -53,9 +53,23 @@ def send(kind: str, payload: bytes = b"", **fields) -> None:
 # ----------------------------------------------------------------------- reading the job
 
 
-def read_job() -> dict:
-    stdin = sys.stdin.buffer
-    job = json.loads(stdin.readline())
+def take_job_channel():
+    """Keep the job pipe (stdin) for ourselves and give the member's code /dev/null instead,
+    so input() fails at once rather than hanging, and code cannot read the next job."""
+    channel = os.fdopen(os.dup(0), "rb")  # os.dup: not inherited by the member's subprocesses
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    sys.stdin = open(0, closefd=False, encoding="utf-8")
+    return channel
+
+
+def read_job(channel) -> dict | None:
+    """The next job, its input files written under /data; None when the host closed the pipe."""
+    line = channel.readline()
+    if not line:
+        return None
+    job = json.loads(line)
     for entry in job.get("files", []):
         folder = os.path.join(DATA_DIR, entry["file_id"])
         os.makedirs(folder, exist_ok=True)
@@ -63,18 +77,13 @@ def read_job() -> dict:
         remaining = int(entry["size"])
         with open(path, "wb") as out:
             while remaining:
-                chunk = stdin.read(min(remaining, 1 << 20))
+                chunk = channel.read(min(remaining, 1 << 20))
                 if not chunk:
                     raise EOFError("input file truncated")
                 out.write(chunk)
                 remaining -= len(chunk)
         os.chmod(path, 0o444)
         entry["path"] = path
-    # The member's code gets no stdin: input() fails at once instead of hanging.
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    sys.stdin = open(0, closefd=False, encoding="utf-8")
     return job
 
 
@@ -97,35 +106,48 @@ _TEXT = {"txt", "md", "log", "rst", "py", "html", "htm", "xml", "yaml", "yml", "
 _IMAGES = {"png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff"}
 
 
-def make_file_helpers(entries: list[dict]):
-    by_id = {e["file_id"]: e for e in entries}
-    by_name = {}
-    for e in entries:
-        by_name.setdefault(e["filename"], e)
-    files = {e["file_id"]: e["path"] for e in entries}
+class FileRegistry:
+    """The member's input files: FILES (id -> path) and load_file(). Grows as a session
+    receives more files; one-shot runs fill it once."""
 
-    def load_file(file_id: str):
+    def __init__(self) -> None:
+        self.files: dict[str, str] = {}
+        self._entries: dict[str, dict] = {}
+
+    def add(self, entries: list[dict]) -> None:
+        for entry in entries:
+            self._entries[entry["file_id"]] = entry
+            self.files[entry["file_id"]] = entry["path"]
+
+    def _find(self, file_id: str) -> dict | None:
+        entry = self._entries.get(file_id)
+        if entry is None:
+            entry = next((e for e in self._entries.values() if e["filename"] == file_id), None)
+        return entry
+
+    def load_file(self, file_id: str):
         """Load an uploaded file by id (or filename): tables as a pandas DataFrame,
         text as str, images as a PIL image (or the path), anything else as bytes."""
-        entry = by_id.get(file_id) or by_name.get(file_id)
+        entry = self._find(file_id)
         if entry is None:
-            known = ", ".join(f"{e['file_id']} ({e['filename']})" for e in entries) or "none"
+            known = ", ".join(f"{e['file_id']} ({e['filename']})" for e in self._entries.values()) or "none"
             raise FileNotFoundError(f"No file {file_id!r} in this run. Files available: {known}")
         path = entry["path"]
         ext = entry["filename"].rpartition(".")[2].lower() if "." in entry["filename"] else ""
         kind = entry.get("file_type") or ext
-        if kind in _READERS or ext in _READERS:
+        reader = _READERS.get(ext) or _READERS.get(kind)
+        if reader is not None:
             import pandas
 
-            reader, options = _READERS.get(ext) or _READERS[kind]
-            if reader == "read_csv":
+            method, options = reader
+            if method == "read_csv":
                 try:
                     return pandas.read_csv(path, **options)
-                except UnicodeDecodeError:
-                    return pandas.read_csv(path, encoding="latin-1", **options)
-            if reader == "read_excel":
+                except UnicodeDecodeError:  # stored byte for byte: old Excel exports are cp1252
+                    return pandas.read_csv(path, encoding="cp1252", encoding_errors="replace", **options)
+            if method == "read_excel":
                 return pandas.read_excel(path, sheet_name=0, **options)
-            return getattr(pandas, reader)(path, **options)
+            return getattr(pandas, method)(path, **options)
         if ext in _TEXT or kind in {"text", "txt", "md"}:
             with open(path, encoding="utf-8", errors="replace") as fh:
                 return fh.read()
@@ -138,8 +160,6 @@ def make_file_helpers(entries: list[dict]):
                 return path
         with open(path, "rb") as fh:
             return fh.read()
-
-    return load_file, files
 
 
 # ----------------------------------------------------------------------- charts
@@ -386,29 +406,32 @@ def main() -> None:
         import matplotlib.pyplot  # noqa: F401 - font cache and backend ready before the job
 
     send("ready")
-    job = read_job()
-    load_file, files = make_file_helpers(job.get("files", []))
+    jobs = take_job_channel()
+    registry = FileRegistry()
     # The code runs as the real __main__ module, so pickle (and so multiprocessing)
-    # can find the functions it defines.
+    # can find the functions it defines. Its globals live as long as this sandbox:
+    # one job for a one-shot run, many for a session.
     main_module = types.ModuleType("__main__")
-    main_module.__dict__.update({"__builtins__": builtins, "load_file": load_file, "FILES": files})
+    main_module.__dict__.update({"__builtins__": builtins, "load_file": registry.load_file, "FILES": registry.files})
     sys.modules["__main__"] = main_module
-    namespace = main_module.__dict__
     os.chdir(WORK_DIR)
-    before = snapshot(WORK_DIR)
-
     sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
     sys.stderr.reconfigure(line_buffering=True, errors="backslashreplace")
-    status, exit_code, error = run_code(job["code"], namespace)
-    try:
-        save_open_figures()
-    except Exception as exc:  # noqa: BLE001
-        print(f"[could not save figures: {exc}]", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    send("finished", status=status, exit_code=exit_code, error=error)
-    collect(before, job.get("limits", {}))
-    send("end")
+
+    exit_code = 0
+    while (job := read_job(jobs)) is not None:
+        registry.add(job.get("files", []))
+        before = snapshot(WORK_DIR)  # only files new or changed by this job come back
+        status, exit_code, error = run_code(job["code"], main_module.__dict__)
+        try:
+            save_open_figures()
+        except Exception as exc:  # noqa: BLE001
+            print(f"[could not save figures: {exc}]", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        send("finished", status=status, exit_code=exit_code, error=error)
+        collect(before, job.get("limits", {}))
+        send("end")
     _control.flush()
     os._exit(exit_code if 0 <= exit_code < 256 else 1)
 

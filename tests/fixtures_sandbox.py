@@ -22,6 +22,10 @@ from config import Settings, load_settings
 FAKE_TOKEN = "FAKE-DISCORD-TOKEN-MTIzNDU2Nzg5.leak-canary"
 FAKE_MONGODB_URI = "mongodb://canary-user:canary-password-4242@db.invalid:27017/leakcheck"
 DEFAULT_TEST_VENV = "/var/tmp/code-interpreter/sandbox-venv"
+# As root the engine drops runs to SANDBOX_UID and uses per-run cgroups; as an ordinary
+# user (tests/test_unprivileged.py runs the sandbox suite that way) it has neither and
+# falls back to rlimits. Tests whose expectations differ branch on this.
+RUNNING_AS_ROOT = os.geteuid() == 0
 
 # Set at import time: the secrets are in the environment before any engine exists.
 os.environ["DISCORD_TOKEN"] = FAKE_TOKEN

@@ -309,6 +309,9 @@ def run_code(code: str, namespace: dict) -> tuple[str, int, str]:
         if isinstance(code_value, int):
             return "exit", code_value, f"Exited with status {code_value}"
         return "exit", 1, str(code_value)
+    except MemoryError:
+        # Only reachable without cgroups (RLIMIT_AS fallback): same cause as a cgroup OOM kill.
+        return "memory", 1, "MemoryError"
     except BaseException as exc:  # noqa: BLE001 - everything the member raises is reported
         tb = exc.__traceback__
         # Drop this file's frames so the traceback starts in the member's code.

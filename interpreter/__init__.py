@@ -70,7 +70,7 @@ async def delete_user_file(file_id: str, user_id: int, db_handler: Any = None) -
 
 async def cleanup_expired_files(db_handler: Any = None) -> int:
     engine = await get_engine(db_handler)
-    return await engine.files.cleanup_expired()
+    return await engine.cleanup_expired()  # files (counted) and expired run-audit records
 
 
 async def get_interpreter_status(db_handler: Any = None) -> dict:

@@ -3,6 +3,10 @@
 One Engine per settings. `get_engine(db_handler)` returns the default engine, or a
 view of it whose file metadata lives in the given MongoDB database (the seed's
 `db_handler`), sharing the same sandbox runner and package manager.
+
+Every `execute` is recorded in the run audit (interpreter/audit.py) of the engine's
+store; `access` holds the abuse limits front ends check before queueing a run
+(interpreter/access.py).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from typing import Any
 
 from config import Settings, load_settings
 from interpreter import policy
+from interpreter.access import RunAccess
+from interpreter.audit import Clock, RunAudit
 from interpreter.packages import PackageManager
 from interpreter.result import build_result, error_result
 from interpreter.sandbox import SandboxJob, SandboxRunner
@@ -24,7 +30,7 @@ log = logging.getLogger(__name__)
 
 class Engine:
     def __init__(self, settings: Settings, *, store: Any = None, runner: SandboxRunner | None = None,
-                 packages: PackageManager | None = None) -> None:
+                 packages: PackageManager | None = None, clock: Clock | None = None) -> None:
         # Imported here so `import interpreter.sandbox` alone stays light (benchmarks, CLI).
         from interpreter.files import FileManager
         from interpreter.store import open_store
@@ -33,7 +39,10 @@ class Engine:
         self.packages = packages or PackageManager(settings)
         self.runner = runner or SandboxRunner(settings, self.packages)
         self.store = store if store is not None else open_store(settings)
-        self.files = FileManager(settings, self.store)
+        self.files = FileManager(settings, self.store, clock=clock)
+        self.audit = RunAudit(settings, self.store, clock=clock)
+        self.access = RunAccess(settings, self.audit)
+        self.clock = clock
         self.started_at = time.time()
         self._db_views: dict[int, Engine] = {}
 
@@ -47,7 +56,7 @@ class Engine:
             from interpreter.store import open_store
 
             view = Engine(self.settings, store=open_store(self.settings, db_handler=db_handler),
-                          runner=self.runner, packages=self.packages)
+                          runner=self.runner, packages=self.packages, clock=self.clock)
             self._db_views[key] = view
         return view
 
@@ -60,8 +69,29 @@ class Engine:
         timeout: float | None = None,
         *,
         keep_generated_files: bool = False,
+        guild_id: int | None = None,
+        channel_id: int | None = None,
     ) -> dict:
-        """Run one snippet for a member; always returns the seed's result dict."""
+        """Run one snippet for a member; always returns the seed's result dict.
+
+        The run is recorded in the audit afterwards (`guild_id`/`channel_id` say where
+        it was asked for); recording never changes or delays the result's content.
+        """
+        started_at = self.audit.now()
+        began = time.monotonic()
+        result = await self._execute(code, user_id, user_files, install_packages, timeout,
+                                     keep_generated_files=keep_generated_files)
+        if isinstance(user_id, int) and not isinstance(user_id, bool):
+            record = self.audit.build_record(
+                result, user_id=user_id, code=code, started_at=started_at,
+                duration_seconds=time.monotonic() - began, guild_id=guild_id, channel_id=channel_id,
+                packages=install_packages, files=user_files)
+            await self.audit.record(record)
+        return result
+
+    async def _execute(self, code: Any, user_id: int, user_files: list[str] | None,
+                       install_packages: list[str] | None, timeout: float | None, *,
+                       keep_generated_files: bool) -> dict:
         refusal = self._refusal(code, timeout)
         if refusal:
             return error_result(refusal)
@@ -105,11 +135,38 @@ class Engine:
         reason = policy.precheck(code)
         return f"Security validation failed: {reason}" if reason else None
 
+    async def recent_runs(self, limit: int = 10, user_id: int | None = None, guild_id: int | None = None) -> list[dict]:
+        """Audited runs, newest first (only one member's / one guild's when given).
+
+        Raises StoreUnavailable (its message is for members) when the database is down.
+        """
+        return await self.audit.recent(limit, user_id, guild_id)
+
+    async def cleanup_expired(self) -> int:
+        """The hourly sweep: expired files (returns how many) and expired run records."""
+        removed = await self.files.cleanup_expired()
+        await self.audit.purge_expired()
+        return removed
+
+    def run_limits(self) -> dict:
+        """The abuse limits in force, for status."""
+        settings = self.settings
+        return {
+            "runs_per_member_per_hour": settings.runs_per_member_per_hour or "unlimited",
+            "user_max_files": settings.user_max_files,
+            "user_max_storage_mb": settings.user_max_storage_mb,
+            "denied_members": len(settings.denied_member_ids),
+            "denied_roles": len(settings.denied_role_ids),
+            "run_channels": list(settings.run_channel_ids) or "everywhere",
+        }
+
     async def status(self) -> dict:
-        """The seed's status keys plus what an admin needs (sandbox layers, limits, load)."""
+        """The seed's status keys plus what an admin needs (sandbox layers, limits, load, recent runs)."""
         status: dict[str, Any] = {}
         status.update(await self.packages.status())
         status.update(await self.files.totals())
+        status.update(await self.audit.summary())
+        status["limits"] = self.run_limits()
         status["sandbox"] = self.runner.describe()
         status["runs"] = self.runner.load()
         status["uptime_seconds"] = round(time.time() - self.started_at, 1)

@@ -1,4 +1,5 @@
-"""Metadata stores for user files: one interface, two backends, chosen by configuration.
+"""Metadata stores for user files and the run audit: one interface, two backends,
+chosen by configuration.
 
 - A `db_handler` (PyMongo async or motor database) given by the caller: MongoDB, in it.
 - Else `MONGODB_URI` set: MongoDB via PyMongo's async client.
@@ -12,14 +13,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from interpreter.store.base import UNAVAILABLE_MESSAGE, FileRecord, FileStore, StoreUnavailable, Usage
+from interpreter.store.base import (
+    RUN_REFUSED,
+    UNAVAILABLE_MESSAGE,
+    FileRecord,
+    FileStore,
+    RunRecord,
+    StoreUnavailable,
+    Usage,
+)
 from interpreter.store.blobs import BlobDir, is_file_id, new_file_id
 
 __all__ = [
+    "RUN_REFUSED",
     "UNAVAILABLE_MESSAGE",
     "BlobDir",
     "FileRecord",
     "FileStore",
+    "RunRecord",
     "StoreUnavailable",
     "Usage",
     "is_file_id",

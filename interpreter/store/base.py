@@ -4,6 +4,9 @@ The FileManager (interpreter/files.py) owns the rules (ownership, expiry, quotas
 a store only keeps `FileRecord`s and answers queries. Every query that reads files on
 behalf of a member takes `now` and filters on `expires_at` itself: MongoDB's TTL
 monitor is lazy (up to a minute on mongod), and the SQLite store has no TTL at all.
+
+The same store keeps the run audit (`RunRecord`s, written by interpreter/audit.py):
+one record per run, expiring like files, with a hash of the code and never the code.
 """
 
 from __future__ import annotations
@@ -43,6 +46,32 @@ class FileRecord:
     file_size: int
     file_type: str
     uploaded_at: datetime  # aware, UTC
+    expires_at: datetime | None  # aware, UTC; None: never expires
+
+
+RUN_REFUSED = "refused"  # a run's status and exit cause when it never reached the sandbox
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """One run in the audit: who, where, when, how it ended, and what it touched.
+
+    The code itself is never stored, only its SHA-256: enough to tell runs of the same
+    code apart or match a snippet someone reports, without keeping members' code.
+    """
+
+    user_id: int
+    guild_id: int | None  # None: not run from a server (CLI, API, DM)
+    channel_id: int | None
+    started_at: datetime  # aware, UTC
+    duration_seconds: float  # wall time of the whole request (packages, files, the run)
+    success: bool
+    status: str  # "ok", "failed" (ran and failed) or "refused" (never reached the sandbox)
+    exit_cause: str  # result["exit_cause"] (ok, exception, timeout, memory...) or "refused"
+    packages: tuple[str, ...]  # packages requested
+    files_used: tuple[str, ...]  # ids of the member's files requested
+    files_produced: tuple[str, ...]  # names of the files the run produced
+    code_sha256: str
     expires_at: datetime | None  # aware, UTC; None: never expires
 
 
@@ -111,6 +140,29 @@ class FileStore(abc.ABC):
     @abc.abstractmethod
     async def existing_ids(self, file_ids: Iterable[str]) -> set[str]:
         """Which of `file_ids` have a record (expired or not): the orphan sweep's question."""
+
+    # --- the run audit
+
+    @abc.abstractmethod
+    async def insert_run(self, record: RunRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def recent_runs(self, now: datetime, limit: int, user_id: int | None = None,
+                          guild_id: int | None = None) -> list[RunRecord]:
+        """Unexpired runs, newest first, at most `limit`; only `user_id`'s and/or only in `guild_id` when given."""
+
+    @abc.abstractmethod
+    async def run_start_times(self, user_id: int, since: datetime, now: datetime) -> list[datetime]:
+        """When the member's unexpired runs that reached the sandbox (status not 'refused')
+        started, from `since` on, oldest first: what an hourly run limit counts."""
+
+    @abc.abstractmethod
+    async def run_cause_counts(self, since: datetime, now: datetime) -> dict[str, int]:
+        """How many unexpired runs started from `since` on ended with each exit cause."""
+
+    @abc.abstractmethod
+    async def delete_expired_runs(self, now: datetime) -> int:
+        """Delete audit records expired at `now`; returns how many went."""
 
     async def close(self) -> None:
         """Release connections. Stores reconnect by themselves when used again."""

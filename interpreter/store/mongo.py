@@ -1,10 +1,10 @@
-"""The MongoDB store: collection `user_files`, as in the seed.
+"""The MongoDB store: collection `user_files`, as in the seed, and `run_audit`.
 
 Works with a PyMongo async database (`pymongo.AsyncMongoClient(uri)[name]`, the
 driver MongoDB now recommends) and with a motor database (the seed's db_handler), so
 it only uses calls both share: insert_one, find_one, find().sort().to_list(),
-delete_one, count_documents, aggregate, create_index. (`aggregate` is a coroutine in
-PyMongo and returns the cursor directly in motor; `_aggregate` accepts both.)
+delete_one, delete_many, count_documents, aggregate, create_index. (`aggregate` is a
+coroutine in PyMongo and returns the cursor directly in motor; `_aggregate` accepts both.)
 
 Indexes (created on first use, once per store):
 - unique `file_id`;
@@ -14,6 +14,10 @@ Indexes (created on first use, once per store):
   the TTL monitor ignores. TTL removal is lazy (up to ~60 s on mongod), so every query
   still filters on `expires_at`; the FileManager's sweep removes blobs whose record the
   TTL monitor removed first.
+
+Collection `run_audit` (one document per run; code hash, never code) has a TTL on
+`expires_at` like `user_files`, a compound (`user_id` 1, `started_at` -1) index for a
+member's recent runs and the hourly run limit, and `started_at` -1 for status.
 
 Datetimes are stored as BSON dates (UTC). Handles built without tz_aware return naive
 datetimes; they are read back as UTC.
@@ -32,11 +36,12 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import ConfigurationError, ConnectionFailure, OperationFailure, PyMongoError
 
-from interpreter.store.base import FileRecord, FileStore, StoreUnavailable, Usage, scrub
+from interpreter.store.base import RUN_REFUSED, FileRecord, FileStore, RunRecord, StoreUnavailable, Usage, scrub
 
 log = logging.getLogger("interpreter.store")
 
 COLLECTION = "user_files"
+RUN_AUDIT_COLLECTION = "run_audit"
 _INDEX_CONFLICT_CODES = {85, 86}  # IndexOptionsConflict, IndexKeySpecsConflict
 _AUTH_FAILURE_CODES = {13, 18}  # Unauthorized, AuthenticationFailed: as good as down for us
 _DEFAULT_SERVER_SELECTION_MS = 5000  # fail a call in seconds, not PyMongo's default 30 s
@@ -57,6 +62,17 @@ def _record(doc: dict[str, Any]) -> FileRecord:
         file_id=doc["file_id"], user_id=int(doc["user_id"]), filename=doc.get("filename") or "file",
         file_path=doc.get("file_path") or "", file_size=int(doc.get("file_size") or 0),
         file_type=doc.get("file_type") or "binary", uploaded_at=_utc(doc.get("uploaded_at")),
+        expires_at=_utc(doc.get("expires_at")),
+    )
+
+
+def _run_record(doc: dict[str, Any]) -> RunRecord:
+    return RunRecord(
+        user_id=int(doc["user_id"]), guild_id=doc.get("guild_id"), channel_id=doc.get("channel_id"),
+        started_at=_utc(doc.get("started_at")), duration_seconds=float(doc.get("duration_seconds") or 0.0),
+        success=bool(doc.get("success")), status=doc.get("status") or "", exit_cause=doc.get("exit_cause") or "",
+        packages=tuple(doc.get("packages") or ()), files_used=tuple(doc.get("files_used") or ()),
+        files_produced=tuple(doc.get("files_produced") or ()), code_sha256=doc.get("code_sha256") or "",
         expires_at=_utc(doc.get("expires_at")),
     )
 
@@ -88,7 +104,7 @@ class MongoStore(FileStore):
         self._database_name = database_name if database is None else database.name
         self._client: Any = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
-        self._indexes_ready = False
+        self._indexes_ready: set[str] = set()  # collections whose indexes exist
 
     @property
     def namespace(self) -> str:
@@ -96,9 +112,9 @@ class MongoStore(FileStore):
 
     # --- plumbing
 
-    def _collection(self) -> Any:
+    def _collection(self, name: str = COLLECTION) -> Any:
         if self._database is not None:
-            return self._database[COLLECTION]
+            return self._database[name]
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
             # A PyMongo async client belongs to the loop it was first used in; a new loop
@@ -110,15 +126,20 @@ class MongoStore(FileStore):
                 options["serverSelectionTimeoutMS"] = _DEFAULT_SERVER_SELECTION_MS
             self._client = AsyncMongoClient(self._uri, **options)
             self._client_loop = loop
-            self._indexes_ready = False
-        return self._client[self._database_name][COLLECTION]
+            self._indexes_ready = set()
+        return self._client[self._database_name][name]
 
-    async def _call(self, operation):
+    async def _call(self, operation, collection_name: str = COLLECTION):
         """Run `operation(collection)` with indexes in place; outages become StoreUnavailable."""
         async def run():
             try:
-                collection = self._collection()
-                await self._ensure_indexes(collection)
+                collection = self._collection(collection_name)
+                if collection_name not in self._indexes_ready:
+                    if collection_name == RUN_AUDIT_COLLECTION:
+                        await self._ensure_run_audit_indexes(collection)
+                    else:
+                        await self._ensure_indexes(collection)
+                    self._indexes_ready.add(collection_name)
                 return await operation(collection)
             except OperationFailure as exc:
                 if exc.code in _AUTH_FAILURE_CODES:
@@ -130,8 +151,6 @@ class MongoStore(FileStore):
         return await self._guarded(run(), (ConnectionFailure, _Unavailable))
 
     async def _ensure_indexes(self, collection: Any) -> None:
-        if self._indexes_ready:
-            return
         await collection.create_index("file_id", unique=True)
         await collection.create_index([("user_id", ASCENDING), ("expires_at", DESCENDING)])
         try:
@@ -144,7 +163,13 @@ class MongoStore(FileStore):
             # expired files, so this only costs the server-side cleanup.
             log.warning("user_files already has a non-TTL index on expires_at; expired records are removed by "
                         "the sweep only (drop index 'expires_at_1' to let MongoDB's TTL monitor help)")
-        self._indexes_ready = True
+
+    @staticmethod
+    async def _ensure_run_audit_indexes(collection: Any) -> None:
+        await collection.create_index([("user_id", ASCENDING), ("started_at", DESCENDING)])
+        await collection.create_index([("started_at", DESCENDING)])
+        # A run that never expires stores expires_at: null, which the TTL monitor ignores.
+        await collection.create_index("expires_at", expireAfterSeconds=0)
 
     @staticmethod
     async def _aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -225,5 +250,53 @@ class MongoStore(FileStore):
             found.update(doc["file_id"] for doc in await self._call(op))
         return found
 
+    # --- the run audit
+
+    async def insert_run(self, record: RunRecord) -> None:
+        document = {
+            "user_id": record.user_id, "guild_id": record.guild_id, "channel_id": record.channel_id,
+            "started_at": record.started_at, "duration_seconds": record.duration_seconds,
+            "success": record.success, "status": record.status, "exit_cause": record.exit_cause,
+            "packages": list(record.packages), "files_used": list(record.files_used),
+            "files_produced": list(record.files_produced), "code_sha256": record.code_sha256,
+            "expires_at": record.expires_at,
+        }
+        await self._call(lambda c: c.insert_one(document), RUN_AUDIT_COLLECTION)
+
+    async def recent_runs(self, now: datetime, limit: int, user_id: int | None = None,
+                          guild_id: int | None = None) -> list[RunRecord]:
+        query = {key: value for key, value in (("user_id", user_id), ("guild_id", guild_id)) if value is not None}
+        query.update(_live(now))
+
+        async def op(collection):
+            # _id (an ObjectId, increasing per process) breaks ties between equal start times.
+            cursor = collection.find(query, {"_id": 0}).sort([("started_at", DESCENDING), ("_id", DESCENDING)])
+            return await cursor.limit(limit).to_list(length=None)
+
+        return [_run_record(doc) for doc in await self._call(op, RUN_AUDIT_COLLECTION)]
+
+    async def run_start_times(self, user_id: int, since: datetime, now: datetime) -> list[datetime]:
+        query = {"user_id": user_id, "started_at": {"$gte": since}, "status": {"$ne": RUN_REFUSED}, **_live(now)}
+
+        async def op(collection):
+            cursor = collection.find(query, {"_id": 0, "started_at": 1}).sort([("started_at", ASCENDING)])
+            return await cursor.to_list(length=None)
+
+        return [_utc(doc["started_at"]) for doc in await self._call(op, RUN_AUDIT_COLLECTION)]
+
+    async def run_cause_counts(self, since: datetime, now: datetime) -> dict[str, int]:
+        async def op(collection):
+            return await self._aggregate(collection, [
+                {"$match": {"started_at": {"$gte": since}, **_live(now)}},
+                {"$group": {"_id": "$exit_cause", "count": {"$sum": 1}}},
+            ])
+
+        return {str(row["_id"]): int(row["count"]) for row in await self._call(op, RUN_AUDIT_COLLECTION)}
+
+    async def delete_expired_runs(self, now: datetime) -> int:
+        # The TTL monitor removes these too, lazily; the sweep makes expiry prompt everywhere.
+        result = await self._call(lambda c: c.delete_many(_expired(now)), RUN_AUDIT_COLLECTION)
+        return result.deleted_count
 
 __all__ = ["MongoStore", "StoreUnavailable"]
+

@@ -6,12 +6,14 @@ connection works from whichever event loop or thread calls. WAL mode lets anothe
 process (a CLI, a second bot) read while this one writes.
 
 Datetimes are stored as UTC epoch seconds (REAL, millisecond precision, like BSON);
-NULL `expires_at` means "never expires".
+NULL `expires_at` means "never expires". The run audit's lists (packages, files) are
+JSON arrays in TEXT columns; SQLite has no TTL, so the hourly sweep deletes expired runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -19,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from interpreter.store.base import FileRecord, FileStore, Usage
+from interpreter.store.base import RUN_REFUSED, FileRecord, FileStore, RunRecord, Usage
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS user_files (
@@ -34,6 +36,25 @@ CREATE TABLE IF NOT EXISTS user_files (
 );
 CREATE INDEX IF NOT EXISTS user_files_user_expiry ON user_files (user_id, expires_at DESC);
 CREATE INDEX IF NOT EXISTS user_files_expiry ON user_files (expires_at);
+CREATE TABLE IF NOT EXISTS run_audit (
+    id               INTEGER PRIMARY KEY,  -- insertion order: breaks ties between equal start times
+    user_id          INTEGER NOT NULL,
+    guild_id         INTEGER,
+    channel_id       INTEGER,
+    started_at       REAL NOT NULL,
+    duration_seconds REAL NOT NULL,
+    success          INTEGER NOT NULL,
+    status           TEXT NOT NULL,
+    exit_cause       TEXT NOT NULL,
+    packages         TEXT NOT NULL,        -- JSON array of names
+    files_used       TEXT NOT NULL,        -- JSON array of file ids
+    files_produced   TEXT NOT NULL,        -- JSON array of file names
+    code_sha256      TEXT NOT NULL,
+    expires_at       REAL                  -- NULL: never expires
+);
+CREATE INDEX IF NOT EXISTS run_audit_user_started ON run_audit (user_id, started_at DESC);
+CREATE INDEX IF NOT EXISTS run_audit_started ON run_audit (started_at DESC);
+CREATE INDEX IF NOT EXISTS run_audit_expiry ON run_audit (expires_at);
 """
 
 _COLUMNS = "file_id, user_id, filename, file_path, file_size, file_type, uploaded_at, expires_at"
@@ -46,6 +67,20 @@ def _to_epoch(value: datetime | None) -> float | None:
 
 def _from_epoch(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
+
+
+_RUN_COLUMNS = ("user_id, guild_id, channel_id, started_at, duration_seconds, success, status, exit_cause, "
+                "packages, files_used, files_produced, code_sha256, expires_at")
+
+
+def _run_record(row: tuple[Any, ...]) -> RunRecord:
+    (user_id, guild_id, channel_id, started_at, duration, success, status, exit_cause,
+     packages, files_used, files_produced, code_sha256, expires_at) = row
+    return RunRecord(
+        user_id=int(user_id), guild_id=guild_id, channel_id=channel_id, started_at=_from_epoch(started_at),
+        duration_seconds=float(duration), success=bool(success), status=status, exit_cause=exit_cause,
+        packages=tuple(json.loads(packages)), files_used=tuple(json.loads(files_used)),
+        files_produced=tuple(json.loads(files_produced)), code_sha256=code_sha256, expires_at=_from_epoch(expires_at))
 
 
 def _record(row: tuple[Any, ...]) -> FileRecord:
@@ -165,3 +200,41 @@ class SQLiteStore(FileStore):
                                       tuple(batch))
             found.update(row[0] for row in rows)
         return found
+
+    # --- the run audit
+
+    async def insert_run(self, record: RunRecord) -> None:
+        await self._run(
+            f"INSERT INTO run_audit ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.user_id, record.guild_id, record.channel_id, _to_epoch(record.started_at),
+             record.duration_seconds, int(record.success), record.status, record.exit_cause,
+             json.dumps(list(record.packages)), json.dumps(list(record.files_used)),
+             json.dumps(list(record.files_produced)), record.code_sha256, _to_epoch(record.expires_at)),
+        )
+
+    async def recent_runs(self, now: datetime, limit: int, user_id: int | None = None,
+                          guild_id: int | None = None) -> list[RunRecord]:
+        filters = [(column, value) for column, value in (("user_id", user_id), ("guild_id", guild_id)) if value is not None]
+        where = "".join(f"{column} = ? AND " for column, _ in filters)
+        params = tuple(value for _, value in filters) + (_to_epoch(now), limit)
+        rows, _ = await self._run(
+            f"SELECT {_RUN_COLUMNS} FROM run_audit WHERE {where}{_LIVE} ORDER BY started_at DESC, id DESC LIMIT ?",
+            params)
+        return [_run_record(row) for row in rows]
+
+    async def run_start_times(self, user_id: int, since: datetime, now: datetime) -> list[datetime]:
+        rows, _ = await self._run(
+            f"SELECT started_at FROM run_audit WHERE user_id = ? AND started_at >= ? AND status != ? AND {_LIVE} "
+            "ORDER BY started_at",
+            (user_id, _to_epoch(since), RUN_REFUSED, _to_epoch(now)))
+        return [_from_epoch(row[0]) for row in rows]
+
+    async def run_cause_counts(self, since: datetime, now: datetime) -> dict[str, int]:
+        rows, _ = await self._run(
+            f"SELECT exit_cause, COUNT(*) FROM run_audit WHERE started_at >= ? AND {_LIVE} GROUP BY exit_cause",
+            (_to_epoch(since), _to_epoch(now)))
+        return {cause: int(count) for cause, count in rows}
+
+    async def delete_expired_runs(self, now: datetime) -> int:
+        _, count = await self._run("DELETE FROM run_audit WHERE expires_at <= ?", (_to_epoch(now),))
+        return max(count, 0)

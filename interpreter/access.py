@@ -1,0 +1,182 @@
+"""Who may start a run, where, and how often: the abuse limits admins set.
+
+Plain Python on ids (no Discord here), so every rule is testable on its own; the
+bot's cogs turn a Denial into a message (cogs/_access.py).
+
+Rules, in the order a request meets them:
+- DENIED_MEMBER_IDS / DENIED_ROLE_IDS: these members may not run code at all;
+- RUN_CHANNEL_IDS: when set, runs start only in those channels (a thread counts as
+  its parent channel, a channel as its category: ids listed in `RunContext.channel_ids`);
+- RUNS_PER_MEMBER_PER_HOUR: at most that many runs in any sliding hour (0: no limit).
+
+How the hourly limit counts: from the run audit in the store, combined with an
+in-memory sliding window of the runs this process admitted. The store makes the
+limit survive a restart (a member cannot reset it by waiting for one) and apply
+across processes sharing the database; it is also exactly what admins see in /runs.
+But the audit records a run only when it ends, so runs still queued or running are
+in the memory window only, and the window also keeps the limit working while the
+database is down. The count is the larger of the two. What this can miss: right
+after a restart (or across processes) runs that are queued but not yet recorded,
+so a member may go over by at most their queue depth (RUN_QUEUE_PER_MEMBER + 1).
+Refused requests (bad file id, package refused) do not count: they never ran.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from interpreter.audit import RunAudit
+from interpreter.store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+RATE_WINDOW = timedelta(hours=1)
+_PRUNE_ALL_ABOVE = 1000  # members remembered before stale windows of absent members are dropped
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """Who asks for a run and where. Ids as the chat platform gives them."""
+
+    member_id: int
+    guild_id: int | None = None
+    channel_ids: tuple[int, ...] = ()  # the channel first, then what contains it (thread parent, category)
+    role_ids: frozenset[int] = frozenset()
+
+
+class DenialReason(enum.Enum):
+    MEMBER = "member"  # the member is on DENIED_MEMBER_IDS
+    ROLE = "role"  # the member has a role on DENIED_ROLE_IDS
+    CHANNEL = "channel"  # not one of RUN_CHANNEL_IDS
+    RATE = "rate"  # RUNS_PER_MEMBER_PER_HOUR used up
+
+
+@dataclasses.dataclass(frozen=True)
+class Denial:
+    """Why a run may not start; the front end words it (it knows how to show channels and times)."""
+
+    reason: DenialReason
+    allowed_channel_ids: tuple[int, ...] = ()  # CHANNEL: where runs work
+    limit: int = 0  # RATE: the hourly limit
+    retry_at: datetime | None = None  # RATE: when the next run will be allowed
+
+    def describe(self) -> str:
+        """Plain-text wording, for logs and front ends without markup."""
+        if self.reason in (DenialReason.MEMBER, DenialReason.ROLE):
+            return "You're not allowed to run code on this server"
+        if self.reason is DenialReason.CHANNEL:
+            return "Code can't be run in this channel"
+        when = self.retry_at.isoformat(timespec="seconds") if self.retry_at else "later"
+        return f"You've used your {self.limit} runs for this hour; next one available at {when}"
+
+
+class Admission:
+    """A run counted against the member's hourly limit. `cancel()` it if the run never starts."""
+
+    def __init__(self, access: "RunAccess | None" = None, member_id: int = 0, at: datetime | None = None) -> None:
+        self._access = access
+        self._member_id = member_id
+        self._at = at
+
+    def cancel(self) -> None:
+        access, self._access = self._access, None
+        if access is not None and self._at is not None:
+            access._forget(self._member_id, self._at)
+
+
+class RunAccess:
+    def __init__(self, settings: Any, audit: RunAudit) -> None:
+        self.settings = settings
+        self.audit = audit
+        self._admitted: dict[int, collections.deque[datetime]] = {}  # member -> admission times, oldest first
+
+    # --- the rules
+
+    def check_identity(self, context: RunContext) -> Denial | None:
+        """Member, role and channel rules (no I/O)."""
+        if context.member_id in self.settings.denied_member_ids:
+            return Denial(DenialReason.MEMBER)
+        if context.role_ids & set(self.settings.denied_role_ids):
+            return Denial(DenialReason.ROLE)
+        allowed = self.settings.run_channel_ids
+        if allowed and not set(context.channel_ids) & set(allowed):
+            return Denial(DenialReason.CHANNEL, allowed_channel_ids=tuple(allowed))
+        return None
+
+    async def check(self, context: RunContext) -> Denial | None:
+        """Every rule, without counting a run (e.g. before showing a code box)."""
+        denial = self.check_identity(context)
+        if denial is None and self.settings.runs_per_member_per_hour:
+            denial = await self._rate_denial(context.member_id, self.audit.now(), reserved=False)
+        return denial
+
+    async def admit(self, context: RunContext) -> Admission | Denial:
+        """Every rule; when they pass, the run counts against the hourly limit from now on."""
+        denial = self.check_identity(context)
+        if denial is not None:
+            return denial
+        if not self.settings.runs_per_member_per_hour:
+            return Admission()
+        now = self.audit.now()
+        if len(self._admitted) > _PRUNE_ALL_ABOVE:
+            for member_id in list(self._admitted):
+                self._remembered(member_id, now)
+        # Reserve before asking the store, so a second request of the same member that
+        # arrives meanwhile already sees this one.
+        self._admitted.setdefault(context.member_id, collections.deque()).append(now)
+        denial = await self._rate_denial(context.member_id, now, reserved=True)
+        if denial is not None:
+            self._forget(context.member_id, now)
+            return denial
+        return Admission(self, context.member_id, now)
+
+    # --- the hourly limit
+
+    def _remembered(self, member_id: int, now: datetime) -> list[datetime]:
+        """This process's admissions of the member within the window, oldest first (drops older ones)."""
+        window = self._admitted.get(member_id)
+        if window is None:
+            return []
+        while window and window[0] <= now - RATE_WINDOW:
+            window.popleft()
+        if not window:
+            del self._admitted[member_id]
+        return sorted(window)
+
+    def _forget(self, member_id: int, at: datetime) -> None:
+        window = self._admitted.get(member_id)
+        if window is None:
+            return
+        try:
+            window.remove(at)
+        except ValueError:
+            pass
+        if not window:
+            del self._admitted[member_id]
+
+    async def _rate_denial(self, member_id: int, now: datetime, *, reserved: bool) -> Denial | None:
+        limit = self.settings.runs_per_member_per_hour
+        since = now - RATE_WINDOW
+        try:
+            recorded = await self.audit.start_times(member_id, since)
+        except StoreUnavailable:
+            recorded = []  # the store logged the outage; the memory window still counts
+        except Exception:  # noqa: BLE001 - a broken audit must not stop every run
+            log.exception("run limit: could not read the run audit; counting this process's runs only")
+            recorded = []
+        remembered = self._remembered(member_id, now)
+        if reserved:
+            remembered.remove(now)  # count what came before this request
+        earlier = sorted(t for t in recorded if t > since)
+        if len(remembered) > len(earlier):
+            earlier = remembered
+        if len(earlier) < limit:
+            return None
+        # The next run is allowed once enough earlier runs have left the window.
+        retry_at = earlier[len(earlier) - limit] + RATE_WINDOW
+        return Denial(DenialReason.RATE, limit=limit, retry_at=retry_at)

@@ -1,9 +1,23 @@
-"""Who counts as an admin of the bot, and the check used by admin-only commands."""
+"""Who may use what: bot admins for admin commands, and the run access check.
+
+The rules themselves are plain Python in interpreter/access.py (testable without
+Discord); this module only turns an interaction into a RunContext and a Denial into
+an ephemeral message. Every way of starting a run (/run, its code box, the Run code
+menu, the Run again button) goes through `admit_run`, so there is one place to check.
+"""
 
 from __future__ import annotations
 
+import math
+
 import discord
 from discord import app_commands
+
+import interpreter
+from cogs._format import NO_MENTIONS
+from interpreter.access import Admission, Denial, DenialReason, RunContext
+
+MAX_CHANNELS_SUGGESTED = 3
 
 
 class NotBotAdmin(app_commands.CheckFailure):
@@ -18,6 +32,11 @@ def is_bot_admin(interaction: discord.Interaction, owner_ids: tuple[int, ...]) -
     return interaction.guild_id is not None and (permissions.manage_guild or permissions.administrator)
 
 
+def is_bot_owner(interaction: discord.Interaction) -> bool:
+    owner_ids = getattr(getattr(interaction.client, "settings", None), "owner_ids", ())
+    return interaction.user.id in owner_ids
+
+
 def admin_only():
     """app_commands check: the member must be a bot admin (see `is_bot_admin`)."""
 
@@ -28,3 +47,57 @@ def admin_only():
         return True
 
     return app_commands.check(predicate)
+
+
+# --- running code
+
+
+def member_role_ids(user: discord.abc.User) -> frozenset[int]:
+    """The member's role ids. `Member.roles` lists only roles in the guild's cache; the ids
+    from the interaction payload (`_roles`) are there even when the cache is not."""
+    ids = {role.id for role in getattr(user, "roles", ())}
+    ids.update(int(role_id) for role_id in getattr(user, "_roles", ()))
+    return frozenset(ids)
+
+
+def run_context(interaction: discord.Interaction) -> RunContext:
+    """Who asks and where: the channel, then the thread's parent channel, then the category."""
+    channel = interaction.channel
+    channel_ids: list[int] = []
+    for candidate in (interaction.channel_id, getattr(channel, "parent_id", None), getattr(channel, "category_id", None)):
+        if candidate and candidate not in channel_ids:
+            channel_ids.append(int(candidate))
+    return RunContext(member_id=interaction.user.id, guild_id=interaction.guild_id,
+                      channel_ids=tuple(channel_ids), role_ids=member_role_ids(interaction.user))
+
+
+def _or_list(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def denial_message(denial: Denial) -> str:
+    """What the member reads (ephemeral). Channel links and times render in their client."""
+    if denial.reason is DenialReason.CHANNEL:
+        channels = [f"<#{channel_id}>" for channel_id in denial.allowed_channel_ids[:MAX_CHANNELS_SUGGESTED]]
+        return "🚫 Code can't be run in this channel; try " + _or_list(channels)
+    if denial.reason is DenialReason.RATE:
+        when = f"<t:{math.ceil(denial.retry_at.timestamp())}:R>" if denial.retry_at else "later"
+        runs = "run" if denial.limit == 1 else "runs"
+        return f"⏳ You've used your {denial.limit} {runs} for this hour; next one available {when}"
+    return "🚫 You're not allowed to run code on this server"
+
+
+async def admit_run(interaction: discord.Interaction, *, count: bool = True) -> Admission | None:
+    """The run access check. On refusal, tells the member why (ephemeral) and returns None.
+
+    With `count` (the run is about to be queued) the run counts against the member's
+    hourly limit; cancel the Admission if it does not start after all. Without it
+    (before opening the code box) nothing is counted.
+    """
+    access = (await interpreter.get_engine()).access
+    context = run_context(interaction)
+    outcome = await access.admit(context) if count else (await access.check(context) or Admission())
+    if isinstance(outcome, Denial):
+        await interaction.response.send_message(denial_message(outcome), ephemeral=True, allowed_mentions=NO_MENTIONS)
+        return None
+    return outcome

@@ -1,4 +1,5 @@
-"""/status for admins: the interpreter's health, storage, queue and run statistics.
+"""/status for admins: the interpreter's health, storage, queue, limits and recent runs;
+/runs: one member's recent runs from the run audit.
 
 Tolerant of missing keys: the engine's status grows over time and a partial status
 is more useful than an error.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -15,13 +17,17 @@ from discord import app_commands
 from discord.ext import commands
 
 import interpreter
-from cogs._access import admin_only
-from cogs._format import EMBED_FIELD_LIMIT, NO_MENTIONS, clean_text
+from cogs._access import admin_only, is_bot_owner
+from cogs._format import EMBED_DESCRIPTION_LIMIT, EMBED_FIELD_LIMIT, NO_MENTIONS, clean_text, display_filename, inline
+from interpreter.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from bot.client import CodeInterpreterBot
 
 MAX_FIELD_LINES = 12
+STATUS_RECENT_RUNS = 5
+RUNS_SHOWN = 10
+RUN_ICONS = {"ok": "✅", "failed": "❌", "refused": "🚫"}
 
 
 def format_duration(seconds: float) -> str:
@@ -57,6 +63,80 @@ def _lines(mapping: dict[str, Any], keys: list[str] | None = None) -> str:
     return text if len(text) <= EMBED_FIELD_LIMIT else text[: EMBED_FIELD_LIMIT - 1] + "…"
 
 
+def _fit(lines: list[str], limit: int) -> str:
+    """Whole lines while they fit in `limit` characters, then a count of the rest."""
+    shown: list[str] = []
+    used = 0
+    for index, line in enumerate(lines):
+        rest = len(lines) - index
+        if used + len(line) + 1 > limit - 20:
+            shown.append(f"… {rest} more")
+            break
+        shown.append(line)
+        used += len(line) + 1
+    return "\n".join(shown) or "—"
+
+
+def _timestamp(iso: Any) -> str:
+    try:
+        return f"<t:{int(datetime.fromisoformat(str(iso)).timestamp())}:R>"
+    except ValueError:
+        return "?"
+
+
+def run_line(run: dict[str, Any], *, show_member: bool) -> str:
+    """One audited run on one line: when, (who), outcome, time, where, packages, files, code hash."""
+    status = str(run.get("status") or "")
+    parts = [_timestamp(run.get("started_at"))]
+    if show_member:
+        parts.append(f"<@{int(run.get('user_id') or 0)}>")
+    parts.append(f"{RUN_ICONS.get(status, '•')} {inline(str(run.get('exit_cause') or status), 30)}")
+    duration = run.get("duration_seconds")
+    if isinstance(duration, (int, float)):
+        parts.append(f"{duration:.1f} s")
+    if run.get("channel_id"):
+        parts.append(f"<#{int(run['channel_id'])}>")
+    if run.get("packages"):
+        parts.append("📦 " + inline(", ".join(map(str, run["packages"])), 80))
+    if run.get("files_used"):
+        parts.append(f"📥 {len(run['files_used'])} file{'s' if len(run['files_used']) != 1 else ''}")
+    produced = run.get("files_produced") or []
+    if produced:
+        names = ", ".join(display_filename(str(name)) for name in produced[:3])
+        parts.append(f"📤 {names}" + (f" +{len(produced) - 3}" if len(produced) > 3 else ""))
+    if run.get("code_sha256"):
+        parts.append(f"`{str(run['code_sha256'])[:12]}`")
+    return " · ".join(parts)
+
+
+def _limits_text(limits: dict[str, Any]) -> str:
+    channels = limits.get("run_channels")
+    shown = {
+        "runs per member per hour": limits.get("runs_per_member_per_hour"),
+        "files per member": limits.get("user_max_files"),
+        "storage per member": f"{limits.get('user_max_storage_mb')} MB",
+        "denied members": limits.get("denied_members"),
+        "denied roles": limits.get("denied_roles"),
+        "run channels": " ".join(f"<#{int(c)}>" for c in channels) if isinstance(channels, list) else channels,
+    }
+    return _lines({key: value for key, value in shown.items() if value is not None})
+
+
+def _runs_fields(status: dict[str, Any]) -> list[tuple[str, str]]:
+    """The audit's part of /status: failure causes over 24 h and the latest runs."""
+    if status.get("run_audit_error"):
+        return [("Recent runs", clean_text(str(status["run_audit_error"])))]
+    fields = []
+    counts = status.get("failure_causes")
+    if isinstance(counts, dict):
+        causes = ", ".join(f"{inline(str(cause), 30)} {count}" for cause, count in counts.items()) or "none"
+        fields.append(("Runs (24 h)", f"**runs:** {status.get('runs_last_24h', 0)}\n**failures:** {causes}"))
+    recent = status.get("recent_runs")
+    if isinstance(recent, list):
+        fields.append(("Recent runs", _fit([run_line(run, show_member=True) for run in recent], EMBED_FIELD_LIMIT)))
+    return fields
+
+
 def status_embed(status: dict[str, Any], *, queue: Any, bot_uptime: float, latency: float) -> discord.Embed:
     sandbox = status.get("sandbox") if isinstance(status.get("sandbox"), dict) else {}
     runs = status.get("runs") if isinstance(status.get("runs"), dict) else {}
@@ -67,11 +147,15 @@ def status_embed(status: dict[str, Any], *, queue: Any, bot_uptime: float, laten
     embed.add_field(name="Packages", value=_lines(status, ["venv_exists", "package_count", "python_path", "last_cleanup"]), inline=False)
     embed.add_field(name="Storage", value=_lines(status, ["total_user_files", "total_file_size_mb",
                                                           "file_expiration_hours", "max_file_size_mb"]))
+    if isinstance(status.get("limits"), dict):
+        embed.add_field(name="Limits", value=_limits_text(status["limits"]))
     queue_info = {"running": queue.running, "waiting": queue.waiting, "capacity": queue.capacity,
                   "started": queue.started_total, "refused": queue.refused_total}
     embed.add_field(name="Queue", value=_lines(queue_info))
     if runs:
         embed.add_field(name="Runs", value=_lines(runs))
+    for name, value in _runs_fields(status):
+        embed.add_field(name=name, value=value, inline=False)
     latency_text = f"{latency * 1000:.0f} ms" if math.isfinite(latency) else "not connected"
     engine_uptime = status.get("uptime_seconds")
     lines = [f"**bot:** {format_duration(bot_uptime)}"]
@@ -85,6 +169,16 @@ def status_embed(status: dict[str, Any], *, queue: Any, bot_uptime: float, laten
     return embed
 
 
+def runs_embed(member: discord.abc.User, runs: list[dict[str, Any]]) -> discord.Embed:
+    embed = discord.Embed(title=f"Recent runs of {inline(member.display_name, 80)}", colour=discord.Colour.blurple())
+    if runs:
+        embed.description = _fit([run_line(run, show_member=False) for run in runs], EMBED_DESCRIPTION_LIMIT)
+    else:
+        embed.description = f"No runs by <@{member.id}> in the audit (records expire with files)."
+    embed.set_footer(text="Newest first. The code is never stored; the short hash tells runs of the same code apart.")
+    return embed
+
+
 class AdminCog(commands.Cog, name="Admin"):
     def __init__(self, bot: "CodeInterpreterBot") -> None:
         self.bot = bot
@@ -95,9 +189,31 @@ class AdminCog(commands.Cog, name="Admin"):
     async def status(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         status = await interpreter.get_interpreter_status()
+        if not is_bot_owner(interaction) and isinstance(status.get("recent_runs"), list):
+            # A server's admins see that server's runs only; the bot's owners see all.
+            try:
+                status["recent_runs"] = await (await interpreter.get_engine()).recent_runs(
+                    STATUS_RECENT_RUNS, guild_id=interaction.guild_id)
+            except StoreUnavailable as exc:
+                status["run_audit_error"] = str(exc)
         embed = status_embed(status, queue=self.bot.scheduler.stats(),
                              bot_uptime=time.monotonic() - self.bot.started_at, latency=self.bot.latency)
         await interaction.edit_original_response(embed=embed, allowed_mentions=NO_MENTIONS)
+
+    @app_commands.command(name="runs", description="A member's recent runs from the run audit (admins)")
+    @app_commands.describe(member="Whose runs to show")
+    @app_commands.default_permissions(manage_guild=True)
+    @admin_only()
+    async def runs(self, interaction: discord.Interaction, member: discord.User) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        # A server's admins see runs asked for in their server; the bot's owners see all.
+        guild_id = None if is_bot_owner(interaction) else interaction.guild_id
+        try:
+            runs = await (await interpreter.get_engine()).recent_runs(RUNS_SHOWN, user_id=member.id, guild_id=guild_id)
+        except StoreUnavailable as exc:
+            await interaction.edit_original_response(content=f"⚠️ {exc}", allowed_mentions=NO_MENTIONS)
+            return
+        await interaction.edit_original_response(embed=runs_embed(member, runs), allowed_mentions=NO_MENTIONS)
 
 
 async def setup(bot: "CodeInterpreterBot") -> None:

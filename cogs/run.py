@@ -1,8 +1,9 @@
 """/run, its code modal, the "Run code" message menu and the buttons under a result.
 
-The cog holds no execution logic: it validates options, takes a place in the fair
-queue (cogs/_queue.py), calls `interpreter.execute_code` and renders the result
-(cogs/_format.py).
+The cog holds no execution logic: it validates options, checks the member may run
+code here (cogs/_access.py: denied members and roles, run channels, hourly limit),
+takes a place in the fair queue (cogs/_queue.py), calls `interpreter.execute_code`
+and renders the result (cogs/_format.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from discord import app_commands
 from discord.ext import commands
 
 import interpreter
-from cogs._access import is_bot_admin
+from cogs._access import admit_run, is_bot_admin
 from cogs._format import NO_MENTIONS, code_block, extract_code, has_code_block, render_result, split_list
 from cogs._queue import RunRefused
 
@@ -77,6 +78,9 @@ class RunCog(commands.Cog, name="Run"):
         if timeout is not None:
             timeout = min(timeout, self.settings.max_run_timeout)
         if not code or not code.strip():
+            # Refuse before the member types code into a box that cannot run; nothing is counted yet.
+            if await admit_run(interaction, count=False) is None:
+                return
             await interaction.response.send_modal(
                 RunModal(self, interaction.user.id, file_ids, package_names, timeout))
             return
@@ -107,9 +111,13 @@ class RunCog(commands.Cog, name="Run"):
         if len(request.code) > 100_000:
             await interaction.response.send_message("That code is too long to run (100,000 characters at most).", ephemeral=True)
             return
+        admission = await admit_run(interaction)
+        if admission is None:
+            return
         try:
             ticket = self.bot.scheduler.submit(interaction.user.id)
         except RunRefused as refusal:
+            admission.cancel()  # never queued: it does not count against the hourly limit
             await interaction.response.send_message(f"⏳ {refusal}", ephemeral=True)
             return
 
@@ -128,6 +136,8 @@ class RunCog(commands.Cog, name="Run"):
                     user_files=list(request.files) or None,
                     install_packages=list(request.packages) or None,
                     timeout=request.timeout,
+                    guild_id=interaction.guild_id,
+                    channel_id=interaction.channel_id,
                 )
             except Exception:
                 log.exception("execute_code failed for member %s", request.author_id)

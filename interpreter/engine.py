@@ -75,7 +75,8 @@ class Engine:
         """Run one snippet for a member; always returns the seed's result dict.
 
         The run is recorded in the audit afterwards (`guild_id`/`channel_id` say where
-        it was asked for); recording never changes or delays the result's content.
+        it was asked for). Recording never changes the result and never raises; while
+        the database is down it costs the store's connection timeout and logs once.
         """
         started_at = self.audit.now()
         began = time.monotonic()

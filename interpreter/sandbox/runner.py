@@ -27,9 +27,12 @@ from pathlib import Path
 
 from config import Settings
 from interpreter.sandbox.bwrap import BwrapBinary, BwrapNotFound, build_bwrap_args, find_bwrap, sandbox_env
+from interpreter.sandbox.admission import AdmissionGate
 from interpreter.sandbox.job import SandboxJob, SandboxOutcome
 from interpreter.sandbox.limits import CgroupManager, RunCgroup, prlimit_args
+from interpreter.sandbox.pool import SandboxPool
 from interpreter.sandbox.protocol import MAX_HEADER_BYTES, ControlState, ProtocolError, consume
+from interpreter.sandbox.workload import Workload, classify
 from interpreter.types import ExitCause
 
 log = logging.getLogger(__name__)
@@ -248,6 +251,8 @@ class SandboxProcess:
             )
         elif finished is not None and finished["status"] == "ok":
             outcome.return_code = 0
+        elif finished is not None and finished["status"] == "memory":
+            outcome.cause, outcome.return_code, outcome.error = ExitCause.MEMORY, 1, self._memory_message()
         elif finished is not None:
             outcome.cause, outcome.return_code = ExitCause.EXCEPTION, finished["exit_code"] or 1
             outcome.error = finished["error"] or f"Exited with status {outcome.return_code}"
@@ -318,7 +323,9 @@ class SandboxRunner:
         self.cgroups = CgroupManager.detect() if self.running_as_root else CgroupManager(0, [], "the bot is not root")
         self.seccomp_program, self.seccomp_reason = _load_seccomp()
         self._bwrap: BwrapBinary | None = None
-        self._semaphore: asyncio.Semaphore | None = None
+        self._gate: AdmissionGate | None = None
+        self._gate_loop: asyncio.AbstractEventLoop | None = None
+        self.pool: SandboxPool | None = None
         self.in_flight = 0
         self.queued = 0
         self.completed = 0
@@ -346,23 +353,67 @@ class SandboxRunner:
         return prefix
 
     async def run(self, job: SandboxJob) -> SandboxOutcome:
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.settings.max_concurrent_runs)
+        workload = classify(job.code)
+        gate = self._admission()
         self.queued += 1
         try:
-            await self._semaphore.acquire()
+            await gate.acquire(light=workload is Workload.LIGHT)  # light runs go first
         finally:
             self.queued -= 1
         self.in_flight += 1
         try:
-            outcome = await self._run_cold(job)
+            outcome = await self._run_pooled_or_cold(job, workload)
         finally:
             self.in_flight -= 1
-            self._semaphore.release()
+            gate.release()
         self.completed += 1
         if not outcome.success:
             self.failures_by_cause[outcome.cause.value] = self.failures_by_cause.get(outcome.cause.value, 0) + 1
         return outcome
+
+    def _admission(self) -> AdmissionGate:
+        loop = asyncio.get_running_loop()
+        if self._gate is None or self._gate_loop is not loop:  # a new event loop (tests): fresh state
+            self._gate = AdmissionGate(self.settings.max_concurrent_runs)
+            self._gate_loop = loop
+        return self._gate
+
+    async def start_pool(self) -> SandboxPool | None:
+        """Start keeping warm sandboxes (SANDBOX_POOL_SIZE, SANDBOX_LIGHT_POOL_SIZE). None: configured off.
+
+        Explicit, not on the first run: whoever starts the pool also stops it with
+        `await close()` before its event loop ends (the bot's setup_hook and close).
+        """
+        s = self.settings
+        if s.sandbox_pool_size <= 0 and s.sandbox_light_pool_size <= 0:
+            return None
+        if self.pool is not None and self.pool.loop is not asyncio.get_running_loop():
+            self._forget_pool_of_another_loop()
+        if self.pool is None:
+            self.pool = SandboxPool(self, heavy=s.sandbox_pool_size, light=s.sandbox_light_pool_size,
+                                    heavy_preload=",".join(s.sandbox_pool_preload))
+            self.pool.start()
+        return self.pool
+
+    def _forget_pool_of_another_loop(self) -> None:
+        # Its loop has shut down (its keeper drained it then); kill anything left, synchronously.
+        for lane in self.pool.lanes.values():
+            for warm in list(lane.idle) + ([lane.warming] if lane.warming else []):
+                warm.sandbox.kill()
+        self.pool = None
+
+    async def close(self) -> None:
+        """Destroy the pooled sandboxes (bot/engine shutdown). Runs still in flight finish."""
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def _run_pooled_or_cold(self, job: SandboxJob, workload: Workload) -> SandboxOutcome:
+        pool = self.pool  # started by start_pool() (the bot at start-up); None: every run starts cold
+        if pool is not None and pool.loop is asyncio.get_running_loop():
+            sandbox = await pool.acquire(workload)
+            if sandbox is not None:
+                return await sandbox.execute(job)  # runs once, then destroyed with its cgroup
+        return await self._run_cold(job)
 
     async def _run_cold(self, job: SandboxJob) -> SandboxOutcome:
         try:
@@ -388,6 +439,9 @@ class SandboxRunner:
             "cgroups": f"v{self.cgroups.version} (memory, pids per run)" if self.cgroups.available else f"off: {self.cgroups.reason}",
             "seccomp": "on" if self.seccomp_program is not None else f"off: {self.seccomp_reason}",
             "network": "none (private loopback only)",
+            "pool": self.pool.describe() if self.pool is not None else {
+                "heavy": {"size": s.sandbox_pool_size}, "light": {"size": s.sandbox_light_pool_size}, "started": False,
+            },
             "limits": {
                 "timeout_s": s.run_timeout,
                 "max_timeout_s": s.max_run_timeout,
@@ -406,6 +460,9 @@ class SandboxRunner:
             "queued": self.queued,
             "completed": self.completed,
             "max_concurrent": self.settings.max_concurrent_runs,
+            "pool_idle": {
+                lane.workload.value: len(lane.idle) for lane in self.pool.lanes.values()
+            } if self.pool is not None else {},
             "failures_by_cause": dict(self.failures_by_cause),
         }
 

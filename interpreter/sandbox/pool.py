@@ -86,7 +86,7 @@ _OPEN_POOLS: "set[SandboxPool]" = set()
 
 
 class SandboxPool:
-    """Pre-started sandboxes for one runner. Start with `start()`, stop with `await close()`."""
+    """Pre-started sandboxes for one runner (`SandboxRunner.start_pool()` makes one). Stop with `await close()`."""
 
     def __init__(self, runner: "SandboxRunner", *, heavy: int, light: int, heavy_preload: str,
                  warming_nice: int = WARMING_NICE) -> None:

@@ -42,10 +42,14 @@ def test_secrets_never_show_in_reprs_or_errors():
     assert settings.discord_token.reveal() == "tok-123"
 
 
-def test_every_setting_is_documented_in_env_example_with_its_default():
-    example = (REPO / ".env.example").read_text()
+def test_env_example_and_readme_table_are_generated_from_the_settings():
+    from config.docs import readme_with_table, render_env_example
+
+    assert (REPO / ".env.example").read_text() == render_env_example(), "run: python -m config.docs"
+    readme = (REPO / "README.md").read_text()
+    assert readme_with_table(readme) == readme, "run: python -m config.docs"
     for field in FIELDS:
-        assert f"\n{field.env}={field.default}\n" in example, field.env
+        assert f"`{field.env}`" in readme
 
 
 def test_settings_dataclass_and_field_table_agree():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -71,8 +72,26 @@ class CodeInterpreterBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.expiry_sweep.start()
-        if self.sync_commands:
+        if self.sync_commands:  # a real start (tests drive the bot without one)
             await self.sync_app_commands()
+            self._sandbox_warmup = asyncio.create_task(self.prepare_sandbox())
+
+    async def prepare_sandbox(self) -> None:
+        """Build the sandbox venv now rather than on the first /run, start the warm pool,
+        and say in the log which isolation layers are in force."""
+        engine = await interpreter.get_engine()
+        try:
+            await engine.packages.ensure_venv()
+        except Exception:
+            log.exception("could not prepare the sandbox venv; /run will report why")
+            return
+        layers = engine.runner.describe()
+        for layer in ("bwrap", "unprivileged_uid", "cgroups", "seccomp", "network"):
+            log.info("sandbox %s: %s", layer, layers.get(layer))
+        missing = [name for name in ("cgroups", "seccomp") if str(layers.get(name, "")).startswith("off")]
+        if missing:
+            log.warning("sandbox layers missing on this host: %s (see /status)", ", ".join(missing))
+        await engine.runner.start_pool()
 
     async def sync_app_commands(self) -> None:
         """Register slash commands: instantly in DEV_GUILD_ID, else globally (may take a while to show)."""
@@ -105,6 +124,8 @@ class CodeInterpreterBot(commands.Bot):
 
     async def close(self) -> None:
         self.expiry_sweep.cancel()
+        engine = await interpreter.get_engine()
+        await engine.runner.close()  # warm sandboxes are destroyed, none left running
         await super().close()
 
 

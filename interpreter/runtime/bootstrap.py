@@ -406,7 +406,16 @@ def main() -> None:
         if name:
             __import__(name)  # pooled sandboxes import the heavy libraries before the job arrives
     if "matplotlib" in sys.modules:
-        import matplotlib.pyplot  # noqa: F401 - font cache and backend ready before the job
+        import io
+
+        import matplotlib.pyplot as pyplot
+
+        # Draw and throw away one tiny chart: the first savefig loads fonts and the PNG
+        # writer, and a warm sandbox should have paid for that before the member's job.
+        figure = pyplot.figure(figsize=(1, 1))
+        figure.add_subplot().plot([0, 1])
+        figure.savefig(io.BytesIO(), format="png")
+        pyplot.close(figure)
 
     send("ready")
     jobs = take_job_channel()

@@ -81,3 +81,36 @@ def test_sandbox_suite_passes_as_an_ordinary_user(ordinary_user_tree, sandbox_ve
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-2000:]
     assert done.returncode == 0, f"suite failed as uid {ORDINARY_UID}: {summary}\n{done.stdout[-6000:]}"
     assert " passed" in summary and "failed" not in summary and "skipped" not in summary
+
+
+async def test_no_isolation_possible_means_no_code_runs_and_says_why(tmp_path, sandbox_venv):
+    """A host where bwrap cannot make namespaces: runs are refused with the reason, nothing runs."""
+    from interpreter.packages import PackageManager
+    from interpreter.sandbox import SandboxRunner
+    from interpreter.types import ExitCause
+    from tests.fixtures_sandbox import make_settings
+    from tests.sandbox_helpers import run
+
+    # What Debian's bwrap prints where unprivileged user namespaces are switched off.
+    tools = Path(tempfile.mkdtemp(prefix="fake-bwrap-", dir="/var/tmp"))  # reachable by the sandbox uid
+    tools.chmod(0o755)
+    fake_bwrap = tools / "bwrap"
+    fake_bwrap.write_text("#!/bin/sh\necho 'bwrap: No permissions to create a new namespace' >&2\nexit 1\n")
+    fake_bwrap.chmod(0o755)
+    settings = make_settings(tmp_path, BWRAP_PATH=str(fake_bwrap))
+    runner = SandboxRunner(settings, PackageManager(settings))
+
+    try:
+        outcome = await run(runner, "print('SHOULD NOT RUN')")
+    finally:
+        shutil.rmtree(tools)
+
+    assert outcome.cause is ExitCause.SANDBOX
+    assert outcome.error == (
+        "Code cannot run: the sandbox could not start on this host (bwrap: No permissions to create a new "
+        "namespace). Nothing ran; an admin can see the details in /status and the bot's log."
+    )
+    assert "SHOULD NOT RUN" not in outcome.output
+    status = runner.describe()
+    assert status["available"] is False
+    assert status["unavailable_reason"] == "bwrap: No permissions to create a new namespace"

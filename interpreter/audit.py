@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
+from interpreter.clock import expiry_after, store_time, utc_now
 from interpreter.store import RUN_REFUSED, FileStore, RunRecord, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,6 @@ STATUS_RECENT_RUNS = 5
 MAX_LISTED_ITEMS = 50  # packages or files kept per record: an audit, not a copy of the request
 MAX_ITEM_CHARS = 200
 
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def code_sha256(code: Any) -> str:
@@ -93,14 +91,10 @@ class RunAudit:
         self._lost = 0  # records not written during the current outage
 
     def now(self) -> datetime:
-        now = self.clock()
-        now = now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now.astimezone(timezone.utc)
-        # Millisecond precision, as BSON dates keep it.
-        return now.replace(microsecond=now.microsecond // 1000 * 1000)
+        return store_time(self.clock)
 
     def _expiry(self, start: datetime) -> datetime | None:
-        hours = self.settings.file_expiry_hours
-        return None if not hours else start + timedelta(hours=hours)
+        return expiry_after(start, self.settings.file_expiry_hours)
 
     # --- writing
 

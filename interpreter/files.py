@@ -22,10 +22,11 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from interpreter import filetypes
+from interpreter.clock import expiry_after, store_time, utc_now
 from interpreter.store import BlobDir, FileRecord, FileStore, StoreUnavailable, is_file_id, new_file_id
 from interpreter.types import GeneratedFile, InputFile, InterpreterError
 
@@ -39,9 +40,6 @@ _LEASE_MARGIN = timedelta(minutes=2)
 _SWEEP_BATCH = 500
 _SHOWN_ID_LENGTH = 40
 
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class UploadRefused(Exception):
@@ -145,14 +143,10 @@ class FileManager:
     # --- time
 
     def _now(self) -> datetime:
-        now = self.clock()
-        now = now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now.astimezone(timezone.utc)
-        # Millisecond precision, as BSON dates keep it: the result and the database agree.
-        return now.replace(microsecond=now.microsecond // 1000 * 1000)
+        return store_time(self.clock)
 
     def _expiry(self, now: datetime) -> datetime | None:
-        hours = self.settings.file_expiry_hours
-        return None if not hours else now + timedelta(hours=hours)
+        return expiry_after(now, self.settings.file_expiry_hours)
 
     # --- upload
 

@@ -1,5 +1,5 @@
-"""/status for admins: the interpreter's health, storage, queue, limits and recent runs;
-/runs: one member's recent runs from the run audit.
+"""/status for admins: the interpreter's health, storage, queue, limits, open sessions and
+recent runs; /runs: one member's recent runs from the run audit.
 
 Tolerant of missing keys: the engine's status grows over time and a partial status
 is more useful than an error.
@@ -19,6 +19,7 @@ from discord.ext import commands
 import interpreter
 from cogs._access import admin_only, is_bot_owner
 from cogs._format import EMBED_DESCRIPTION_LIMIT, EMBED_FIELD_LIMIT, NO_MENTIONS, clean_text, display_filename, inline
+from cogs.session import session_line_for_status, sessions_in_guild
 from interpreter.store import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -137,6 +138,14 @@ def _runs_fields(status: dict[str, Any]) -> list[tuple[str, str]]:
     return fields
 
 
+def _sessions_field(sessions: dict[str, Any]) -> str:
+    """Open sessions: how many of the allowed, then one line each."""
+    listed = sessions.get("sessions") or []
+    head = (f"**open:** {sessions.get('active', len(listed))} of {sessions.get('max', '?')} · "
+            f"idle expiry {_value(sessions.get('idle_minutes'))} min")
+    return _fit([head] + [session_line_for_status(info) for info in listed], EMBED_FIELD_LIMIT)
+
+
 def status_embed(status: dict[str, Any], *, queue: Any, bot_uptime: float, latency: float) -> discord.Embed:
     sandbox = status.get("sandbox") if isinstance(status.get("sandbox"), dict) else {}
     runs = status.get("runs") if isinstance(status.get("runs"), dict) else {}
@@ -154,6 +163,8 @@ def status_embed(status: dict[str, Any], *, queue: Any, bot_uptime: float, laten
     embed.add_field(name="Queue", value=_lines(queue_info))
     if runs:
         embed.add_field(name="Runs", value=_lines(runs))
+    if isinstance(status.get("sessions"), dict):
+        embed.add_field(name="Sessions", value=_sessions_field(status["sessions"]), inline=False)
     for name, value in _runs_fields(status):
         embed.add_field(name=name, value=value, inline=False)
     latency_text = f"{latency * 1000:.0f} ms" if math.isfinite(latency) else "not connected"
@@ -196,6 +207,9 @@ class AdminCog(commands.Cog, name="Admin"):
                     STATUS_RECENT_RUNS, guild_id=interaction.guild_id)
             except StoreUnavailable as exc:
                 status["run_audit_error"] = str(exc)
+        if not is_bot_owner(interaction) and isinstance(status.get("sessions"), dict):
+            listed = status["sessions"].get("sessions") or []
+            status["sessions"]["sessions"] = sessions_in_guild(listed, interaction.guild_id)
         embed = status_embed(status, queue=self.bot.scheduler.stats(),
                              bot_uptime=time.monotonic() - self.bot.started_at, latency=self.bot.latency)
         await interaction.edit_original_response(embed=embed, allowed_mentions=NO_MENTIONS)

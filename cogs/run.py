@@ -3,7 +3,8 @@
 The cog holds no execution logic: it validates options, checks the member may run
 code here (cogs/_access.py: denied members and roles, run channels, hourly limit),
 takes a place in the fair queue (cogs/_queue.py), calls `interpreter.execute_code`
-and renders the result (cogs/_format.py).
+and renders the result (cogs/_format.py). While the member has a session in the
+channel (cogs/session.py), the run continues it and the reply says so.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import interpreter
 from cogs._access import admit_run, is_bot_admin
 from cogs._format import NO_MENTIONS, code_block, extract_code, has_code_block, render_result, split_list
 from cogs._queue import RunRefused
+from cogs.session import session_header, session_id_for
 
 if TYPE_CHECKING:
     from bot.client import CodeInterpreterBot
@@ -129,6 +131,8 @@ class RunCog(commands.Cog, name="Run"):
                     allowed_mentions=NO_MENTIONS)
                 await ticket.wait_until_started()
                 await interaction.edit_original_response(content="▶️ Your run has started…", allowed_mentions=NO_MENTIONS)
+            session_id = session_id_for(interaction)  # asked once the run starts: the member may have ended it meanwhile
+            in_session = (await interpreter.get_engine()).sessions.continues(session_id)
             try:
                 result = await interpreter.execute_code(
                     request.code,
@@ -138,13 +142,15 @@ class RunCog(commands.Cog, name="Run"):
                     timeout=request.timeout,
                     guild_id=interaction.guild_id,
                     channel_id=interaction.channel_id,
+                    session_id=session_id if in_session else None,
                 )
             except Exception:
                 log.exception("execute_code failed for member %s", request.author_id)
                 await interaction.edit_original_response(content=SOMETHING_WENT_WRONG, allowed_mentions=NO_MENTIONS)
                 return
 
-        rendered = render_result(result, upload_limit=upload_limit(interaction), header=request.header)
+        header = "\n".join(line for line in (request.header, session_header(result.get("session"))) if line)
+        rendered = render_result(result, upload_limit=upload_limit(interaction), header=header)
         view = ResultView(self, request, interaction)
         await interaction.edit_original_response(
             content=rendered.content, attachments=rendered.files, view=view, allowed_mentions=NO_MENTIONS)

@@ -162,6 +162,12 @@ FIELDS: tuple[Field, ...] = (
     Field("denied_member_ids", "DENIED_MEMBER_IDS", "", _id_list, "Members who may not run code (the /run command, the Run code menu and Run again)."),
     Field("denied_role_ids", "DENIED_ROLE_IDS", "", _id_list, "Members with any of these roles may not run code."),
     Field("run_channel_ids", "RUN_CHANNEL_IDS", "", _id_list, "Channels (or categories) where code can be run; threads count as their channel. Empty: everywhere."),
+    # Sessions (a member's long-lived sandbox, keeping variables between runs)
+    Field("max_sessions", "MAX_SESSIONS", "8", _int_range(0, 256), "Sessions open at once across the whole bot; each keeps a sandbox (and its memory) alive. 0: sessions are off."),
+    Field("sessions_per_member", "SESSIONS_PER_MEMBER", "2", _int_range(1, 50), "Sessions one member may have open at once (one per channel)."),
+    Field("session_idle_minutes", "SESSION_IDLE_MINUTES", "10", _float_range(0.1), "A session with no run for this many minutes is ended."),
+    Field("session_max_age_minutes", "SESSION_MAX_AGE_MINUTES", "120", _float_range(1), "A session is ended this many minutes after it started, however busy."),
+    Field("session_cpu_seconds", "SESSION_CPU_SECONDS", "900", _int_range(10), "CPU seconds a session's Python may use over its whole life (each run is also bound by its timeout)."),
     # Sandbox
     Field("sandbox_uid", "SANDBOX_UID", "65534", _int_range(1, 2**32 - 2), "Unprivileged uid that runs execute as when the bot runs as root."),
     Field("sandbox_gid", "SANDBOX_GID", "65534", _int_range(1, 2**32 - 2), "Unprivileged gid that runs execute as when the bot runs as root."),
@@ -215,6 +221,11 @@ class Settings:
     denied_member_ids: tuple[int, ...]
     denied_role_ids: tuple[int, ...]
     run_channel_ids: tuple[int, ...]
+    max_sessions: int
+    sessions_per_member: int
+    session_idle_minutes: float
+    session_max_age_minutes: float
+    session_cpu_seconds: int
     sandbox_uid: int
     sandbox_gid: int
     bwrap_path: str

@@ -9,6 +9,12 @@ Every function takes an optional `db_handler`: a PyMongo async database (or a mo
 database) whose `user_files` collection then holds the file metadata. Without it the
 store configured in settings is used (SQLite in DATA_DIR unless MONGODB_URI is set).
 
+Sessions keep Python state between runs, as a notebook does:
+
+    await execute_code("import pandas as pd; df = pd.DataFrame({'a': [1, 2]})", user_id=1, session_id="s1")
+    res = await execute_code("df.describe()", user_id=1, session_id="s1")   # df is still there
+    await end_session("s1")
+
 The engine is built lazily from `config.load_settings()`; call `configure(settings)`
 first to use other settings (the bot and the tests do).
 """
@@ -29,12 +35,15 @@ __all__ = [
     "cleanup_expired_files",
     "configure",
     "delete_user_file",
+    "end_session",
     "execute_code",
     "get_engine",
     "get_file_manager",
     "get_interpreter_status",
     "get_package_manager",
+    "get_session",
     "list_user_files",
+    "start_session",
     "upload_file",
 ]
 
@@ -46,11 +55,40 @@ async def execute_code(
     install_packages: list[str] | None = None,
     timeout: float | None = None,
     db_handler: Any = None,
+    session_id: str | None = None,
     **options: Any,
 ) -> dict:
-    """Run `code` in a fresh sandbox; returns the seed's result dict (never raises for user errors)."""
+    """Run `code`; returns the seed's result dict (never raises for user errors).
+
+    Without `session_id` the code runs in a fresh sandbox. With one it runs in the
+    member's long-lived session of that id (opened on first use), keeping globals,
+    imports and work-dir files; result["session"] tells its runs, time left and, when
+    an earlier session with that id expired, a note saying so.
+    """
     engine = await get_engine(db_handler)
-    return await engine.execute(code, user_id, user_files, install_packages, timeout, **options)
+    return await engine.execute(code, user_id, user_files, install_packages, timeout, session_id=session_id, **options)
+
+
+async def start_session(session_id: str, user_id: int) -> dict:
+    """Open the member's session (or return the open one): {"created": bool, **session info}.
+
+    Raises InterpreterError with a member-facing message (capacity, ownership, sandbox).
+    """
+    engine = await get_engine()
+    info, created = await engine.sessions.open(session_id, user_id)
+    return {"created": created, **info.to_dict()}
+
+
+async def get_session(session_id: str) -> dict | None:
+    """The open session's info (runs, idle and age left), or None."""
+    info = (await get_engine()).sessions.get(session_id)
+    return info.to_dict() if info else None
+
+
+async def end_session(session_id: str) -> dict | None:
+    """End the session now (its sandbox is destroyed); its last info, or None if none was open."""
+    info = await (await get_engine()).sessions.end(session_id)
+    return info.to_dict() if info else None
 
 
 async def upload_file(user_id: int, file_data: bytes, filename: str, file_type: str | None = None, db_handler: Any = None) -> dict:

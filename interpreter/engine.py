@@ -6,13 +6,15 @@ view of it whose file metadata lives in the given MongoDB database (the seed's
 
 Every `execute` is recorded in the run audit (interpreter/audit.py) of the engine's
 store; `access` holds the abuse limits front ends check before queueing a run
-(interpreter/access.py).
+(interpreter/access.py). `sessions` keeps members' long-lived sandboxes
+(interpreter/sessions.py): `execute(..., session_id=...)` runs in one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from typing import Any
 
@@ -23,14 +25,19 @@ from interpreter.audit import Clock, RunAudit
 from interpreter.packages import PackageManager
 from interpreter.result import build_result, error_result
 from interpreter.sandbox import SandboxJob, SandboxRunner
+from interpreter.sessions import SessionManager
+from interpreter.store.blobs import FILE_ID_PATTERN
 from interpreter.types import InputFile, InterpreterError
 
 log = logging.getLogger(__name__)
 
+_FILE_ID_IN_CODE = re.compile(rf"\b{FILE_ID_PATTERN.pattern}\b")
+
 
 class Engine:
     def __init__(self, settings: Settings, *, store: Any = None, runner: SandboxRunner | None = None,
-                 packages: PackageManager | None = None, clock: Clock | None = None) -> None:
+                 packages: PackageManager | None = None, clock: Clock | None = None,
+                 sessions: SessionManager | None = None) -> None:
         # Imported here so `import interpreter.sandbox` alone stays light (benchmarks, CLI).
         from interpreter.files import FileManager
         from interpreter.store import open_store
@@ -42,6 +49,7 @@ class Engine:
         self.files = FileManager(settings, self.store, clock=clock)
         self.audit = RunAudit(settings, self.store, clock=clock)
         self.access = RunAccess(settings, self.audit)
+        self.sessions = sessions or SessionManager(settings, self.runner)
         self.clock = clock
         self.started_at = time.time()
         self._db_views: dict[int, Engine] = {}
@@ -56,7 +64,7 @@ class Engine:
             from interpreter.store import open_store
 
             view = Engine(self.settings, store=open_store(self.settings, db_handler=db_handler),
-                          runner=self.runner, packages=self.packages, clock=self.clock)
+                          runner=self.runner, packages=self.packages, clock=self.clock, sessions=self.sessions)
             self._db_views[key] = view
         return view
 
@@ -71,8 +79,14 @@ class Engine:
         keep_generated_files: bool = False,
         guild_id: int | None = None,
         channel_id: int | None = None,
+        session_id: str | None = None,
     ) -> dict:
         """Run one snippet for a member; always returns the seed's result dict.
+
+        With `session_id` the snippet runs in the member's session of that id (opened
+        if needed; see interpreter/sessions.py): globals, imports and work-dir files
+        persist between runs, and result["session"] says how the session stands.
+        Without it the run is one-shot, in a fresh sandbox.
 
         The run is recorded in the audit afterwards (`guild_id`/`channel_id` say where
         it was asked for). Recording never changes the result and never raises; while
@@ -81,7 +95,7 @@ class Engine:
         started_at = self.audit.now()
         began = time.monotonic()
         result = await self._execute(code, user_id, user_files, install_packages, timeout,
-                                     keep_generated_files=keep_generated_files)
+                                     keep_generated_files=keep_generated_files, session_id=session_id)
         if isinstance(user_id, int) and not isinstance(user_id, bool):
             record = self.audit.build_record(
                 result, user_id=user_id, code=code, started_at=started_at,
@@ -92,8 +106,8 @@ class Engine:
 
     async def _execute(self, code: Any, user_id: int, user_files: list[str] | None,
                        install_packages: list[str] | None, timeout: float | None, *,
-                       keep_generated_files: bool) -> dict:
-        refusal = self._refusal(code, timeout)
+                       keep_generated_files: bool, session_id: str | None = None) -> dict:
+        refusal = self._refusal(code, timeout) or self._session_refusal(session_id)
         if refusal:
             return error_result(refusal)
         extra: dict[str, Any] = {}
@@ -105,10 +119,21 @@ class Engine:
                 if report.failed:
                     return error_result(report.error_message(), **extra)
             inputs = await self.files.resolve_for_run(user_id, list(user_files or []))
+            if session_id is not None:
+                inputs += await self._files_named_in(code, user_id, inputs)
         except InterpreterError as exc:
             return error_result(str(exc), **extra)
         limit = self._limit(timeout)
-        outcome = await self.runner.run(SandboxJob(code=code, timeout=limit, input_files=tuple(inputs)))
+        job = SandboxJob(code=code, timeout=limit, input_files=tuple(inputs))
+        if session_id is None:
+            outcome = await self.runner.run(job)
+        else:
+            try:
+                ran = await self.sessions.run(session_id, user_id, job)
+            except InterpreterError as exc:  # SessionRefused: capacity, ownership, sandbox start
+                return error_result(str(exc), **extra)
+            outcome = ran.outcome
+            extra["session"] = ran.to_dict()
         files = list(outcome.files)
         if keep_generated_files and files:
             files = await self.files.keep_generated(user_id, files)
@@ -122,6 +147,22 @@ class Engine:
         limit = self._limit(timeout)
         outcome = await self.runner.run(SandboxJob(code=code, timeout=limit, input_files=tuple(inputs)))
         return build_result(outcome, limit, list(outcome.files), **extra)
+
+    async def _files_named_in(self, code: str, user_id: int, given: list[InputFile]) -> list[InputFile]:
+        """In a session, the member's live files whose ids the code names (`load_file('<id>')`),
+        so a file uploaded mid-session is there without listing it. Unknown ids are left
+        to load_file's own message."""
+        named = set(_FILE_ID_IN_CODE.findall(code)) - {f.file_id for f in given}
+        if not named:
+            return []
+        owned = [meta["file_id"] for meta in await self.files.list_files(user_id) if meta.get("file_id") in named]
+        return await self.files.resolve_for_run(user_id, owned) if owned else []
+
+    @staticmethod
+    def _session_refusal(session_id: Any) -> str | None:
+        if session_id is not None and (not isinstance(session_id, str) or not session_id.strip() or len(session_id) > 200):
+            return "session_id must be a non-empty string of at most 200 characters"
+        return None
 
     def _limit(self, timeout: float | None) -> float:
         limit = self.settings.run_timeout if timeout is None else timeout
@@ -144,10 +185,16 @@ class Engine:
         return await self.audit.recent(limit, user_id, guild_id)
 
     async def cleanup_expired(self) -> int:
-        """The hourly sweep: expired files (returns how many) and expired run records."""
+        """The hourly sweep: expired files (returns how many), expired run records and sessions."""
         removed = await self.files.cleanup_expired()
         await self.audit.purge_expired()
+        await self.sessions.sweep()
         return removed
+
+    async def close(self) -> None:
+        """Shutdown: end every session and stop the warm pool, leaving no sandbox process."""
+        await self.sessions.close()
+        await self.runner.close()
 
     def run_limits(self) -> dict:
         """The abuse limits in force, for status."""
@@ -170,6 +217,7 @@ class Engine:
         status["limits"] = self.run_limits()
         status["sandbox"] = self.runner.describe()
         status["runs"] = self.runner.load()
+        status["sessions"] = self.sessions.describe()
         status["uptime_seconds"] = round(time.time() - self.started_at, 1)
         return status
 

@@ -25,7 +25,7 @@ class ProtocolError(Exception):
 
 @dataclasses.dataclass
 class ControlState:
-    """What the host learned from the control channel of one run."""
+    """What the host learned from the control channel about one job (a session has one per run)."""
 
     ready: bool = False
     finished: dict | None = None
@@ -73,7 +73,11 @@ async def consume(reader: asyncio.StreamReader, state: ControlState, *, max_file
                   max_file_size: int, max_total: int,
                   on_ready: Callable[[], None] = lambda: None,
                   on_finished: Callable[[], None] = lambda: None) -> None:
-    """Read frames until the stream ends, filling `state`; caps enforced here, not trusted."""
+    """Read frames until this job's "end" frame (or the stream's end), filling `state`.
+
+    Caps are enforced here, not trusted. A session calls it once per job, with a
+    fresh `state`; the sandbox's "ready" frame arrives before the first job's frames.
+    """
     total = 0
     while True:
         frame = await read_frame(reader, max_file_size)

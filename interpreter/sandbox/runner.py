@@ -1,7 +1,9 @@
-"""Run one job in one sandbox: spawn, feed, watch, collect, explain how it ended.
+"""Run jobs in sandboxes: spawn, feed, watch, collect, explain how each ended.
 
-A `SandboxProcess` is one bubblewrap sandbox serving exactly one job and then
-destroyed. The runner limits how many run at once. The launch chain, all exec'd
+A `SandboxProcess` is one bubblewrap sandbox. A one-shot run gives it one job and
+destroys it (`execute`); a session (interpreter/sessions.py) gives it job after job
+(`run_job`), each with its own output, files and exit cause. The runner limits how
+many jobs run at once. The launch chain, all exec'd
 with an empty environment (ARCHITECTURE.md pitfall 2):
 
     sh -c 'echo $$ > <run cgroups>; exec "$@"'   join the run's cgroups before anything runs
@@ -16,13 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
 import shlex
 import shutil
 import signal
+import termios
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from config import Settings
@@ -40,6 +45,7 @@ log = logging.getLogger(__name__)
 BOOTSTRAP_SOURCE = (Path(__file__).resolve().parent.parent / "runtime" / "bootstrap.py").read_bytes()
 COLLECT_GRACE_SECONDS = 15.0  # after the code ends, time to save figures and send files
 READ_CHUNK = 64 * 1024
+DRAIN_TURNS = 400  # after a session job's "end": event-loop turns allowed for reading its output
 
 _SIGNAL_NAMES = {
     signal.SIGSEGV: "segmentation fault",
@@ -79,6 +85,7 @@ class SandboxProcess:
         self._control_task: asyncio.Task | None = None
         self._finished = asyncio.Event()
         self._ready = asyncio.Event()
+        self.jobs_started = 0
 
     # ------------------------------------------------------------------ start
 
@@ -137,12 +144,13 @@ class SandboxProcess:
     # ------------------------------------------------------------------ watching
 
     async def _read_output(self) -> None:
-        settings, watch = self.settings, self._watch
+        settings = self.settings
         stream = self.proc.stdout
         while True:
             chunk = await stream.read(READ_CHUNK)
             if not chunk:
                 return
+            watch = self._watch  # looked up per chunk: each job of a session gets a fresh one
             watch.output_total += len(chunk)
             room = settings.output_limit_bytes - len(watch.output)
             if room > 0:
@@ -179,8 +187,31 @@ class SandboxProcess:
     # ------------------------------------------------------------------ the job
 
     async def execute(self, job: SandboxJob) -> SandboxOutcome:
+        """One job, then the sandbox is destroyed with its cgroup (one-shot runs)."""
+        try:
+            return await self.run_job(job, last=True)
+        finally:
+            await self.destroy()
+
+    @property
+    def can_take_job(self) -> bool:
+        """True while the sandbox is alive, ready, and its last job (if any) ended cleanly (a session may go on)."""
+        return (self.proc is not None and self.proc.returncode is None and self._ready.is_set()
+                and (self.jobs_started == 0 or self.state.ended) and self._watch.killed_for is None)
+
+    async def run_job(self, job: SandboxJob, *, last: bool = False) -> SandboxOutcome:
+        """Send one job and wait until it ends: its "end" frame, the sandbox's death, or the timeout.
+
+        Output, files and the exit cause are this job's only. With `last` (one-shot
+        runs) stdin is closed after the job, so the bootstrap exits when it is done and
+        the output is read to its end; without it the sandbox waits for the next job
+        (check `can_take_job`: a timeout or a crash leaves it unusable).
+        """
+        if self.jobs_started:
+            self._begin_next_job()
+        self.jobs_started += 1
         started = time.monotonic()
-        feeder = asyncio.create_task(self._send_job(job))
+        feeder = asyncio.create_task(self._send_job(job, close=last))
         try:
             try:
                 await asyncio.wait_for(self._finished.wait(), timeout=job.timeout)
@@ -189,22 +220,75 @@ class SandboxProcess:
                     self._watch.killed_for = ExitCause.TIMEOUT
                 self.kill()
             duration = time.monotonic() - started
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout=COLLECT_GRACE_SECONDS)
-            except TimeoutError:
-                self.state.skipped.append("(file collection took too long and was stopped)")
-                self.kill()
-                await self.proc.wait()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._output_task, timeout=5)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._control_task, timeout=5)
+            if not last:
+                await self._await_job_end()
+            if last or not self.can_take_job:
+                await self._await_exit()
             return self._outcome(job, duration)
         finally:
             feeder.cancel()
-            await self.destroy()
 
-    async def _send_job(self, job: SandboxJob) -> None:
+    def _begin_next_job(self) -> None:
+        """Fresh per-job state for the next job of a long-lived sandbox.
+
+        The previous job's control reading has returned at its "end" frame, so a new
+        reader takes the channel from here.
+        """
+        self.state = ControlState(ready=self._ready.is_set())
+        self._watch = _Watch()
+        self._finished = asyncio.Event()
+        self._control_task = asyncio.create_task(self._read_control())
+
+    async def _await_job_end(self) -> None:
+        """Until this job's "end" frame (files collected) and its output are read; kill when it stalls."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._control_task), timeout=COLLECT_GRACE_SECONDS)
+        except TimeoutError:
+            self.state.skipped.append("(file collection took too long and was stopped)")
+            self.kill()
+        if self.can_take_job:
+            await self._drain_output()
+        # else: it died or is dying; _await_exit reads its exit status (a kill now would hide it)
+
+    async def _await_exit(self) -> None:
+        """Until the sandbox has exited and both channels are read to their end."""
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout=COLLECT_GRACE_SECONDS)
+        except TimeoutError:
+            self.state.skipped.append("(file collection took too long and was stopped)")
+            self.kill()
+            await self.proc.wait()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(self._output_task, timeout=5)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(self._control_task, timeout=5)
+
+    async def _drain_output(self) -> None:
+        """Wait until the reader task has taken this job's output out of the pipe.
+
+        The bootstrap flushes stdout and stderr before it sends "finished", so when
+        "end" arrives the job's output is in the pipe or already read; only the reader
+        task may still be behind. Bounded, so a background process the member left
+        printing cannot hold the run (its output goes to the next job).
+        """
+        for turn in range(DRAIN_TURNS):
+            if self._output_pending() == 0:
+                return
+            await asyncio.sleep(0 if turn < DRAIN_TURNS // 2 else 0.002)
+
+    def _output_pending(self) -> int:
+        """Bytes of output still in the pipe or in the stream's buffer (0 when unknown)."""
+        pending = len(getattr(self.proc.stdout, "_buffer", b""))
+        try:
+            pipe = self.proc._transport.get_pipe_transport(1).get_extra_info("pipe")
+            size = bytearray(4)
+            fcntl.ioctl(pipe.fileno(), termios.FIONREAD, size)
+            pending += int.from_bytes(size, "little")
+        except (AttributeError, OSError, ValueError):
+            pass  # pipe gone (the sandbox exited): nothing more will come
+        return pending
+
+    async def _send_job(self, job: SandboxJob, *, close: bool = True) -> None:
         limits = {"max_files": self.settings.max_generated_files, "max_file_size": self.settings.max_file_size_bytes}
         header = {
             "code": job.code,
@@ -222,7 +306,8 @@ class SandboxProcess:
                 stdin.write(data[: item.size].ljust(item.size, b"\0"))
                 await stdin.drain()
             await stdin.drain()
-            stdin.close()
+            if close:
+                stdin.close()
         except (BrokenPipeError, ConnectionResetError):
             pass  # the sandbox died early; the outcome explains why
 
@@ -354,22 +439,38 @@ class SandboxRunner:
 
     async def run(self, job: SandboxJob) -> SandboxOutcome:
         workload = classify(job.code)
+        async with self.slot(light=workload is Workload.LIGHT):  # light runs go first
+            outcome = await self._run_pooled_or_cold(job, workload)
+        self._count(outcome)
+        return outcome
+
+    async def run_in(self, sandbox: SandboxProcess, job: SandboxJob) -> SandboxOutcome:
+        """One job of a session, in its long-lived sandbox: admitted and counted like any run."""
+        async with self.slot(light=classify(job.code) is Workload.LIGHT):
+            outcome = await sandbox.run_job(job)
+        self._count(outcome)
+        return outcome
+
+    @contextlib.asynccontextmanager
+    async def slot(self, *, light: bool) -> AsyncIterator[None]:
+        """Hold one of the MAX_CONCURRENT_RUNS slots, waiting in the admission queue first."""
         gate = self._admission()
         self.queued += 1
         try:
-            await gate.acquire(light=workload is Workload.LIGHT)  # light runs go first
+            await gate.acquire(light=light)
         finally:
             self.queued -= 1
         self.in_flight += 1
         try:
-            outcome = await self._run_pooled_or_cold(job, workload)
+            yield
         finally:
             self.in_flight -= 1
             gate.release()
+
+    def _count(self, outcome: SandboxOutcome) -> None:
         self.completed += 1
         if not outcome.success:
             self.failures_by_cause[outcome.cause.value] = self.failures_by_cause.get(outcome.cause.value, 0) + 1
-        return outcome
 
     def _admission(self) -> AdmissionGate:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,195 @@
+"""/session start|status|reset|end: a Python session that keeps a member's variables
+between runs in one channel, like a notebook.
+
+While a member's session is open in a channel, /run there continues it (cogs/run.py
+asks `continues()`), and each reply says how the session stands. The session itself
+lives in the engine (interpreter/sessions.py); this cog only words it. One session
+per member per channel: its id is "guild:channel:member".
+
+The cog also sweeps expired sessions every minute (the engine ends them lazily on
+access too) and ends every session when the bot shuts down.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands, tasks
+
+import interpreter
+from cogs._access import admit_run
+from cogs._format import NO_MENTIONS
+from interpreter.sessions import EndReason
+
+if TYPE_CHECKING:
+    from bot.client import CodeInterpreterBot
+
+log = logging.getLogger(__name__)
+
+SWEEP_MINUTES = 1.0
+
+
+# --- ids and wording, shared with /run and /status
+
+
+def session_id_for(interaction: discord.Interaction) -> str:
+    """The member's session id in this channel (threads have their own)."""
+    return f"{interaction.guild_id or 'dm'}:{interaction.channel_id}:{interaction.user.id}"
+
+
+def parse_session_id(session_id: str) -> tuple[int | None, int, int] | None:
+    """(guild, channel, member) from an id made by `session_id_for`; None for other ids."""
+    parts = session_id.split(":")
+    if len(parts) != 3 or not all(part.isdigit() for part in parts[1:]):
+        return None
+    guild = int(parts[0]) if parts[0].isdigit() else None
+    return guild, int(parts[1]), int(parts[2])
+
+
+def minutes(seconds: float) -> str:
+    if seconds < 60:
+        return "less than a minute"
+    return f"{math.floor(seconds / 60)} min"
+
+
+def runs_text(runs: int) -> str:
+    return f"{runs} run{'s' if runs != 1 else ''}"
+
+
+def session_summary(info: dict[str, Any]) -> str:
+    """'3 runs, 4 min idle left' (or the time to its maximum age, when that comes first)."""
+    idle_left, age_left = info["idle_left_seconds"], info["age_left_seconds"]
+    if age_left < idle_left:
+        return f"{runs_text(info['runs'])}, ends in {minutes(age_left)} (maximum age)"
+    return f"{runs_text(info['runs'])}, {minutes(idle_left)} idle left"
+
+
+def session_header(session: dict[str, Any] | None) -> str:
+    """The lines a /run reply starts with when it ran in a session ('' when it did not)."""
+    if not session:
+        return ""
+    lines = [f"⏱️ {session['note']}"] if session.get("note") else []
+    if session.get("active"):
+        lines.append(f"🧠 session: {session_summary(session)}")
+    else:
+        lines.append("🧠 session ended: your next /run here starts a fresh one")
+    return "\n".join(lines)
+
+
+def session_line_for_status(info: dict[str, Any]) -> str:
+    """One open session for admins: who, where, runs, idle, age."""
+    parsed = parse_session_id(str(info.get("session_id", "")))
+    where = f"<@{int(info.get('user_id', 0))}>"
+    if parsed is not None:
+        where += f" in <#{parsed[1]}>"
+    busy = " · ▶️ running" if info.get("busy") else ""
+    return (f"{where} · {runs_text(int(info.get('runs', 0)))} · idle {minutes(float(info.get('idle_seconds', 0)))}"
+            f" · {minutes(float(info.get('age_seconds', 0)))} old{busy}")
+
+
+def sessions_in_guild(sessions: list[dict[str, Any]], guild_id: int | None) -> list[dict[str, Any]]:
+    """Only the sessions opened in this guild (a server's admins see their server's only)."""
+    return [s for s in sessions if (parsed := parse_session_id(str(s.get("session_id", "")))) and parsed[0] == guild_id]
+
+
+ABOUT = ("While it lasts, `/run` in this channel continues it: variables, imports and files in the work dir "
+         "are kept between runs, and your files named by id in the code (`load_file('<id>')`) are loaded into it.")
+
+
+class SessionCog(commands.Cog, name="Session"):
+    session = app_commands.Group(name="session", description="A Python session that keeps your variables between runs here")
+
+    def __init__(self, bot: "CodeInterpreterBot") -> None:
+        self.bot = bot
+        self.settings = bot.settings
+
+    async def cog_load(self) -> None:
+        self.sweep.start()
+
+    async def cog_unload(self) -> None:
+        self.sweep.cancel()
+        try:  # shutdown: no session's sandbox may outlive the bot
+            await (await interpreter.get_engine()).sessions.close()
+        except Exception:
+            log.exception("closing sessions at shutdown failed")
+
+    @tasks.loop(minutes=SWEEP_MINUTES)
+    async def sweep(self) -> None:
+        """End sessions past their idle time or maximum age, freeing their memory."""
+        try:
+            ended = await (await interpreter.get_engine()).sessions.sweep()
+        except Exception:
+            log.exception("session sweep failed; will retry")
+            return
+        if ended:
+            log.info("session sweep ended %d sessions", ended)
+
+    def _lifetime(self) -> str:
+        s = self.settings
+        return (f"It ends after {s.session_idle_minutes:g} minutes without a run, {s.session_max_age_minutes:g} "
+                "minutes in all, or with `/session end`.")
+
+    async def _reply(self, interaction: discord.Interaction, content: str) -> None:
+        await interaction.edit_original_response(content=content, allowed_mentions=NO_MENTIONS)
+
+    @session.command(name="start", description="Start a session: /run here keeps your variables between runs")
+    async def start(self, interaction: discord.Interaction) -> None:
+        if await admit_run(interaction, count=False) is None:  # same rules as running code; nothing counted
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        session_id = session_id_for(interaction)
+        try:
+            result = await interpreter.start_session(session_id, interaction.user.id)
+        except interpreter.InterpreterError as exc:
+            await self._reply(interaction, f"⚠️ {exc}")
+            return
+        if not result["created"]:
+            await self._reply(interaction, f"🧠 You already have a session here: {session_summary(result)}. "
+                                           "`/session reset` starts over.")
+            return
+        await self._reply(interaction, f"🧠 Session started. {ABOUT}\n{self._lifetime()}")
+
+    @session.command(name="status", description="Your session in this channel: runs and time left")
+    async def status(self, interaction: discord.Interaction) -> None:
+        engine = await interpreter.get_engine()
+        session_id = session_id_for(interaction)
+        info = engine.sessions.get(session_id)
+        if info is not None:
+            content = f"🧠 Session: {session_summary(info.to_dict())}." + (" A run is going on." if info.busy else "")
+        else:
+            note = engine.sessions.ending_note(session_id)
+            content = (f"{note} " if note else "") + "No session in this channel. `/session start` opens one; " \
+                                                     "without one, each `/run` starts fresh."
+        await interaction.response.send_message(content, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    @session.command(name="reset", description="Start your session over: variables and work files are cleared")
+    async def reset(self, interaction: discord.Interaction) -> None:
+        if await admit_run(interaction, count=False) is None:
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        engine = await interpreter.get_engine()
+        try:
+            await engine.sessions.reset(session_id_for(interaction), interaction.user.id)
+        except interpreter.InterpreterError as exc:
+            await self._reply(interaction, f"⚠️ {exc}")
+            return
+        await self._reply(interaction, f"🔄 Session reset: a fresh one is ready; earlier variables and work files are gone.\n{self._lifetime()}")
+
+    @session.command(name="end", description="End your session in this channel; /run starts fresh again")
+    async def end(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)  # its processes are reaped first
+        engine = await interpreter.get_engine()
+        info = await engine.sessions.end(session_id_for(interaction), EndReason.ENDED)
+        if info is None:
+            await self._reply(interaction, "You have no session in this channel.")
+            return
+        await self._reply(interaction, f"⏹️ Session ended after {runs_text(info.runs)}. "
+                                       "`/run` starts fresh again in this channel.")
+
+
+async def setup(bot: "CodeInterpreterBot") -> None:
+    await bot.add_cog(SessionCog(bot))

@@ -125,7 +125,7 @@ class CodeInterpreterBot(commands.Bot):
     async def close(self) -> None:
         self.expiry_sweep.cancel()
         engine = await interpreter.get_engine()
-        await engine.runner.close()  # warm sandboxes are destroyed, none left running
+        await engine.close()  # sessions ended, warm sandboxes destroyed: no sandbox left running
         await super().close()
 
 

@@ -184,7 +184,6 @@ FIELDS: tuple[Field, ...] = (
     Field("pip_find_links", "PIP_FIND_LINKS", "", _text, "Extra wheel directory for installs (offline mirrors, tests)."),
     Field("pip_index_url", "PIP_INDEX_URL_SANDBOX", "", _text, "Package index for sandbox installs. Empty: pip's default."),
     Field("install_timeout", "INSTALL_TIMEOUT_SECONDS", "300", _int_range(10), "Longest a package install may take."),
-    Field("allow_unsandboxed", "DANGEROUS_ALLOW_UNSANDBOXED_RUNS", "false", _bool, "DEVELOPMENT ONLY: run code without isolation when no sandbox can be built. Never enable on a server others use."),
     # Logging
     Field("log_level", "LOG_LEVEL", "INFO", _text, "Python logging level."),
 )
@@ -241,7 +240,6 @@ class Settings:
     pip_find_links: str
     pip_index_url: str
     install_timeout: int
-    allow_unsandboxed: bool
     log_level: str
 
     # --- derived values, so callers never repeat the arithmetic

@@ -136,9 +136,11 @@ class SandboxProcess:
         """True once the bootstrap has imported what it preloads and waits for a job."""
         ready = asyncio.create_task(self._ready.wait())
         died = asyncio.create_task(self.proc.wait())
-        await asyncio.wait({ready, died}, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        died.cancel()
+        try:
+            await asyncio.wait({ready, died}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when cancelled: no helper task outlives the wait
+            ready.cancel()
+            died.cancel()
         return self._ready.is_set()
 
     # ------------------------------------------------------------------ watching
@@ -371,9 +373,13 @@ class SandboxProcess:
             outcome.cause = ExitCause.SIGNAL
             outcome.error = f"The code was killed by signal {sig} ({signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else 'unknown'})"
         elif not self.state.ready:
-            outcome.cause = ExitCause.SANDBOX
-            outcome.error = "The sandbox failed to start"
+            # The launcher or bwrap refused (e.g. no user namespaces on this host): the
+            # member gets a short reason, the admin the whole message in the log.
             log.error("sandbox failed to start (exit %s): %s", rc, outcome.output[-2000:])
+            reason = _launcher_reason(outcome.output, rc)
+            outcome.cause, outcome.output = ExitCause.SANDBOX, ""
+            outcome.error = sandbox_unavailable_message(reason)
+            self.runner.unavailable_reason = reason
         elif rc == 0:
             outcome.cause = ExitCause.OK  # os._exit(0): ended without the usual wrap-up
         else:
@@ -415,6 +421,7 @@ class SandboxRunner:
         self.queued = 0
         self.completed = 0
         self.failures_by_cause: dict[str, int] = {}
+        self.unavailable_reason: str | None = None  # set when the last sandbox could not start
 
     @property
     def bwrap(self) -> BwrapBinary:
@@ -469,6 +476,8 @@ class SandboxRunner:
 
     def _count(self, outcome: SandboxOutcome) -> None:
         self.completed += 1
+        if outcome.cause is not ExitCause.SANDBOX:
+            self.unavailable_reason = None  # a sandbox started: isolation works (again)
         if not outcome.success:
             self.failures_by_cause[outcome.cause.value] = self.failures_by_cause.get(outcome.cause.value, 0) + 1
 
@@ -523,7 +532,8 @@ class SandboxRunner:
             await sandbox.start()
         except (BwrapNotFound, OSError) as exc:
             log.error("cannot start a sandbox: %s", exc)
-            return SandboxOutcome(cause=ExitCause.SANDBOX, error=f"The sandbox is unavailable: {exc}", return_code=-1)
+            self.unavailable_reason = str(exc)
+            return SandboxOutcome(cause=ExitCause.SANDBOX, error=sandbox_unavailable_message(str(exc)), return_code=-1)
         return await sandbox.execute(job)
 
     def describe(self) -> dict:
@@ -535,6 +545,8 @@ class SandboxRunner:
         s = self.settings
         return {
             "backend": "bubblewrap",
+            "available": self.unavailable_reason is None,
+            "unavailable_reason": self.unavailable_reason,
             "bwrap": bwrap,
             "unprivileged_uid": s.sandbox_uid if self.running_as_root else os.geteuid(),
             "cgroups": f"v{self.cgroups.version} (memory, pids per run)" if self.cgroups.available else f"off: {self.cgroups.reason}",
@@ -566,6 +578,19 @@ class SandboxRunner:
             } if self.pool is not None else {},
             "failures_by_cause": dict(self.failures_by_cause),
         }
+
+
+def sandbox_unavailable_message(reason: str) -> str:
+    return (f"Code cannot run: the sandbox could not start on this host ({reason}). "
+            "Nothing ran; an admin can see the details in /status and the bot's log.")
+
+
+def _launcher_reason(output: str, rc: int | None) -> str:
+    """bwrap's (or setpriv's/prlimit's) own one-line complaint, else the exit status."""
+    for line in output.splitlines():
+        if line.startswith(("bwrap:", "setpriv:", "prlimit:", "sh:")):
+            return line.strip()[:200]
+    return f"the launcher exited with status {rc}"
 
 
 def _load_seccomp() -> tuple[bytes | None, str]:

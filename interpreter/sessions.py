@@ -34,7 +34,6 @@ import collections
 import dataclasses
 import enum
 import logging
-import resource
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -50,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CAP_SYS_RESOURCE = 24
 READY_TIMEOUT = 60.0  # a cold session sandbox that cannot import its preload in this long is broken
 ENDINGS_KEPT = 1000  # why sessions ended, remembered for their next run (oldest dropped first)
 ENDING_MEMORY_SECONDS = 24 * 3600
@@ -404,33 +402,13 @@ class SessionManager:
             return sandbox, False
 
     async def _take_warm(self, workload: Workload) -> "SandboxProcess | None":
-        """A ready sandbox from the warm pool, its CPU budget raised to a session's; None: start cold.
-
-        Pooled sandboxes are launched with one run's CPU limit (RLIMIT_CPU, fixed at
-        launch). Raising it for every process of the sandbox takes CAP_SYS_RESOURCE
-        and its cgroup (to find them all); without both, sessions start cold (about
-        0.6 s once per session) rather than live on one run's CPU budget.
-        """
+        """A ready sandbox from the warm pool (launched with a session's CPU budget); None: start cold."""
         pool = self.runner.pool
         if pool is None or pool.loop is not asyncio.get_running_loop():
             return None
-        if not (self.runner.cgroups.available and can_raise_cpu_limits()):
-            return None
         sandbox = await pool.acquire(workload)
-        if sandbox is None:
-            return None
-        budget = self.settings.session_cpu_seconds
-        try:
-            for pid in {sandbox.proc.pid} | sandbox.cgroup.pids():
-                try:
-                    resource.prlimit(pid, resource.RLIMIT_CPU, (budget + 1, budget + 3))
-                except ProcessLookupError:
-                    continue
-        except (OSError, AttributeError) as exc:
-            log.warning("could not give a warm sandbox a session's CPU budget (%s); starting cold", exc)
-            self._destroy(sandbox)
-            return None
-        sandbox.cpu_seconds = budget  # what the CPU-limit message names
+        if sandbox is not None:
+            sandbox.cpu_seconds = self.settings.session_cpu_seconds  # what the CPU-limit message names
         return sandbox
 
     def _end_now(self, session: _Session, reason: EndReason, *, detail: str = "") -> None:
@@ -479,20 +457,6 @@ class SessionManager:
         if ending.reason is EndReason.SHUTDOWN:
             return f"Your session was ended because the interpreter restarted{tail}"
         return f"Your session was ended{tail}"
-
-
-def can_raise_cpu_limits() -> bool:
-    """Whether this process may raise another process's hard rlimits (CAP_SYS_RESOURCE).
-
-    Root usually may; root in a container whose capability set drops it may not.
-    """
-    try:
-        for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
-    except (OSError, ValueError):
-        pass
-    return False
 
 
 def _minutes(value: float) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 import interpreter
 from interpreter import execute_code, upload_file
-from interpreter.sessions import EndReason, SessionRefused, can_raise_cpu_limits
+from interpreter.sessions import EndReason, SessionRefused
 from interpreter.types import ExitCause
 from tests.fixtures_sandbox import make_settings
 
@@ -325,14 +325,11 @@ async def test_a_warm_pooled_sandbox_becomes_a_session_with_a_sessions_cpu_budge
         pool = await engine.runner.start_pool()
         await asyncio.wait_for(pool.wait_until_full(), 120)
         info, created = await engine.sessions.open("g:c:alice", ALICE)
-        # Warm needs CAP_SYS_RESOURCE to raise the pooled sandbox's CPU limit; this test's
-        # container drops it from root, so there the session must start cold and say so.
-        expect_warm = engine.runner.cgroups.available and can_raise_cpu_limits()
-        assert created and info.warm is expect_warm, info
-        assert engine.sessions.describe()["opened_warm"] == int(expect_warm)
-        assert pool.describe()["heavy"]["served_warm"] == int(expect_warm)  # no warm sandbox wasted
+        assert created and info.warm is True, info
+        assert engine.sessions.describe()["opened_warm"] == 1
+        assert pool.describe()["heavy"]["served_warm"] == 1
         first = await run("import resource, sys\nprint(resource.getrlimit(resource.RLIMIT_CPU)[0], 'pandas' in sys.modules)")
-        assert first["output"] == "701 True\n", first  # RLIMIT_CPU: the session's budget + 1, warm or cold
+        assert first["output"] == "701 True\n", first  # RLIMIT_CPU: the session's budget + 1; pandas preloaded
         await run("import pandas as pd\ndf = pd.DataFrame({'a': [1, 2, 3]})")
         assert (await run("int(df.a.sum())"))["output"] == "6\n"
     finally:

@@ -237,7 +237,7 @@ class SandboxPool:
         venv_dir: Path = await self.packages.ensure_venv()
         self._check_generation()
         sandbox = SandboxProcess(self.runner, venv_dir, preload=lane.preload,
-                                 cpu_seconds=self.runner.settings.max_run_timeout)
+                                 cpu_seconds=pooled_cpu_seconds(self.runner.settings))
         warm = _Warm(sandbox, self.generation or 0)
         lane.warming = warm
         try:
@@ -465,3 +465,14 @@ def _renice_process(pid: int, nice: int) -> None:
     for tid in threads:
         with contextlib.suppress(OSError):  # gone, or not permitted: priority is best effort
             os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+
+
+def pooled_cpu_seconds(settings) -> int:
+    """RLIMIT_CPU of a pooled sandbox, fixed at launch before its job is known.
+
+    Large enough for the longest one-shot run and for a whole session, so any warm
+    sandbox can become either. The job's own limit is its wall-clock timeout, which
+    the runner enforces from the moment the job is handed over.
+    """
+    sessions = settings.session_cpu_seconds if settings.max_sessions > 0 else 0
+    return max(settings.max_run_timeout, sessions)

@@ -145,6 +145,28 @@ async def test_gate_admits_light_runs_first_but_not_forever():
     assert order == ["light-1", "heavy-1", "light-2"]
 
 
+async def test_overdue_heavy_runs_take_turns_with_light_ones():
+    now = [0.0]
+    gate = AdmissionGate(1, heavy_max_wait=5.0, clock=lambda: now[0])
+    order: list[str] = []
+
+    async def job(name: str, light: bool) -> None:
+        await gate.acquire(light=light)
+        order.append(name)
+
+    await gate.acquire(light=False)  # the single slot is busy
+    tasks = [asyncio.create_task(job(f"heavy-{i}", False)) for i in (1, 2, 3)]
+    tasks += [asyncio.create_task(job(f"light-{i}", True)) for i in (1, 2, 3)]
+    await asyncio.sleep(0)
+    now[0] = 60.0  # every queued chart is overdue now
+    for _ in range(6):
+        gate.release()
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    # a backlog of overdue charts does not push every small run to the end
+    assert order == ["heavy-1", "light-1", "heavy-2", "light-2", "heavy-3", "light-3"]
+
+
 async def test_gate_passes_on_a_slot_granted_to_a_cancelled_waiter():
     gate = AdmissionGate(1)
     await gate.acquire(light=True)

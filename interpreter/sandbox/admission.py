@@ -4,7 +4,10 @@ A plain FIFO semaphore makes a `print('hi')` wait behind every chart queued befo
 it, although it needs a few milliseconds of CPU where a chart needs most of a
 second. Here waiting light runs go first (shortest job first), and a heavy run
 that has waited longer than `heavy_max_wait` goes before them, so a steady stream
-of small runs cannot starve charts.
+of small runs cannot starve charts. Overdue heavy runs take turns with light ones
+(never two in a row while light runs wait): once every queued chart is overdue, a
+plain "overdue first" rule would send the whole backlog of charts ahead of every
+small run again.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class AdmissionGate:
         self._free = capacity
         self._light: collections.deque[asyncio.Future] = collections.deque()
         self._heavy: collections.deque[tuple[float, asyncio.Future]] = collections.deque()
+        self._last_jumped_queue = False  # the last grant was an overdue heavy run ahead of light ones
 
     @property
     def waiting(self) -> int:
@@ -60,8 +64,11 @@ class AdmissionGate:
                 return
 
     def _next_waiter(self) -> asyncio.Future | None:
-        if self._heavy and (not self._light or self._clock() - self._heavy[0][0] >= self.heavy_max_wait):
+        overdue = bool(self._heavy) and self._clock() - self._heavy[0][0] >= self.heavy_max_wait
+        if self._heavy and (not self._light or (overdue and not self._last_jumped_queue)):
+            self._last_jumped_queue = bool(self._light)
             return self._heavy.popleft()[1]
+        self._last_jumped_queue = False
         if self._light:
             return self._light.popleft()
         return None

@@ -360,7 +360,7 @@ class SandboxProcess:
         outcome.return_code = rc
         if self.cgroup is not None and self.cgroup.oom_killed():
             outcome.cause, outcome.error = ExitCause.MEMORY, self._memory_message()
-        elif sig == signal.SIGXCPU or (sig == signal.SIGKILL and self._cpu_exhausted()):
+        elif sig == signal.SIGXCPU:  # the soft CPU limit; Python does not catch it
             outcome.cause = ExitCause.CPU
             outcome.error = f"CPU time limit exceeded ({int(self.cpu_seconds)} s of CPU)"
         elif sig in _SIGNAL_NAMES:
@@ -371,7 +371,7 @@ class SandboxProcess:
             outcome.error = f"The code was killed (signal 9), probably for using more than {self.settings.run_memory_mb} MB"
         elif sig:
             outcome.cause = ExitCause.SIGNAL
-            outcome.error = f"The code was killed by signal {sig} ({signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else 'unknown'})"
+            outcome.error = f"The code was killed by signal {sig} ({_signal_name(sig)})"
         elif not self.state.ready:
             # The launcher or bwrap refused (e.g. no user namespaces on this host): the
             # member gets a short reason, the admin the whole message in the log.
@@ -385,9 +385,6 @@ class SandboxProcess:
         else:
             outcome.cause = ExitCause.EXCEPTION
             outcome.error = f"Exited with status {rc}"
-
-    def _cpu_exhausted(self) -> bool:
-        return False  # a SIGKILL at the hard CPU limit follows SIGXCPU, which Python does not catch
 
     async def destroy(self) -> None:
         self.kill()
@@ -578,6 +575,13 @@ class SandboxRunner:
             } if self.pool is not None else {},
             "failures_by_cause": dict(self.failures_by_cause),
         }
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return "unknown"
 
 
 def sandbox_unavailable_message(reason: str) -> str:

@@ -429,11 +429,11 @@ class SessionManager:
         await self.wait_closed()
 
     def _destroy(self, sandbox: "SandboxProcess") -> None:
-        from interpreter.sandbox.pool import _destroy_fully, _sandbox_pids
+        from interpreter.sandbox.pool import destroy_fully, sandbox_pids
 
-        pids = _sandbox_pids(sandbox)
+        pids = sandbox_pids(sandbox)
         sandbox.kill()
-        task = asyncio.get_running_loop().create_task(_destroy_fully(sandbox, pids))
+        task = asyncio.get_running_loop().create_task(destroy_fully(sandbox, pids))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 

@@ -15,6 +15,7 @@ import pytest
 import interpreter
 from tests.discord_harness import admin_permissions, attachment_payload
 from tests.test_sessions import FakeClock, alive
+from tests.test_sessions import host_pids as session_pids
 
 SALES_CSV = "region,units,price\nnorth,10,2.5\nsouth,7,3.0\neast,12,2.0\n"
 
@@ -31,16 +32,6 @@ async def world(discord_world):
     assert engine.sessions.active() == []
     survivors = {pid for pid in discord_world.pids if alive(pid)}
     assert not survivors, f"sandbox processes outlived their sessions: {survivors}"
-
-
-def session_pids(engine) -> set[int]:
-    pids: set[int] = set()
-    for info in engine.sessions.active():
-        sandbox = engine.sessions._sessions[info.session_id].sandbox
-        pids.add(sandbox.proc.pid)
-        if sandbox.cgroup is not None:
-            pids |= sandbox.cgroup.pids()
-    return pids
 
 
 async def upload_sales(w, tmp_path) -> str:

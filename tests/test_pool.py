@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from interpreter.packages import PackageManager
-from interpreter.sandbox import SandboxJob, SandboxRunner
+from interpreter.sandbox import SandboxRunner
 from interpreter.sandbox.admission import AdmissionGate
+from interpreter.sandbox.pool import is_running as alive
+from interpreter.sandbox.pool import sandbox_pids
 from interpreter.sandbox.workload import Workload, classify
 from interpreter.types import ExitCause
 from tests.fixtures_sandbox import make_settings
@@ -62,24 +64,8 @@ def host_pids(runner: SandboxRunner) -> set[int]:
     pids: set[int] = set()
     for lane in runner.pool.lanes.values():
         for warm in list(lane.idle) + ([lane.warming] if lane.warming else []):
-            pids.add(warm.sandbox.proc.pid)
-            if warm.sandbox.cgroup is not None:
-                pids |= warm.sandbox.cgroup.pids()
+            pids |= sandbox_pids(warm.sandbox)
     return pids
-
-
-def alive(pid: int) -> bool:
-    """True unless the process is gone or a zombie.
-
-    bwrap's outer process exits as soon as it learns its child's status, so the
-    sandbox's pid 1 is reparented to the host's init to be reaped; an init that does
-    not reap (this test VM's) leaves a zombie: no memory, no CPU, nothing running.
-    """
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def describe(pid: int) -> str:

@@ -16,6 +16,8 @@ import interpreter
 from interpreter import execute_code, upload_file
 from interpreter.sessions import EndReason, SessionRefused
 from interpreter.types import ExitCause
+from interpreter.sandbox.pool import is_running as alive
+from interpreter.sandbox.pool import sandbox_pids
 from tests.fixtures_sandbox import make_settings
 
 ALICE, BOB = 111, 222
@@ -34,24 +36,9 @@ class FakeClock:
         self.now += minutes * 60
 
 
-def alive(pid: int) -> bool:
-    """True unless the process is gone or a zombie (a zombie holds no memory and runs nothing)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def host_pids(engine) -> set[int]:
     """Host pids of every open session's sandbox: bwrap and, with cgroups, everything inside."""
-    pids: set[int] = set()
-    for info in engine.sessions.active():
-        sandbox = engine.sessions._sessions[info.session_id].sandbox
-        pids.add(sandbox.proc.pid)
-        if sandbox.cgroup is not None:
-            pids |= sandbox.cgroup.pids()
-    return pids
+    return {pid for info in engine.sessions.active() for pid in sandbox_pids(engine.sessions._sessions[info.session_id].sandbox)}
 
 
 async def assert_gone(pids: set[int]) -> None:

@@ -284,9 +284,9 @@ class SandboxPool:
             # A sandbox still warming on the old generation is discarded when it is ready.
 
     def _discard(self, warm: _Warm) -> None:
-        pids = _sandbox_pids(warm.sandbox)
+        pids = sandbox_pids(warm.sandbox)
         warm.sandbox.kill()
-        task = asyncio.get_running_loop().create_task(_destroy_fully(warm.sandbox, pids))
+        task = asyncio.get_running_loop().create_task(destroy_fully(warm.sandbox, pids))
         self._reapers.add(task)
         task.add_done_callback(self._reapers.discard)
 
@@ -315,7 +315,7 @@ class SandboxPool:
         for _ in range(PRIORITY_POLLS):
             if warm.claimed or sandbox._ready.is_set() or not warm.alive:
                 return
-            pids = _sandbox_pids(sandbox)
+            pids = sandbox_pids(sandbox)
             for pid in pids:
                 _renice_process(pid, self.warming_nice)
             if any(_cmdline(pid).startswith(python) for pid in pids):
@@ -333,7 +333,7 @@ class SandboxPool:
         if self.warming_nice == 0:
             return
         for _ in range(2):  # a process forked during the first pass inherits, or is seen in the second
-            for pid in _sandbox_pids(sandbox):
+            for pid in sandbox_pids(sandbox):
                 _renice_process(pid, nice)
 
     # ------------------------------------------------------------------ reporting
@@ -356,7 +356,7 @@ class SandboxPool:
         return [warm.sandbox for warm in self.lanes[workload].idle]
 
 
-async def _destroy_fully(sandbox: "SandboxProcess", pids: set[int]) -> None:
+async def destroy_fully(sandbox: "SandboxProcess", pids: set[int]) -> None:
     """Destroy, then wait until every process of the sandbox has finished exiting.
 
     The sandbox's own pid 1 dies by --die-with-parent a moment after bwrap, and
@@ -371,14 +371,14 @@ async def _destroy_fully(sandbox: "SandboxProcess", pids: set[int]) -> None:
     for _ in range(EXIT_POLLS):
         if cgroup is not None and cgroup.pids():
             cgroup.kill_all()
-        elif not any(_still_exiting(pid) for pid in pids):
+        elif not any(is_running(pid) for pid in pids):
             break
         await asyncio.sleep(PRIORITY_POLL_SECONDS)
     if cgroup is not None:
         cgroup.remove()
 
 
-def _still_exiting(pid: int) -> bool:
+def is_running(pid: int) -> bool:
     """True while the process exists and is not yet a zombie (killed processes pass through this)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
@@ -420,7 +420,7 @@ async def _ready_within(sandbox: "SandboxProcess", seconds: float) -> bool:
     return sandbox._ready.is_set()
 
 
-def _sandbox_pids(sandbox: "SandboxProcess") -> set[int]:
+def sandbox_pids(sandbox: "SandboxProcess") -> set[int]:
     if sandbox.proc is None:
         return set()
     if sandbox.cgroup is not None:

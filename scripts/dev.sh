@@ -21,6 +21,10 @@ need_system_packages() {
     command -v prlimit >/dev/null && command -v setpriv >/dev/null || missing+=(util-linux)
     ldconfig -p 2>/dev/null | grep -q 'libseccomp.so.2' || missing+=(libseccomp2)
     [ -x /usr/bin/python3 ] || [ -x /usr/local/bin/python3 ] || missing+=(python3)
+    # Debian splits venv support out of its python3 package.
+    if command -v dpkg >/dev/null && [ -x /usr/bin/python3 ] && ! dpkg -s python3-venv >/dev/null 2>&1; then
+        missing+=(python3-venv)
+    fi
     if [ ${#missing[@]} -eq 0 ]; then return; fi
     if [ "$(id -u)" -ne 0 ]; then
         log "missing system packages: ${missing[*]} (install them as root, then run this again)"

@@ -105,52 +105,58 @@ def test_classify_looks_at_imports_and_names(code, expected):
     assert classify(code) is expected
 
 
+class GateScene:
+    """One busy slot, a controllable clock, and waiters that note the order they get in."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.gate = AdmissionGate(1, heavy_max_wait=5.0, clock=lambda: self.now)
+        self.order: list[str] = []
+        self.tasks: list[asyncio.Task] = []
+
+    async def occupy(self) -> None:
+        await self.gate.acquire(light=False)
+
+    async def queue(self, *names: str) -> None:
+        """Queue waiters in this order ('light-…' names are light runs)."""
+        for name in names:
+            self.tasks.append(asyncio.create_task(self._wait(name, name.startswith("light"))))
+        await asyncio.sleep(0)
+
+    async def _wait(self, name: str, light: bool) -> None:
+        await self.gate.acquire(light=light)
+        self.order.append(name)
+
+    async def release(self) -> None:
+        self.gate.release()
+        await asyncio.sleep(0)
+
+
 async def test_gate_admits_light_runs_first_but_not_forever():
-    now = [0.0]
-    gate = AdmissionGate(1, heavy_max_wait=5.0, clock=lambda: now[0])
-    order: list[str] = []
-
-    async def job(name: str, light: bool) -> None:
-        await gate.acquire(light=light)
-        order.append(name)
-
-    await gate.acquire(light=False)  # the single slot is busy
-    tasks = [asyncio.create_task(job("heavy-1", False))]
-    await asyncio.sleep(0)
-    tasks += [asyncio.create_task(job(f"light-{i}", True)) for i in (1, 2)]
-    await asyncio.sleep(0)
-    gate.release()
-    await asyncio.sleep(0)
-    assert order == ["light-1"]  # a light run overtook the heavy one queued before it
-    now[0] = 6.0  # the heavy run has now waited longer than heavy_max_wait
-    gate.release()
-    await asyncio.sleep(0)
-    assert order == ["light-1", "heavy-1"]
-    gate.release()
-    await asyncio.gather(*tasks)
-    assert order == ["light-1", "heavy-1", "light-2"]
+    scene = GateScene()
+    await scene.occupy()
+    await scene.queue("heavy-1")
+    await scene.queue("light-1", "light-2")
+    await scene.release()
+    assert scene.order == ["light-1"]  # a light run overtook the heavy one queued before it
+    scene.now = 6.0  # the heavy run has now waited longer than heavy_max_wait
+    await scene.release()
+    assert scene.order == ["light-1", "heavy-1"]
+    await scene.release()
+    await asyncio.gather(*scene.tasks)
+    assert scene.order == ["light-1", "heavy-1", "light-2"]
 
 
 async def test_overdue_heavy_runs_take_turns_with_light_ones():
-    now = [0.0]
-    gate = AdmissionGate(1, heavy_max_wait=5.0, clock=lambda: now[0])
-    order: list[str] = []
-
-    async def job(name: str, light: bool) -> None:
-        await gate.acquire(light=light)
-        order.append(name)
-
-    await gate.acquire(light=False)  # the single slot is busy
-    tasks = [asyncio.create_task(job(f"heavy-{i}", False)) for i in (1, 2, 3)]
-    tasks += [asyncio.create_task(job(f"light-{i}", True)) for i in (1, 2, 3)]
-    await asyncio.sleep(0)
-    now[0] = 60.0  # every queued chart is overdue now
+    scene = GateScene()
+    await scene.occupy()
+    await scene.queue("heavy-1", "heavy-2", "heavy-3", "light-1", "light-2", "light-3")
+    scene.now = 60.0  # every queued chart is overdue now
     for _ in range(6):
-        gate.release()
-        await asyncio.sleep(0)
-    await asyncio.gather(*tasks)
+        await scene.release()
+    await asyncio.gather(*scene.tasks)
     # a backlog of overdue charts does not push every small run to the end
-    assert order == ["heavy-1", "light-1", "heavy-2", "light-2", "heavy-3", "light-3"]
+    assert scene.order == ["heavy-1", "light-1", "heavy-2", "light-2", "heavy-3", "light-3"]
 
 
 async def test_gate_passes_on_a_slot_granted_to_a_cancelled_waiter():

@@ -15,6 +15,7 @@ Times come from `clock` (default: UTC now), so tests move time without sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -89,6 +90,7 @@ class RunAudit:
         self.store = store
         self.clock = clock or utc_now
         self._lost = 0  # records not written during the current outage
+        self._pending: set[asyncio.Task] = set()  # writes started by record_later()
 
     def now(self) -> datetime:
         return store_time(self.clock)
@@ -111,6 +113,18 @@ class RunAudit:
             code_sha256=code_sha256(code), expires_at=self._expiry(started_at),
         )
 
+    def record_later(self, record: RunRecord) -> None:
+        """Store one run in the background, so a slow or unreachable database never
+        delays the member's result. Readers below wait for these writes first."""
+        task = asyncio.get_running_loop().create_task(self.record(record))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def flush(self) -> None:
+        """Wait until every record started with record_later() is written (or lost)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending))
+
     async def record(self, record: RunRecord) -> bool:
         """Store one run. Never raises: a lost record is logged, the run is not affected."""
         try:
@@ -131,20 +145,24 @@ class RunAudit:
 
     async def recent(self, limit: int = 10, user_id: int | None = None, guild_id: int | None = None) -> list[dict]:
         """Unexpired runs, newest first: everyone's, or one member's, or those asked for in one guild."""
+        await self.flush()  # what was just run counts
         limit = max(1, min(int(limit), 100))
         records = await self.store.recent_runs(self.now(), limit, user_id, guild_id)
         return [public_run(record) for record in records]
 
     async def start_times(self, user_id: int, since: datetime) -> list[datetime]:
         """Start times of the member's runs that reached the sandbox, from `since` on, oldest first."""
+        await self.flush()  # what was just run counts
         return await self.store.run_start_times(user_id, since, self.now())
 
     async def cause_counts(self, window: timedelta = STATUS_WINDOW) -> dict[str, int]:
+        await self.flush()  # what was just run counts
         now = self.now()
         return await self.store.run_cause_counts(now - window, now)
 
     async def purge_expired(self) -> int:
         """Delete expired records (the hourly sweep; MongoDB's TTL does it too, lazily). Never raises."""
+        await self.flush()  # what was just run counts
         try:
             removed = await self.store.delete_expired_runs(self.now())
         except StoreUnavailable:

@@ -88,9 +88,10 @@ class Engine:
         persist between runs, and result["session"] says how the session stands.
         Without it the run is one-shot, in a fresh sandbox.
 
-        The run is recorded in the audit afterwards (`guild_id`/`channel_id` say where
-        it was asked for). Recording never changes the result and never raises; while
-        the database is down it costs the store's connection timeout and logs once.
+        The run is recorded in the audit afterwards, in the background (`guild_id`/
+        `channel_id` say where it was asked for): recording never changes or delays the
+        result and never raises; while the database is down records are lost and that is
+        logged once.
         """
         started_at = self.audit.now()
         began = time.monotonic()
@@ -101,7 +102,7 @@ class Engine:
                 result, user_id=user_id, code=code, started_at=started_at,
                 duration_seconds=time.monotonic() - began, guild_id=guild_id, channel_id=channel_id,
                 packages=install_packages, files=user_files)
-            await self.audit.record(record)
+            self.audit.record_later(record)
         return result
 
     async def _execute(self, code: Any, user_id: int, user_files: list[str] | None,
@@ -195,6 +196,7 @@ class Engine:
         """Shutdown: end every session and stop the warm pool, leaving no sandbox process."""
         await self.sessions.close()
         await self.runner.close()
+        await self.audit.flush()
 
     def run_limits(self) -> dict:
         """The abuse limits in force, for status."""

@@ -8,6 +8,7 @@ server. Engine tests run real code in the real sandbox. Time moves by a test clo
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import shutil
@@ -227,6 +228,7 @@ async def test_engine_records_failures_and_refusals_with_their_cause(engine):
 async def test_runs_through_a_db_handler_are_audited_in_that_database(engine, db_handle):
     result = await interpreter.execute_code("print(2 + 2)", USER, db_handler=db_handle, guild_id=GUILD)
     assert result["output"] == "4\n"
+    await (await interpreter.get_engine(db_handle)).audit.flush()  # the record is written in the background
     [doc] = await db_handle.run_audit.find({}, {"_id": 0}).to_list(length=None)
     assert (doc["user_id"], doc["guild_id"], doc["exit_cause"]) == (USER, GUILD, "ok")
     assert doc["code_sha256"] == hashlib.sha256(b"print(2 + 2)").hexdigest()
@@ -252,6 +254,7 @@ def audit_lines(caplog) -> list[str]:
 async def test_sqlite_outage_loses_records_not_runs(engine, tmp_path, caplog):
     path: Path = engine.settings.sqlite_path
     await interpreter.execute_code("print('before')", USER)  # creates the database
+    await engine.audit.flush()
     moved = tmp_path / "moved.sqlite3"
     shutil.move(path, moved)
     path.mkdir()  # a directory where the database file should be: cannot be opened
@@ -260,6 +263,7 @@ async def test_sqlite_outage_loses_records_not_runs(engine, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         first = await interpreter.execute_code("print('during')", USER)
         second = await interpreter.execute_code("1/0", USER)
+        await engine.audit.flush()
     assert (first["success"], first["output"]) == (True, "during\n")
     assert second["success"] is False and "ZeroDivisionError" in second["error"]
     assert audit_lines(caplog) == [
@@ -272,6 +276,7 @@ async def test_sqlite_outage_loses_records_not_runs(engine, tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO):
         await interpreter.execute_code("print('after')", USER)
+        await engine.audit.flush()
     assert audit_lines(caplog) == ["run audit: recording again; 2 runs were not recorded"]
     assert len(await engine.recent_runs(user_id=USER)) == 2  # before and after
 
@@ -283,9 +288,11 @@ async def test_mongo_outage_loses_records_not_runs(sandbox_settings, tmp_path, c
     engine = Engine(settings)
     try:
         assert (await engine.execute("print(1)", USER))["success"]
+        await engine.audit.flush()
         server.stop()
         with caplog.at_level(logging.INFO):
             during = await engine.execute("print('still runs')", USER, guild_id=GUILD)
+            await engine.audit.flush()
         assert (during["success"], during["output"]) == (True, "still runs\n")
         assert len(audit_lines(caplog)) == 1
         assert "mongodb://" not in caplog.text
@@ -304,8 +311,28 @@ async def test_unexpected_audit_errors_never_reach_the_member(engine, monkeypatc
     monkeypatch.setattr(engine.store, "insert_run", broken)
     with caplog.at_level(logging.INFO):
         result = await interpreter.execute_code("print('fine')", USER)
+        await engine.audit.flush()
     assert result["output"] == "fine\n" and "bug in the audit" not in str(result)
     assert audit_lines(caplog) == ["run audit: could not record runs (RuntimeError); runs go on unrecorded until it is back"]
+
+
+async def test_a_slow_audit_database_never_delays_the_result(engine, monkeypatch):
+    """The record is written after the member has the result: a database that hangs
+    (an unreachable MongoDB waits for its server-selection timeout) costs the run nothing."""
+    database_answers = asyncio.Event()
+    real_insert = engine.store.insert_run
+
+    async def hanging_insert(record):
+        await database_answers.wait()
+        await real_insert(record)
+
+    monkeypatch.setattr(engine.store, "insert_run", hanging_insert)
+    # returns while the insert hangs (awaiting the write inline would never return: fail, not hang)
+    result = await asyncio.wait_for(interpreter.execute_code("print('fast')", USER), timeout=60)
+    assert result["output"] == "fast\n"
+    database_answers.set()
+    [run] = await engine.recent_runs(user_id=USER)  # readers wait for the pending write
+    assert run["status"] == "ok"
 
 
 def test_record_times_are_aware_utc():

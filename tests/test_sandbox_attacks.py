@@ -10,7 +10,6 @@ import asyncio
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -527,9 +526,3 @@ async def test_unicode_identifiers_and_coding_declarations_change_nothing(runner
         "# -*- coding: latin-1 -*-\nimport os\nｏｓ = os\nprint(ｏｓ.getuid(), os.path.exists('/root'))\n",
     )
     assert outcome.output.strip() == "1000 False"
-
-
-def test_host_python_is_not_what_runs_code():
-    # The sandbox venv is built from a system Python the sandbox uid can read, not the
-    # bot's interpreter (pitfall 4: pyenv under /root is unreachable).
-    assert sys.executable  # documented expectation; the real check is every test above

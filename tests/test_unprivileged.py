@@ -114,3 +114,18 @@ async def test_no_isolation_possible_means_no_code_runs_and_says_why(tmp_path, s
     status = runner.describe()
     assert status["available"] is False
     assert status["unavailable_reason"] == "bwrap: No permissions to create a new namespace"
+
+
+async def test_a_missing_bwrap_is_reported_the_same_way(tmp_path, sandbox_venv):
+    from interpreter.packages import PackageManager
+    from interpreter.sandbox import SandboxRunner
+    from interpreter.types import ExitCause
+    from tests.fixtures_sandbox import make_settings
+    from tests.sandbox_helpers import run
+
+    settings = make_settings(tmp_path, BWRAP_PATH=str(tmp_path / "no-such-bwrap"))
+    runner = SandboxRunner(settings, PackageManager(settings))
+    outcome = await run(runner, "print('SHOULD NOT RUN')")
+    assert outcome.cause is ExitCause.SANDBOX
+    assert outcome.error.startswith("Code cannot run: the sandbox could not start on this host (BWRAP_PATH=")
+    assert runner.describe()["available"] is False

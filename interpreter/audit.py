@@ -91,6 +91,7 @@ class RunAudit:
         self.clock = clock or utc_now
         self._lost = 0  # records not written during the current outage
         self._pending: set[asyncio.Task] = set()  # writes started by record_later()
+        self._last_write: asyncio.Task | None = None
 
     def now(self) -> datetime:
         return store_time(self.clock)
@@ -116,9 +117,18 @@ class RunAudit:
     def record_later(self, record: RunRecord) -> None:
         """Store one run in the background, so a slow or unreachable database never
         delays the member's result. Readers below wait for these writes first."""
-        task = asyncio.get_running_loop().create_task(self.record(record))
+        previous = self._last_write
+        task = asyncio.get_running_loop().create_task(self._record_after(previous, record))
+        self._last_write = task
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    async def _record_after(self, previous: asyncio.Task | None, record: RunRecord) -> None:
+        # Writes go one after another, in run order: records that start in the same
+        # millisecond still list newest first, and an outage loses them in order too.
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        await self.record(record)
 
     async def flush(self) -> None:
         """Wait until every record started with record_later() is written (or lost)."""

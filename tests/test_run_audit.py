@@ -335,6 +335,33 @@ async def test_a_slow_audit_database_never_delays_the_result(engine, monkeypatch
     assert run["status"] == "ok"
 
 
+async def test_background_records_are_written_in_run_order(file_backend, monkeypatch):
+    """Runs started in the same millisecond still list newest first: the first write
+    is held up (a slow database), yet the later records wait behind it."""
+    audit = audit_for(file_backend)
+    first_write_may_finish = asyncio.Event()
+    real_insert = audit.store.insert_run
+    calls = 0
+
+    async def first_insert_is_slow(rec):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await first_write_may_finish.wait()
+        await real_insert(rec)
+
+    monkeypatch.setattr(audit.store, "insert_run", first_insert_is_slow)
+    records = [audit.build_record(result(), user_id=USER, code=f"x = {n}", started_at=audit.now(),
+                                  duration_seconds=0.1) for n in range(5)]
+    for rec in records:
+        audit.record_later(rec)
+    await asyncio.sleep(0)  # let the queued writes start; none may overtake the first
+    assert calls == 1
+    first_write_may_finish.set()
+    listed = await audit.recent(10)
+    assert [r["code_sha256"] for r in listed] == [rec.code_sha256 for rec in reversed(records)]
+
+
 def test_record_times_are_aware_utc():
     clock = TestClock()
     clock.now = datetime(2025, 1, 1, 12, 0, 0, 123456)  # naive: read as UTC

@@ -47,6 +47,11 @@ COLLECT_GRACE_SECONDS = 15.0  # after the code ends, time to save figures and se
 READ_CHUNK = 64 * 1024
 DRAIN_TURNS = 400  # after a session job's "end": event-loop turns allowed for reading its output
 
+# What the member reads. The reason (it can quote host paths and settings) goes to the
+# log and /status only.
+SANDBOX_UNAVAILABLE = ("Code cannot run: the sandbox could not start on this host. "
+                       "Nothing ran; an admin can see why in /status and the bot's log.")
+
 _SIGNAL_NAMES = {
     signal.SIGSEGV: "segmentation fault",
     signal.SIGABRT: "aborted",
@@ -378,7 +383,7 @@ class SandboxProcess:
             log.error("sandbox failed to start (exit %s): %s", rc, outcome.output[-2000:])
             reason = _launcher_reason(outcome.output, rc)
             outcome.cause, outcome.output = ExitCause.SANDBOX, ""
-            outcome.error = sandbox_unavailable_message(reason)
+            outcome.error = SANDBOX_UNAVAILABLE
             self.runner.unavailable_reason = reason
         elif rc == 0:
             outcome.cause = ExitCause.OK  # os._exit(0): ended without the usual wrap-up
@@ -530,7 +535,7 @@ class SandboxRunner:
         except (BwrapNotFound, OSError) as exc:
             log.error("cannot start a sandbox: %s", exc)
             self.unavailable_reason = str(exc)
-            return SandboxOutcome(cause=ExitCause.SANDBOX, error=sandbox_unavailable_message(str(exc)), return_code=-1)
+            return SandboxOutcome(cause=ExitCause.SANDBOX, error=SANDBOX_UNAVAILABLE, return_code=-1)
         return await sandbox.execute(job)
 
     def describe(self) -> dict:
@@ -582,11 +587,6 @@ def _signal_name(sig: int) -> str:
         return signal.Signals(sig).name
     except ValueError:
         return "unknown"
-
-
-def sandbox_unavailable_message(reason: str) -> str:
-    return (f"Code cannot run: the sandbox could not start on this host ({reason}). "
-            "Nothing ran; an admin can see the details in /status and the bot's log.")
 
 
 def _launcher_reason(output: str, rc: int | None) -> str:

@@ -1,4 +1,4 @@
-"""/session start|status|reset|end: a Python session that keeps a member's variables
+"""/session start|status|reset|end [member]: a Python session that keeps a member's variables
 between runs in one channel, like a notebook.
 
 While a member's session is open in a channel, /run there continues it (cogs/run.py
@@ -21,7 +21,7 @@ from discord import app_commands
 from discord.ext import commands, tasks
 
 import interpreter
-from cogs._access import admit_run
+from cogs._access import admit_run, is_bot_admin
 from cogs._format import NO_MENTIONS
 from interpreter.sessions import EndReason
 
@@ -91,9 +91,14 @@ def session_line_for_status(info: dict[str, Any]) -> str:
             f" · {minutes(float(info.get('age_seconds', 0)))} old{busy}")
 
 
+def opened_in_guild(session_id: str, guild_id: int | None) -> bool:
+    parsed = parse_session_id(session_id)
+    return parsed is not None and parsed[0] == guild_id
+
+
 def sessions_in_guild(sessions: list[dict[str, Any]], guild_id: int | None) -> list[dict[str, Any]]:
     """Only the sessions opened in this guild (a server's admins see their server's only)."""
-    return [s for s in sessions if (parsed := parse_session_id(str(s.get("session_id", "")))) and parsed[0] == guild_id]
+    return [s for s in sessions if opened_in_guild(str(s.get("session_id", "")), guild_id)]
 
 
 ABOUT = ("While it lasts, `/run` in this channel continues it: variables, imports and files in the work dir "
@@ -180,7 +185,11 @@ class SessionCog(commands.Cog, name="Session"):
         await self._reply(interaction, f"🔄 Session reset: a fresh one is ready; earlier variables and work files are gone.\n{self._lifetime()}")
 
     @session.command(name="end", description="End your session in this channel; /run starts fresh again")
-    async def end(self, interaction: discord.Interaction) -> None:
+    @app_commands.describe(member="Admins: end this member's sessions in this server instead of your own")
+    async def end(self, interaction: discord.Interaction, member: discord.User | None = None) -> None:
+        if member is not None and member.id != interaction.user.id:
+            await self._end_for_admin(interaction, member)
+            return
         await interaction.response.defer(ephemeral=True, thinking=True)  # its processes are reaped first
         engine = await interpreter.get_engine()
         info = await engine.sessions.end(session_id_for(interaction), EndReason.ENDED)
@@ -189,6 +198,27 @@ class SessionCog(commands.Cog, name="Session"):
             return
         await self._reply(interaction, f"⏹️ Session ended after {runs_text(info.runs)}. "
                                        "`/run` starts fresh again in this channel.")
+
+    async def _end_for_admin(self, interaction: discord.Interaction, member: discord.User) -> None:
+        """An admin ends a member's sessions in this server (a stuck or runaway session,
+        say); the member's next /run says a server admin ended it."""
+        if interaction.guild_id is None or not is_bot_admin(interaction, self.settings.owner_ids):
+            await interaction.response.send_message(
+                "Only server admins (Manage Server) and the bot's owners can end someone else's session.",
+                ephemeral=True, allowed_mentions=NO_MENTIONS)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        engine = await interpreter.get_engine()
+        theirs = [s.session_id for s in engine.sessions.active(member.id) if opened_in_guild(s.session_id, interaction.guild_id)]
+        ended = [info for session_id in theirs if (info := await engine.sessions.end(session_id, EndReason.BY_ADMIN))]
+        if not ended:
+            await self._reply(interaction, f"<@{member.id}> has no open session in this server.")
+            return
+        log.info("admin %s ended %d sessions of member %s in guild %s",
+                 interaction.user.id, len(ended), member.id, interaction.guild_id)
+        where = ", ".join(f"<#{parse_session_id(info.session_id)[1]}>" for info in ended)
+        await self._reply(interaction, f"⏹️ Ended <@{member.id}>'s session{'s' if len(ended) != 1 else ''} in {where}. "
+                                       "Their next `/run` there starts fresh and tells them a server admin ended it.")
 
 
 async def setup(bot: "CodeInterpreterBot") -> None:

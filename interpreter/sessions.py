@@ -63,14 +63,15 @@ class EndReason(enum.Enum):
     MAX_AGE = "max_age"
     TIMEOUT = "timeout"  # a run hit its timeout
     CRASH = "crash"  # the sandbox died during a run (memory, CPU, signal, output flood)
-    ENDED = "ended"  # the member (or an admin) ended it
+    ENDED = "ended"  # the member ended it
+    BY_ADMIN = "admin"  # a server admin ended it
     RESET = "reset"
     SHUTDOWN = "shutdown"
 
     @property
     def involuntary(self) -> bool:
         """Ended without the member asking: their next run says so and starts a fresh session."""
-        return self in {EndReason.IDLE, EndReason.MAX_AGE, EndReason.TIMEOUT, EndReason.CRASH}
+        return self in {EndReason.IDLE, EndReason.MAX_AGE, EndReason.TIMEOUT, EndReason.CRASH, EndReason.BY_ADMIN}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,6 +455,8 @@ class SessionManager:
             return f"Your session was ended because a run timed out{tail}"
         if ending.reason is EndReason.CRASH:
             return f"Your session was ended because its run stopped abnormally{tail}"
+        if ending.reason is EndReason.BY_ADMIN:
+            return f"Your session was ended by a server admin{tail}"
         if ending.reason is EndReason.SHUTDOWN:
             return f"Your session was ended because the interpreter restarted{tail}"
         return f"Your session was ended{tail}"

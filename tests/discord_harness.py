@@ -331,20 +331,25 @@ class InteractionHarness:
             task = asyncio.ensure_future(asyncio.gather(*handlers))
         return Reply(self.recorder, payload["token"], task)
 
-    async def slash(self, name: str, member: discord.abc.User, *, subcommand: str | None = None,
+    async def slash(self, name: str, member: discord.abc.User, /, *, subcommand: str | None = None,
                     permissions: discord.Permissions | None = None, attachments: dict[str, dict] | None = None,
                     **options: Any) -> Reply:
         """Invoke `/name [subcommand] option:value...` and wait for the handler to finish."""
         return await self.start_slash(name, member, subcommand=subcommand, permissions=permissions,
                                       attachments=attachments, **options).wait()
 
-    def start_slash(self, name: str, member: discord.abc.User, *, subcommand: str | None = None,
+    def start_slash(self, name: str, member: discord.abc.User, /, *, subcommand: str | None = None,
                     permissions: discord.Permissions | None = None, attachments: dict[str, dict] | None = None,
                     focused: str | None = None, **options: Any) -> Reply:
         option_list = []
         resolved: dict[str, Any] = {}
         for key, value in options.items():
             if value is None:
+                continue
+            if isinstance(value, discord.abc.User):  # a user option, resolved as Discord sends it
+                resolved.setdefault("users", {})[str(value.id)] = self._user_payload(value)
+                value = str(value.id)
+                option_list.append({"name": key, "type": 6, "value": value})
                 continue
             option = {"name": key, "type": _option_type(value), "value": value}
             if focused == key:

@@ -199,12 +199,8 @@ async def test_status_shows_this_servers_runs_only(discord_world):
 
 
 def runs_lookup(world, caller, member, *, permissions=None):
-    """/runs member:@member (a user option, resolved as Discord sends it)."""
-    harness = world.harness
-    data = {"id": str(snowflake()), "name": "runs", "type": 1,
-            "options": [{"name": "member", "type": 6, "value": str(member.id)}],
-            "resolved": {"users": {str(member.id): harness._user_payload(member)}}}
-    return harness.dispatch(harness._base(2, caller, permissions, data)).wait()
+    """/runs member:@member"""
+    return world.harness.slash("runs", caller, permissions=permissions, member=member)
 
 
 async def test_runs_lookup_is_for_admins_only(discord_world):

@@ -14,6 +14,7 @@ import pytest
 
 import interpreter
 from tests.discord_harness import admin_permissions, attachment_payload
+from tests.test_bot_run import no_pings
 from tests.test_sessions import FakeClock, alive
 from tests.test_sessions import host_pids as session_pids
 
@@ -170,6 +171,32 @@ async def test_status_lists_open_sessions_for_admins(world):
     sessions = fields["Sessions"]
     assert sessions.startswith("**open:** 1 of 8 · idle expiry 10 min"), sessions
     assert f"<@{w.alice.id}> in <#{w.channel.id}> · 2 runs · idle 3 min · 3 min old" in sessions
+
+
+async def test_an_admin_ends_a_members_session_and_the_member_is_told(world):
+    w = world
+    await w.harness.slash("session", w.alice, subcommand="start")
+    await w.harness.slash("run", w.alice, code="secret = 41")
+    pids = session_pids(w.engine)
+    w.pids |= pids
+
+    refused = await w.harness.slash("session", w.bob, subcommand="end", member=w.alice)
+    assert refused.ephemeral and refused.callback.content.startswith("Only server admins")
+    assert len(w.engine.sessions.active(w.alice.id)) == 1  # a member cannot end someone else's
+
+    ended = await w.harness.slash("session", w.carol, subcommand="end", member=w.alice, permissions=admin_permissions())
+    assert ended.ephemeral
+    assert ended.content.startswith(f"⏹️ Ended <@{w.alice.id}>'s session in <#{w.channel.id}>."), ended.content
+    no_pings(ended.final)  # names the member without pinging them
+    assert w.engine.sessions.active() == [] and not {pid for pid in pids if alive(pid)}
+
+    following = await w.harness.slash("run", w.alice, code="print(secret)")
+    assert following.content.startswith(
+        "⏱️ Your session was ended by a server admin; this run started fresh.\n🧠 session: 1 run"), following.content
+    assert "NameError" in following.content  # the old variables went with it
+
+    none_left = await w.harness.slash("session", w.carol, subcommand="end", member=w.bob, permissions=admin_permissions())
+    assert none_left.content == f"<@{w.bob.id}> has no open session in this server."
 
 
 async def test_shutdown_ends_sessions_and_leaves_no_process(world):

@@ -1,10 +1,7 @@
 # Discord code-interpreter bot.
-#   docker build -t code-interpreter .                            (no Chromium)
-#   docker build -t code-interpreter --build-arg WITH_CHROMIUM=1 .  (plotly PNG export)
+#   docker build -t code-interpreter .
 # Container privileges the sandbox needs are explained in README ("Docker").
 FROM python:3.11-slim-bookworm
-
-ARG WITH_CHROMIUM=0
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -21,7 +18,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends bubblewrap libseccomp2 util-linux tini \
-    && if [ "$WITH_CHROMIUM" = "1" ]; then apt-get install -y --no-install-recommends chromium; fi \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

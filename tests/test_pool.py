@@ -276,6 +276,34 @@ async def test_the_pool_refills_with_new_sandboxes(pooled):
     assert len(after) == 1 and id(after[0]) not in before
 
 
+async def turns(count: int = 200) -> None:
+    """Let the event loop run `count` times (no wall-clock waiting)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_a_refill_waits_for_the_run_in_flight(pooled):
+    """Preparing a sandbox would slow the run that just took one: the refill starts
+    when the run leaves its slot."""
+    lane = pooled.pool.lanes[Workload.LIGHT]
+    async with pooled.slot(light=True):  # a run in flight
+        taken = await pooled.pool.acquire(Workload.LIGHT)
+        assert taken is not None
+        await turns()
+        assert lane.warming is None and not lane.idle, "a refill started while the run was in flight"
+        await taken.destroy()
+    await asyncio.wait_for(pooled.pool.wait_until_full(), FILL_TIMEOUT)  # the run ended: refilled
+
+
+async def test_a_refill_waits_only_so_long_for_busy_runs(pooled, monkeypatch):
+    """Under constant load the pool still refills: the wait is capped."""
+    monkeypatch.setattr("interpreter.sandbox.pool.REFILL_DEFER_SECONDS", 0.05)
+    async with pooled.slot(light=True):  # in flight throughout
+        taken = await pooled.pool.acquire(Workload.LIGHT)
+        await asyncio.wait_for(pooled.pool.wait_until_full(), FILL_TIMEOUT)
+        await taken.destroy()
+
+
 async def test_warming_sandboxes_run_at_low_priority_and_jobs_at_normal(pooled):
     sandbox = pooled.pool.idle_sandboxes(Workload.LIGHT)[0]
     pids = sandbox.cgroup.pids()

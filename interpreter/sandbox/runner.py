@@ -475,6 +475,8 @@ class SandboxRunner:
         finally:
             self.in_flight -= 1
             gate.release()
+            if self.pool is not None and self.pool.loop is asyncio.get_running_loop():
+                self.pool.run_ended()  # refills wait for runs in flight (pool.py)
 
     def _count(self, outcome: SandboxOutcome) -> None:
         self.completed += 1

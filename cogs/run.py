@@ -9,6 +9,7 @@ channel (cogs/session.py), the run continues it and the reply says so.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import TYPE_CHECKING
@@ -93,6 +94,10 @@ class RunCog(commands.Cog, name="Run"):
     async def files_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         return await own_file_choices(interaction.user.id, current, multi=True)
 
+    @run_command.autocomplete("packages")
+    async def packages_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return await package_choices(current)
+
     async def run_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """Message menu "Run code": run the code block of any message, as the member who asked."""
         if not message.content.strip():
@@ -164,31 +169,53 @@ def upload_limit(interaction: discord.Interaction) -> int:
     return int(limit or 10 * 1024 * 1024)
 
 
-async def own_file_choices(user_id: int, current: str, *, multi: bool = False) -> list[app_commands.Choice[str]]:
-    """Autocomplete choices from the member's own files; with `multi`, completes the last item of a comma list."""
+def list_choices(current: str, candidates: list[tuple[str, str]], *, multi: bool) -> list[app_commands.Choice[str]]:
+    """Autocomplete for a comma list: `candidates` are (label, value); with `multi` the
+    last item of `current` is completed and the items before it are kept."""
     prefix, _, typed = current.rpartition(",") if multi else ("", "", current)
     prefix = f"{prefix}," if prefix else ""
-    already = set(split_list(prefix))
+    already = {item.lower() for item in split_list(prefix)}
     typed = typed.strip().lower()
+    choices = []
+    for label, value in candidates:
+        if value.lower() in already or (typed and typed not in label.lower() and typed not in value.lower()):
+            continue
+        completed = prefix + value
+        if len(completed) > 100:  # Discord's limit for a choice's value
+            continue
+        choices.append(app_commands.Choice(name=label[:100], value=completed))
+        if len(choices) >= AUTOCOMPLETE_CHOICES:
+            break
+    return choices
+
+
+async def own_file_choices(user_id: int, current: str, *, multi: bool = False) -> list[app_commands.Choice[str]]:
+    """Autocomplete choices from the member's own files; with `multi`, completes the last item of a comma list."""
     try:
         files = await interpreter.list_user_files(user_id)
     except Exception:  # autocomplete must answer within 3 s; an empty list is a fine answer
         log.exception("listing files for autocomplete failed")
         return []
-    choices = []
+    candidates = []
     for meta in files:
         file_id = str(meta.get("file_id"))
-        filename = str(meta.get("filename") or file_id)
-        if file_id in already or (typed and typed not in filename.lower() and typed not in file_id.lower()):
-            continue
-        value = prefix + file_id
-        if len(value) > 100:
-            continue
-        label = f"{filename} · {file_id}"
-        choices.append(app_commands.Choice(name=label[:100], value=value))
-        if len(choices) >= AUTOCOMPLETE_CHOICES:
-            break
-    return choices
+        candidates.append((f"{meta.get('filename') or file_id} · {file_id}", file_id))
+    return list_choices(current, candidates, multi=multi)
+
+
+async def package_choices(current: str) -> list[app_commands.Choice[str]]:
+    """Autocomplete for `packages`: the approved list, installed ones marked."""
+    try:
+        packages = interpreter.get_package_manager()
+        # reading ~100 packages' metadata takes tens of ms: off the event loop
+        installed = set(await asyncio.to_thread(packages.installed_distributions)) if packages.is_ready else set()
+        grouped = packages.approved.by_category()
+    except Exception:  # see own_file_choices
+        log.exception("listing packages for autocomplete failed")
+        return []
+    candidates = [(f"{name} · {category}" + (" · installed" if name in installed else ""), name)
+                  for category, names in grouped.items() for name in names]
+    return list_choices(current, candidates, multi=True)
 
 
 class RunModal(discord.ui.Modal, title="Run Python"):

@@ -144,6 +144,17 @@ async def test_files_option_autocompletes_own_files_only(discord_world):
     assert "(1, 2)" in reply.content, reply.content
 
 
+async def test_packages_option_autocompletes_the_approved_list(discord_world):
+    w = discord_world
+    choices = await w.harness.autocomplete("run", w.alice, "packages", packages="stat")
+    assert [c["value"] for c in choices] == ["statsmodels"]
+    assert choices[0]["name"] == "statsmodels · data science"
+    # the last item of a comma list; what is installed says so; unapproved names never appear
+    choices = await w.harness.autocomplete("run", w.alice, "packages", packages="statsmodels, sea")
+    assert [(c["name"], c["value"]) for c in choices] == [("seaborn · visualization · installed", "statsmodels,seaborn")]
+    assert await w.harness.autocomplete("run", w.alice, "packages", packages="requests") == []
+
+
 async def test_queue_position_is_told_and_the_run_starts_later(discord_world):
     w = discord_world
     capacity = w.bot.scheduler.capacity

@@ -1,0 +1,107 @@
+"""/help: what the bot does and how to use it, worded from this bot's own settings.
+
+Members see the limits and lifetimes this server's admin configured (timeout, memory,
+file expiry, sessions, packages), not generic defaults. The reply is ephemeral.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+import interpreter
+from cogs._format import EMBED_FIELD_LIMIT, NO_MENTIONS
+from config import Settings
+
+if TYPE_CHECKING:
+    from bot.client import CodeInterpreterBot
+
+EMBED_COLOUR = discord.Colour.blurple()
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:g} hour{'s' if hours != 1 else ''}"
+
+
+def _join_fitting(names: list[str], limit: int) -> str:
+    """'a, b, c' cut to `limit` characters with '…' when it does not fit."""
+    text = ", ".join(names)
+    return text if len(text) <= limit else text[: limit - 1].rsplit(",", 1)[0] + ", …"
+
+
+def run_text() -> str:
+    return ("`/run code: print('hi')` runs Python here; leave `code` empty for a multi-line box. "
+            "On any message, **Apps → Run code** runs its code block.\n"
+            "Charts (`plt.show()` or any open figure) come back as images, plotly figures as HTML, "
+            "files your code writes as attachments, and the value of the last line is shown, as in a notebook.")
+
+
+def files_text(settings: Settings) -> str:
+    drop = "Drop a CSV, TSV, Excel, JSON or Parquet file in chat, or use" if settings.auto_upload else "Use"
+    expiry = (f"Files expire after {_hours(settings.file_expiry_hours)}" if settings.file_expiry_hours
+              else "Files are kept until you delete them")
+    return (f"{drop} `/upload` (also **Apps → Upload to interpreter** on a message). Then in `/run`: "
+            "`df = load_file('<id>')`, choosing ids with the `files` option.\n"
+            f"`/files list` shows yours and `/files delete` removes one. {expiry}; "
+            f"at most {settings.user_max_files} files and {settings.user_max_storage_mb} MB each. "
+            "Nobody else can use them.")
+
+
+def sessions_text(settings: Settings) -> str:
+    if settings.max_sessions <= 0:
+        return "Sessions are off on this bot: every `/run` starts fresh."
+    return (f"`/session start` keeps your variables, imports and work files between runs in this channel, "
+            f"like a notebook. It ends after {settings.session_idle_minutes:g} minutes without a run, "
+            "or with `/session end`. `/session reset` starts over.")
+
+
+def packages_text(settings: Settings) -> str:
+    approved = interpreter.get_package_manager().approved
+    names = sorted(name for names in approved.by_category().values() for name in names)
+    base = ", ".join(settings.sandbox_base_packages) or "none"
+    return (f"Ready to import: {base}.\n"
+            "More approved packages install on request, e.g. `/run packages: statsmodels` "
+            f"(start typing to see them): {_join_fitting(names, 600)}")
+
+
+def limits_text(settings: Settings) -> str:
+    return (f"Each run: {settings.run_timeout} s (up to {settings.max_run_timeout} s with the `timeout` option), "
+            f"{settings.run_memory_mb} MB of memory, {settings.output_limit_bytes // 1000} KB of output, "
+            f"files up to {settings.max_file_size_mb} MB. No network, and no access to the bot or to other "
+            "members' files.")
+
+
+def help_embed(settings: Settings) -> discord.Embed:
+    embed = discord.Embed(
+        title="Python code interpreter",
+        description="Run Python in a locked-down sandbox and get the output, tables and charts back here.",
+        colour=EMBED_COLOUR,
+    )
+    for name, value in (
+        ("▶️ Run code", run_text()),
+        ("📁 Your data", files_text(settings)),
+        ("🧠 Sessions", sessions_text(settings)),
+        ("📦 Packages", packages_text(settings)),
+        ("⏱️ Limits", limits_text(settings)),
+        ("🛠️ Admins", "`/status` shows health, queue and recent runs; `/runs member:` a member's runs; "
+                     "`/session end member:` ends a member's sessions."),
+    ):
+        embed.add_field(name=name, value=value[:EMBED_FIELD_LIMIT], inline=False)
+    return embed
+
+
+class HelpCog(commands.Cog, name="Help"):
+    def __init__(self, bot: "CodeInterpreterBot") -> None:
+        self.bot = bot
+
+    @app_commands.command(name="help", description="How to run code, use your files, sessions and packages")
+    async def help(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message(embed=help_embed(self.bot.settings), ephemeral=True,
+                                                allowed_mentions=NO_MENTIONS)
+
+
+async def setup(bot: "CodeInterpreterBot") -> None:
+    await bot.add_cog(HelpCog(bot))

@@ -31,7 +31,10 @@ async def run_script(settings: Settings, code: str, files: list[Path], out_dir: 
     from interpreter.engine import Engine
 
     engine = Engine(settings)
-    result = await engine.run_snippet(code, local_inputs(files), timeout)
+    try:
+        result = await engine.run_snippet(code, local_inputs(files), timeout)
+    finally:
+        await engine.close()  # reaps the finished sandbox before the event loop ends
     out_dir.mkdir(parents=True, exist_ok=True)
     for generated in result["generated_files"]:
         (out_dir / generated["filename"]).write_bytes(generated["data"])

@@ -64,7 +64,10 @@ async def start_bot(settings, monkeypatch, tmp_path: Path) -> DiscordWorld:
 
 @pytest.fixture
 async def discord_world(bot_settings, monkeypatch, tmp_path):
+    import interpreter
+
     world = await start_bot(bot_settings, monkeypatch, tmp_path)
     yield world
     world.bot.expiry_sweep.cancel()
     await dpytest.empty_queue()
+    await (await interpreter.get_engine()).close()

@@ -65,16 +65,20 @@ def sandbox_settings(tmp_path: Path, sandbox_venv: Path) -> Settings:
 
 
 @pytest.fixture
-def runner(sandbox_settings: Settings):
+async def runner(sandbox_settings: Settings):
     from interpreter.packages import PackageManager
     from interpreter.sandbox import SandboxRunner
 
-    return SandboxRunner(sandbox_settings, PackageManager(sandbox_settings))
+    runner = SandboxRunner(sandbox_settings, PackageManager(sandbox_settings))
+    yield runner
+    await runner.close()  # finished runs' sandboxes are reaped in the background: wait for them
 
 
 @pytest.fixture
-def engine(sandbox_settings: Settings):
+async def engine(sandbox_settings: Settings):
     """A full engine (SQLite store in the test's data dir) made the default for the facade."""
     import interpreter
 
-    return interpreter.configure(sandbox_settings)
+    engine = interpreter.configure(sandbox_settings)
+    yield engine
+    await engine.close()

@@ -346,6 +346,23 @@ async def test_timeout_kills_everything_the_run_started(runner):
     await assert_no_survivors("sleep 300.271")
 
 
+async def test_processes_left_running_end_with_a_clean_run(runner):
+    """The reply to a clean run does not wait for the kernel to tear the sandbox down,
+    but everything in it was SIGKILLed first: a process the member left behind ends."""
+    outcome = await run(
+        runner,
+        """
+        import subprocess, os
+        subprocess.Popen(['sleep', '271.828'], start_new_session=True)
+        os.fork() or os.execvp('sleep', ['sleep', '271.828'])
+        print('left two sleepers behind')
+        """,
+    )
+    assert outcome.cause is ExitCause.OK and outcome.output == "left two sleepers behind\n"
+    await runner.wait_reaped()
+    await assert_no_survivors("sleep 271.828")
+
+
 async def test_signals_cannot_reach_host_processes(runner):
     # a host process of the same uid the run has on the host
     victim = subprocess.Popen(["sleep", "60"], user=65534 if RUNNING_AS_ROOT else None)

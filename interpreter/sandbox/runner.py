@@ -91,6 +91,7 @@ class SandboxProcess:
         self._finished = asyncio.Event()
         self._ready = asyncio.Event()
         self.jobs_started = 0
+        self._stopped_after_job = False  # execute(): killed once its job ended cleanly
 
     # ------------------------------------------------------------------ start
 
@@ -186,19 +187,34 @@ class SandboxProcess:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
+            # bwrap; --die-with-parent takes the sandbox's pid 1 down with it. os.kill, not
+            # proc.kill(): Popen.send_signal polls first, and that waitpid can reap the
+            # process under asyncio's child watcher, which then reports exit status 255.
             with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()  # bwrap; --die-with-parent takes the sandbox's pid 1 down with it
+                os.kill(self.proc.pid, signal.SIGKILL)
         if self.cgroup is not None:
             self.cgroup.kill_all()
 
     # ------------------------------------------------------------------ the job
 
     async def execute(self, job: SandboxJob) -> SandboxOutcome:
-        """One job, then the sandbox is destroyed with its cgroup (one-shot runs)."""
+        """One job, then the sandbox is destroyed with its cgroup (one-shot runs).
+
+        When the job ended cleanly, run_job has already SIGKILLed everything in the
+        sandbox, so no code of the run can act after this returns; reaping the dead
+        processes and removing the cgroup then happens in the background (the kernel's
+        teardown of a 200 MB process takes ~20 ms, which the reply need not wait for).
+        """
+        stopped = False
         try:
-            return await self.run_job(job, last=True)
+            outcome = await self.run_job(job, last=True)
+            stopped = self._stopped_after_job
+            return outcome
         finally:
-            await self.destroy()
+            if stopped:
+                self.runner.destroy_later(self)
+            else:
+                await self.destroy()
 
     @property
     def can_take_job(self) -> bool:
@@ -227,10 +243,14 @@ class SandboxProcess:
                     self._watch.killed_for = ExitCause.TIMEOUT
                 self.kill()
             duration = time.monotonic() - started
-            if not last:
+            if last:
+                self._stopped_after_job = await self._stop_after_clean_end()
+                if not self._stopped_after_job:
+                    await self._await_exit()  # its exit status tells what happened
+            else:
                 await self._await_job_end()
-            if last or not self.can_take_job:
-                await self._await_exit()
+                if not self.can_take_job:
+                    await self._await_exit()
             return self._outcome(job, duration)
         finally:
             feeder.cancel()
@@ -256,6 +276,21 @@ class SandboxProcess:
         if self.can_take_job:
             await self._drain_output()
         # else: it died or is dying; _await_exit reads its exit status (a kill now would hide it)
+
+    async def _stop_after_clean_end(self) -> bool:
+        """A one-shot job that ended cleanly: read the rest of its output, then SIGKILL
+        everything in the sandbox. False (nothing done) when it did not end cleanly."""
+        if self._watch.killed_for is not None or self.state.finished is None:
+            return False
+        try:
+            await asyncio.wait_for(asyncio.shield(self._control_task), timeout=COLLECT_GRACE_SECONDS)
+        except TimeoutError:
+            return False  # stalled while sending files: _await_exit stops it and says so
+        if not self.state.ended or self._watch.killed_for is not None:
+            return False
+        await self._drain_output()
+        self.kill()
+        return True
 
     async def _await_exit(self) -> None:
         """Until the sandbox has exited and both channels are read to their end."""
@@ -391,16 +426,28 @@ class SandboxProcess:
             outcome.cause = ExitCause.EXCEPTION
             outcome.error = f"Exited with status {rc}"
 
+    def _close_channels(self) -> None:
+        """Stop reading and close our ends of the pipes. The subprocess transport too:
+        a run stopped before its output reached EOF would otherwise leave it open."""
+        for task in (self._output_task, self._control_task):
+            if task is not None and not task.done():
+                task.cancel()
+        for transport in (getattr(self.proc, "_transport", None), self._control_transport):
+            if transport is not None:
+                transport.close()
+
+    def abandon(self) -> None:
+        """Kill and let go without waiting, while the event loop still runs (it is shutting
+        down): the kernel finishes the exit; a later CgroupManager.sweep removes the group."""
+        self.kill()
+        self._close_channels()
+
     async def destroy(self) -> None:
         self.kill()
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 await self.proc.wait()
-        if self._control_transport is not None:
-            self._control_transport.close()
-        for task in (self._output_task, self._control_task):
-            if task is not None and not task.done():
-                task.cancel()
+        self._close_channels()
         if self.cgroup is not None:
             self.cgroup.kill_all()
             self.cgroup.remove()
@@ -423,6 +470,7 @@ class SandboxRunner:
         self.queued = 0
         self.completed = 0
         self.failures_by_cause: dict[str, int] = {}
+        self._reaping: set[asyncio.Task] = set()  # destroy_later(): sandboxes killed, being reaped
         self.unavailable_reason: str | None = None  # set when the last sandbox could not start
 
     @property
@@ -516,10 +564,30 @@ class SandboxRunner:
                 warm.sandbox.kill()
         self.pool = None
 
+    def destroy_later(self, sandbox: SandboxProcess) -> None:
+        """Reap a sandbox whose processes were already SIGKILLed, in the background."""
+        task = asyncio.get_running_loop().create_task(self._reap(sandbox))
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
+
+    @staticmethod
+    async def _reap(sandbox: SandboxProcess) -> None:
+        try:
+            await sandbox.destroy()
+        except asyncio.CancelledError:
+            sandbox.abandon()  # the event loop is shutting down without close()
+            raise
+
+    async def wait_reaped(self) -> None:
+        """Until every finished run's sandbox has exited and its cgroup is gone."""
+        while self._reaping:
+            await asyncio.gather(*list(self._reaping), return_exceptions=True)
+
     async def close(self) -> None:
         """Destroy the pooled sandboxes (bot/engine shutdown). Runs still in flight finish."""
         if self.pool is not None:
             await self.pool.close()
+        await self.wait_reaped()
 
     async def _run_pooled_or_cold(self, job: SandboxJob, workload: Workload) -> SandboxOutcome:
         pool = self.pool  # started by start_pool() (the bot at start-up); None: every run starts cold

@@ -106,16 +106,20 @@ def test_classify_looks_at_imports_and_names(code, expected):
 
 
 class GateScene:
-    """One busy slot, a controllable clock, and waiters that note the order they get in."""
+    """Busy slots, a controllable clock, and waiters that note the order they get in."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 1) -> None:
         self.now = 0.0
-        self.gate = AdmissionGate(1, heavy_max_wait=5.0, clock=lambda: self.now)
+        self.gate = AdmissionGate(capacity, heavy_max_wait=5.0, clock=lambda: self.now)
         self.order: list[str] = []
         self.tasks: list[asyncio.Task] = []
+        self.holders: list[str] = []  # who holds a slot, oldest first
+        self.heavy_holding_while_light_waited: list[int] = []
 
-    async def occupy(self) -> None:
-        await self.gate.acquire(light=False)
+    async def occupy(self, count: int = 1) -> None:
+        for n in range(count):
+            await self.gate.acquire(light=False)
+            self.holders.append(f"heavy-occupant-{n}")
 
     async def queue(self, *names: str) -> None:
         """Queue waiters in this order ('light-…' names are light runs)."""
@@ -126,9 +130,14 @@ class GateScene:
     async def _wait(self, name: str, light: bool) -> None:
         await self.gate.acquire(light=light)
         self.order.append(name)
+        self.holders.append(name)
+        if self.gate._light:  # light runs still wait: how many slots do heavy runs hold?
+            self.heavy_holding_while_light_waited.append(sum(not h.startswith("light") for h in self.holders))
 
     async def release(self) -> None:
-        self.gate.release()
+        """The oldest holder finishes."""
+        holder = self.holders.pop(0)
+        self.gate.release(light=holder.startswith("light"))
         await asyncio.sleep(0)
 
 
@@ -147,7 +156,7 @@ async def test_gate_admits_light_runs_first_but_not_forever():
     assert scene.order == ["light-1", "heavy-1", "light-2"]
 
 
-async def test_overdue_heavy_runs_take_turns_with_light_ones():
+async def test_with_one_slot_overdue_heavy_runs_take_turns_with_light_ones():
     scene = GateScene()
     await scene.occupy()
     await scene.queue("heavy-1", "heavy-2", "heavy-3", "light-1", "light-2", "light-3")
@@ -159,13 +168,34 @@ async def test_overdue_heavy_runs_take_turns_with_light_ones():
     assert scene.order == ["heavy-1", "light-1", "heavy-2", "light-2", "heavy-3", "light-3"]
 
 
+async def test_overdue_heavy_runs_never_take_the_last_slot_from_light_ones():
+    """Two slots: overdue charts keep one slot busy, the other keeps serving small runs
+    (taking turns per grant let two 2-second charts hold both slots while 60 ms runs
+    queued up behind them)."""
+    scene = GateScene(capacity=2)
+    await scene.occupy(2)
+    await scene.queue("heavy-1", "heavy-2", "heavy-3", "light-1", "light-2", "light-3", "light-4")
+    scene.now = 60.0  # every queued chart is overdue
+    for _ in range(7):
+        await scene.release()
+    await asyncio.gather(*scene.tasks)
+    assert scene.order == ["light-1", "heavy-1", "light-2", "heavy-2", "light-3", "heavy-3", "light-4"]
+    assert scene.heavy_holding_while_light_waited and max(scene.heavy_holding_while_light_waited) == 1
+    # and with nothing light waiting, charts use every slot
+    await scene.queue("heavy-4", "heavy-5")
+    await scene.release()
+    await scene.release()
+    await asyncio.gather(*scene.tasks)
+    assert scene.order[-2:] == ["heavy-4", "heavy-5"] and all(h.startswith("heavy") for h in scene.holders)
+
+
 async def test_gate_passes_on_a_slot_granted_to_a_cancelled_waiter():
     gate = AdmissionGate(1)
     await gate.acquire(light=True)
     first = asyncio.create_task(gate.acquire(light=True))
     second = asyncio.create_task(gate.acquire(light=True))
     await asyncio.sleep(0)
-    gate.release()  # granted to `first`...
+    gate.release(light=True)  # granted to `first`...
     first.cancel()  # ...which is cancelled before it runs: `second` must get the slot
     await asyncio.wait_for(second, 5)
 

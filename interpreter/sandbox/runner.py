@@ -522,7 +522,7 @@ class SandboxRunner:
             yield
         finally:
             self.in_flight -= 1
-            gate.release()
+            gate.release(light=light)
             if self.pool is not None and self.pool.loop is asyncio.get_running_loop():
                 self.pool.run_ended()  # refills wait for runs in flight (pool.py)
 

@@ -446,20 +446,18 @@ class SessionManager:
             self._endings.popitem(last=False)
 
     def _note(self, ending: _Ending, *, fresh: bool = False) -> str:
-        tail = "; this run started fresh." if fresh else "."
-        if ending.reason is EndReason.IDLE:
-            return f"Your session ended after {_minutes(self.settings.session_idle_minutes)} idle{tail}"
-        if ending.reason is EndReason.MAX_AGE:
-            return f"Your session reached its maximum age of {_minutes(self.settings.session_max_age_minutes)} and was ended{tail}"
-        if ending.reason is EndReason.TIMEOUT:
-            return f"Your session was ended because a run timed out{tail}"
-        if ending.reason is EndReason.CRASH:
-            return f"Your session was ended because its run stopped abnormally{tail}"
-        if ending.reason is EndReason.BY_ADMIN:
-            return f"Your session was ended by a server admin{tail}"
-        if ending.reason is EndReason.SHUTDOWN:
-            return f"Your session was ended because the interpreter restarted{tail}"
-        return f"Your session was ended{tail}"
+        """Why the member's session is gone, in one sentence."""
+        settings = self.settings
+        why = {
+            EndReason.IDLE: f"ended after {_minutes(settings.session_idle_minutes)} idle",
+            EndReason.MAX_AGE: (f"reached its maximum age of {_minutes(settings.session_max_age_minutes)} "
+                                "and was ended"),
+            EndReason.TIMEOUT: "was ended because a run timed out",
+            EndReason.CRASH: "was ended because its run stopped abnormally",
+            EndReason.BY_ADMIN: "was ended by a server admin",
+            EndReason.SHUTDOWN: "was ended because the interpreter restarted",
+        }.get(ending.reason, "was ended")
+        return f"Your session {why}" + ("; this run started fresh." if fresh else ".")
 
 
 def _minutes(value: float) -> str:

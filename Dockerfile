@@ -30,13 +30,14 @@ RUN pip install .
 
 # An unprivileged account for the bot. Members' code never runs as this account's
 # files: each run gets a fresh bubblewrap sandbox with only the run's own inputs.
-RUN useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin bot \
+RUN groupadd --system --gid 10001 bot \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /data --shell /usr/sbin/nologin bot \
     && mkdir -p /data "$SANDBOX_VENV_DIR" \
     && chown bot:bot /data "$SANDBOX_VENV_DIR"
 
 # Build the sandbox venv (pandas, matplotlib, seaborn, plotly...) into the image so the
 # first /run is fast and the container needs no package index at start-up.
-USER bot
+USER 10001:10001
 RUN python -c "import asyncio; from config import load_settings; from interpreter.packages import PackageManager; asyncio.run(PackageManager(load_settings(dotenv=False)).ensure_venv())"
 
 VOLUME ["/data"]

@@ -90,7 +90,8 @@ class RunAudit:
         self.store = store
         self.clock = clock or utc_now
         self._lost = 0  # records not written during the current outage
-        self._pending: set[asyncio.Task] = set()  # writes started by record_later()
+        # The newest write started by record_later(); each write waits for the one before
+        # it, so when this one is done, all are.
         self._last_write: asyncio.Task | None = None
 
     def now(self) -> datetime:
@@ -117,11 +118,7 @@ class RunAudit:
     def record_later(self, record: RunRecord) -> None:
         """Store one run in the background, so a slow or unreachable database never
         delays the member's result. Readers below wait for these writes first."""
-        previous = self._last_write
-        task = asyncio.get_running_loop().create_task(self._record_after(previous, record))
-        self._last_write = task
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._last_write = asyncio.get_running_loop().create_task(self._record_after(self._last_write, record))
 
     async def _record_after(self, previous: asyncio.Task | None, record: RunRecord) -> None:
         # Writes go one after another, in run order: records that start in the same
@@ -132,8 +129,8 @@ class RunAudit:
 
     async def flush(self) -> None:
         """Wait until every record started with record_later() is written (or lost)."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending))
+        while self._last_write is not None and not self._last_write.done():
+            await asyncio.wait([self._last_write])  # a write started meanwhile is the new last one
 
     async def record(self, record: RunRecord) -> bool:
         """Store one run. Never raises: a lost record is logged, the run is not affected."""

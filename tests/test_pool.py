@@ -7,6 +7,9 @@ event, not a sleep); the admission gate runs on a controllable clock.
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -426,6 +429,44 @@ def test_an_event_loop_ending_without_close_still_destroys_the_pool(tmp_path, sa
     pids = asyncio.run(fill())  # asyncio.run cancels the keeper, which drains the pool
     assert len(pids) >= 2
     assert [describe(pid) for pid in pids if alive(pid)] == []
+
+
+def test_a_loop_ending_while_finished_runs_are_reaped_leaves_nothing_behind(tmp_path, sandbox_venv, monkeypatch):
+    """A clean run's sandbox is reaped in the background. A caller that ends its event
+    loop without `close()` (asyncio.run around one execute) cancels that reaping: the
+    sandbox is then let go at once, its processes already killed and its pipes closed,
+    so no process survives and no transport complains after the loop is gone."""
+    from interpreter.sandbox.runner import SandboxProcess
+
+    data = tmp_path / "data"
+    data.mkdir()
+    runner = pool_runner(data, heavy=0, light=0)
+    abandoned: list[set[int]] = []
+    real_abandon = SandboxProcess.abandon
+
+    def recording_abandon(sandbox):
+        abandoned.append(sandbox_pids(sandbox))
+        real_abandon(sandbox)
+
+    async def reaping_that_outlasts_the_loop(sandbox):
+        await asyncio.Event().wait()  # the loop ends first, always
+
+    monkeypatch.setattr(SandboxProcess, "abandon", recording_abandon)
+    monkeypatch.setattr(SandboxProcess, "destroy", reaping_that_outlasts_the_loop)
+    complaints = []
+    monkeypatch.setattr(sys, "unraisablehook", complaints.append)
+
+    outcome = asyncio.run(run(runner, "import subprocess\nsubprocess.Popen(['sleep', '123.456'])\nprint('done')"))
+    gc.collect()  # transports left open would complain here, with their loop closed
+
+    assert outcome.output == "done\n" and outcome.cause is ExitCause.OK
+    assert len(abandoned) == 1 and abandoned[0], "the background reaping was not cut short"
+    assert complaints == [], [str(c.exc_value) for c in complaints]
+    for _ in range(100):  # SIGKILLed: give the kernel a moment to finish the exits
+        if not [pid for pid in abandoned[0] if alive(pid)]:
+            break
+        time.sleep(0.05)
+    assert [describe(pid) for pid in abandoned[0] if alive(pid)] == []
 
 
 def _cgroup_memory_bytes(sandbox) -> int:

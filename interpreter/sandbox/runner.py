@@ -566,17 +566,12 @@ class SandboxRunner:
 
     def destroy_later(self, sandbox: SandboxProcess) -> None:
         """Reap a sandbox whose processes were already SIGKILLed, in the background."""
-        task = asyncio.get_running_loop().create_task(self._reap(sandbox))
+        task = asyncio.get_running_loop().create_task(sandbox.destroy())
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
-
-    @staticmethod
-    async def _reap(sandbox: SandboxProcess) -> None:
-        try:
-            await sandbox.destroy()
-        except asyncio.CancelledError:
-            sandbox.abandon()  # the event loop is shutting down without close()
-            raise
+        # Cancelled (the loop is shutting down without close()), perhaps before it even
+        # started: let the sandbox go at once rather than leave its pipes open.
+        task.add_done_callback(lambda done: sandbox.abandon() if done.cancelled() else None)
 
     async def wait_reaped(self) -> None:
         """Until every finished run's sandbox has exited and its cgroup is gone."""

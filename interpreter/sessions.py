@@ -404,8 +404,8 @@ class SessionManager:
 
     async def _take_warm(self, workload: Workload) -> "SandboxProcess | None":
         """A ready sandbox from the warm pool (launched with a session's CPU budget); None: start cold."""
-        pool = self.runner.pool
-        if pool is None or pool.loop is not asyncio.get_running_loop():
+        pool = self.runner.pool_of_this_loop()
+        if pool is None:
             return None
         sandbox = await pool.acquire(workload)
         if sandbox is not None:

@@ -523,8 +523,8 @@ class SandboxRunner:
         finally:
             self.in_flight -= 1
             gate.release(light=light)
-            if self.pool is not None and self.pool.loop is asyncio.get_running_loop():
-                self.pool.run_ended()  # refills wait for runs in flight (pool.py)
+            if (pool := self.pool_of_this_loop()) is not None:
+                pool.run_ended()  # refills wait for runs in flight (pool.py)
 
     def _count(self, outcome: SandboxOutcome) -> None:
         self.completed += 1
@@ -557,6 +557,12 @@ class SandboxRunner:
             self.pool.start()
         return self.pool
 
+    def pool_of_this_loop(self) -> SandboxPool | None:
+        """The warm pool, if it was started on the running event loop (a pool belongs to
+        the loop that started it; another loop's pool is never used)."""
+        pool = self.pool
+        return pool if pool is not None and pool.loop is asyncio.get_running_loop() else None
+
     def _forget_pool_of_another_loop(self) -> None:
         # Its loop has shut down (its keeper drained it then); kill anything left, synchronously.
         for lane in self.pool.lanes.values():
@@ -585,8 +591,8 @@ class SandboxRunner:
         await self.wait_reaped()
 
     async def _run_pooled_or_cold(self, job: SandboxJob, workload: Workload) -> SandboxOutcome:
-        pool = self.pool  # started by start_pool() (the bot at start-up); None: every run starts cold
-        if pool is not None and pool.loop is asyncio.get_running_loop():
+        pool = self.pool_of_this_loop()  # started by start_pool() (the bot at start-up); None: every run starts cold
+        if pool is not None:
             sandbox = await pool.acquire(workload)
             if sandbox is not None:
                 return await sandbox.execute(job)  # runs once, then destroyed with its cgroup

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import time
 from typing import Any
@@ -32,6 +33,18 @@ from interpreter.types import InputFile, InterpreterError
 log = logging.getLogger(__name__)
 
 _FILE_ID_IN_CODE = re.compile(rf"\b{FILE_ID_PATTERN.pattern}\b")
+# The audit's member id for a call whose user_id is not an integer (Discord ids never are 0):
+# such a call runs nothing, but it is still recorded.
+UNKNOWN_MEMBER_ID = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+    """A request after validation: the refusal to answer with, or the time limit to run under."""
+
+    refusal: str | None = None
+    limit: float = 0.0
+    warnings: tuple[str, ...] = ()
 
 
 class Engine:
@@ -88,30 +101,38 @@ class Engine:
         persist between runs, and result["session"] says how the session stands.
         Without it the run is one-shot, in a fresh sandbox.
 
-        The run is recorded in the audit afterwards, in the background (`guild_id`/
-        `channel_id` say where it was asked for): recording never changes or delays the
-        result and never raises; while the database is down records are lost and that is
-        logged once.
+        Bad input (wrong types, a file id given as a bare string, a user_id that is not
+        an integer) runs nothing and comes back as a clear `error`; a timeout above
+        MAX_RUN_TIMEOUT_SECONDS is lowered to it and `warnings` says so
+        (`timeout_seconds` is the limit the run had).
+
+        Every call is recorded in the audit afterwards, in the background (`guild_id`/
+        `channel_id` say where it was asked for; a call without a valid user_id is
+        recorded under UNKNOWN_MEMBER_ID): recording never changes or delays the result
+        and never raises.
         """
         started_at = self.audit.now()
         began = time.monotonic()
         result = await self._execute(code, user_id, user_files, install_packages, timeout,
                                      keep_generated_files=keep_generated_files, session_id=session_id)
-        if isinstance(user_id, int) and not isinstance(user_id, bool):
-            record = self.audit.build_record(
-                result, user_id=user_id, code=code, started_at=started_at,
-                duration_seconds=time.monotonic() - began, guild_id=guild_id, channel_id=channel_id,
-                packages=install_packages, files=user_files)
-            self.audit.record_later(record)
+        member = user_id if _is_int(user_id) else UNKNOWN_MEMBER_ID
+        record = self.audit.build_record(
+            result, user_id=member, code=code, started_at=started_at,
+            duration_seconds=time.monotonic() - began, guild_id=guild_id, channel_id=channel_id,
+            packages=install_packages, files=user_files)
+        self.audit.record_later(record)
         return result
 
     async def _execute(self, code: Any, user_id: int, user_files: list[str] | None,
                        install_packages: list[str] | None, timeout: float | None, *,
                        keep_generated_files: bool, session_id: str | None = None) -> dict:
-        refusal = self._refusal(code, timeout) or self._session_refusal(session_id)
-        if refusal:
-            return error_result(refusal)
-        extra: dict[str, Any] = {}
+        checked = self._check(code, timeout, user_id=user_id, user_files=user_files,
+                              install_packages=install_packages, session_id=session_id)
+        if checked.refusal:
+            return error_result(checked.refusal)
+        extra: dict[str, Any] = {"timeout_seconds": checked.limit}
+        if checked.warnings:
+            extra["warnings"] = list(checked.warnings)
         try:
             if install_packages:
                 report = await self.packages.ensure_packages(install_packages)
@@ -119,12 +140,12 @@ class Engine:
                 extra["failed_packages"] = report.failed
                 if report.failed:
                     return error_result(report.error_message(), **extra)
-            inputs = await self.files.resolve_for_run(user_id, list(user_files or []))
+            inputs = await self.files.resolve_for_run(user_id, list(user_files or ()))
             if session_id is not None:
                 inputs += await self._files_named_in(code, user_id, inputs)
         except InterpreterError as exc:
             return error_result(str(exc), **extra)
-        limit = self._limit(timeout)
+        limit = checked.limit
         job = SandboxJob(code=code, timeout=limit, input_files=tuple(inputs))
         if session_id is None:
             outcome = await self.runner.run(job)
@@ -142,10 +163,10 @@ class Engine:
 
     async def run_snippet(self, code: str, inputs: list[InputFile], timeout: float | None = None, **extra: Any) -> dict:
         """Run code with these input files (no store involved: the CLI and demo use this)."""
-        refusal = self._refusal(code, timeout)
-        if refusal:
-            return error_result(refusal, **extra)
-        limit = self._limit(timeout)
+        checked = self._check(code, timeout)
+        if checked.refusal:
+            return error_result(checked.refusal, **extra)
+        limit = checked.limit
         outcome = await self.runner.run(SandboxJob(code=code, timeout=limit, input_files=tuple(inputs)))
         return build_result(outcome, limit, list(outcome.files), **extra)
 
@@ -159,24 +180,25 @@ class Engine:
         owned = [meta["file_id"] for meta in await self.files.list_files(user_id) if meta.get("file_id") in named]
         return await self.files.resolve_for_run(user_id, owned) if owned else []
 
-    @staticmethod
-    def _session_refusal(session_id: Any) -> str | None:
-        if session_id is not None and (not isinstance(session_id, str) or not session_id.strip() or len(session_id) > 200):
-            return "session_id must be a non-empty string of at most 200 characters"
-        return None
-
-    def _limit(self, timeout: float | None) -> float:
-        limit = self.settings.run_timeout if timeout is None else timeout
-        return min(float(limit), float(self.settings.max_run_timeout))
-
-    def _refusal(self, code: Any, timeout: Any) -> str | None:
-        """Why this request cannot run at all (bad input or the friendly pre-check), else None."""
-        if not isinstance(code, str):
-            return "Code must be text"
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
-            return "Timeout must be a positive number of seconds"
+    def _check(self, code: Any, timeout: Any, *, user_id: Any = 0, user_files: Any = None,
+               install_packages: Any = None, session_id: Any = None) -> _Checked:
+        """Validate a request the way a caller of the seed API may get it wrong: the first
+        problem becomes the refusal; a timeout above the maximum is lowered, with a warning."""
+        refusal = (_code_refusal(code) or _member_refusal(user_id) or _timeout_refusal(timeout)
+                   or _list_refusal(user_files, "user_files", "file ids")
+                   or _list_refusal(install_packages, "install_packages", "package names")
+                   or _session_refusal(session_id))
+        if refusal:
+            return _Checked(refusal)
         reason = policy.precheck(code)
-        return f"Security validation failed: {reason}" if reason else None
+        if reason:
+            return _Checked(f"Security validation failed: {reason}")
+        requested = self.settings.run_timeout if timeout is None else timeout
+        maximum = self.settings.max_run_timeout
+        if requested <= maximum:
+            return _Checked(limit=float(requested))
+        shown = f"{requested:g}" if isinstance(requested, float) else (str(requested) if requested < 10**18 else "more than 10**18")
+        return _Checked(limit=float(maximum), warnings=(f"timeout lowered from {shown} to the maximum of {maximum} seconds",))
 
     async def recent_runs(self, limit: int = 10, user_id: int | None = None, guild_id: int | None = None) -> list[dict]:
         """Audited runs, newest first (only one member's / one guild's when given).
@@ -243,3 +265,47 @@ def default_engine() -> Engine:
 
 async def get_engine(db_handler: Any = None) -> Engine:
     return default_engine().for_db(db_handler)
+
+
+# --- request validation (each returns the member-facing refusal, or None)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _code_refusal(code: Any) -> str | None:
+    return None if isinstance(code, str) else "Code must be text"
+
+
+def _member_refusal(user_id: Any) -> str | None:
+    return None if _is_int(user_id) else "user_id must be an integer"  # upload_file's words
+
+
+def _timeout_refusal(timeout: Any) -> str | None:
+    if timeout is None:
+        return None
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0 or (isinstance(timeout, float) and not math.isfinite(timeout)):
+        return "Timeout must be a positive number of seconds"
+    return None  # values above the maximum are lowered to it, with a warning
+
+
+def _list_refusal(items: Any, name: str, of_what: str) -> str | None:
+    """None, or a list/tuple of strings; a lone string is the common slip, named as such."""
+    if items is None:
+        return None
+    if isinstance(items, str):
+        if name == "user_files":
+            return f"{name} must be a list of {of_what} (got one id as text: put it in a list)"
+        return f"{name} must be a list of {of_what}"
+    if not isinstance(items, (list, tuple)):
+        return f"{name} must be a list of {of_what}"
+    if not all(isinstance(item, str) for item in items):
+        return f"{name} must be a list of {of_what} (text)"
+    return None
+
+
+def _session_refusal(session_id: Any) -> str | None:
+    if session_id is not None and (not isinstance(session_id, str) or not session_id.strip() or len(session_id) > 200):
+        return "session_id must be a non-empty string of at most 200 characters"
+    return None

@@ -13,6 +13,7 @@ import sys
 import discord
 
 from bot.client import CodeInterpreterBot, create_bot
+from bot.sharding import plan_shards
 from config import Settings, SettingsError, load_settings
 
 log = logging.getLogger("bot")
@@ -55,6 +56,7 @@ def run_demo() -> int:
 def main() -> int:
     try:
         settings = load_settings()
+        plan_shards(settings)  # a pod with no shard of its own stops here, with the reason
     except SettingsError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return 2

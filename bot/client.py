@@ -1,4 +1,8 @@
-"""The Discord client: a commands.Bot that loads one cog per area and sweeps expired files."""
+"""The Discord client: a commands.Bot that loads one cog per area and sweeps expired files.
+
+Sharded (SHARD_COUNT set) it is an AutoShardedBot running this process's shards
+(bot/sharding.py); otherwise one plain gateway connection, as always.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands, tasks
 
 import interpreter
+from bot.sharding import ShardPlan, plan_shards
 from cogs._access import NotBotAdmin
 from cogs._format import NO_MENTIONS
 from cogs._queue import RunScheduler
@@ -47,19 +52,26 @@ class InterpreterTree(app_commands.CommandTree):
 
 
 class CodeInterpreterBot(commands.Bot):
-    def __init__(self, settings: Settings, *, sync_commands: bool | None = None) -> None:
+    def __init__(self, settings: Settings, *, sync_commands: bool | None = None,
+                 shards: ShardPlan = ShardPlan(None, None)) -> None:
         intents = discord.Intents.default()
         # Attachments of ordinary messages are only visible with this privileged intent.
         intents.message_content = settings.auto_upload
+        sharding = {"shard_count": shards.shard_count, "shard_ids": list(shards.shard_ids or ()) or None}
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
             help_command=None,
             tree_cls=InterpreterTree,
             allowed_mentions=NO_MENTIONS,  # nothing the bot sends pings anyone unless a call says so
+            **(sharding if shards.sharded else {}),
         )
         self.settings = settings
-        self.sync_commands = bool(settings.discord_token) if sync_commands is None else sync_commands
+        self.shards_plan = shards
+        # A real start (tests drive the bot without one) prepares the sandbox and syncs
+        # slash commands: once per deployment, in the process holding shard 0.
+        self.real_start = bool(settings.discord_token) if sync_commands is None else sync_commands
+        self.sync_commands = self.real_start and shards.syncs_commands
         self.started_at = time.monotonic()
         self.scheduler = RunScheduler(
             capacity=settings.max_concurrent_runs,
@@ -72,8 +84,11 @@ class CodeInterpreterBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.expiry_sweep.start()
-        if self.sync_commands:  # a real start (tests drive the bot without one)
+        if self.shards_plan.sharded:
+            log.info("gateway: %s", self.shards_plan.describe())
+        if self.sync_commands:
             await self.sync_app_commands()
+        if self.real_start:
             self._sandbox_warmup = asyncio.create_task(self.prepare_sandbox())
 
     async def prepare_sandbox(self) -> None:
@@ -129,8 +144,17 @@ class CodeInterpreterBot(commands.Bot):
         await super().close()
 
 
-def create_bot(settings: Settings | None = None, *, sync_commands: bool | None = None) -> CodeInterpreterBot:
-    """The bot, configured but not started; its cogs load in setup_hook (at login, or when a test calls it)."""
+class ShardedCodeInterpreterBot(CodeInterpreterBot, commands.AutoShardedBot):
+    """The same bot over several gateway shards (AutoShardedClient's connection handling)."""
+
+
+def create_bot(settings: Settings | None = None, *, sync_commands: bool | None = None,
+               hostname: str | None = None) -> CodeInterpreterBot:
+    """The bot, configured but not started; its cogs load in setup_hook (at login, or when a test calls it).
+
+    `hostname` (default: this host's) carries the pod ordinal when SHARDS_PER_POD is set."""
     settings = settings or load_settings()
+    shards = plan_shards(settings, hostname)
     interpreter.configure(settings)
-    return CodeInterpreterBot(settings, sync_commands=sync_commands)
+    bot_class = ShardedCodeInterpreterBot if shards.sharded else CodeInterpreterBot
+    return bot_class(settings, sync_commands=sync_commands, shards=shards)

@@ -107,6 +107,16 @@ def _name_list(raw: str) -> tuple[str, ...]:
 _name_list.accepts = "a comma-separated list of names"  # type: ignore[attr-defined]
 
 
+def _number_list(raw: str) -> tuple[int, ...]:
+    numbers = tuple(int(p) for p in _name_list(raw))
+    if any(n < 0 for n in numbers) or len(set(numbers)) != len(numbers):
+        raise ValueError
+    return numbers
+
+
+_number_list.accepts = "a comma-separated list of distinct numbers >= 0"  # type: ignore[attr-defined]
+
+
 def _name_list_or_none(raw: str) -> tuple[str, ...]:
     # "none" says "empty" for lists whose empty value would otherwise mean "the default"
     return () if raw.strip().lower() == "none" else _name_list(raw)
@@ -135,6 +145,10 @@ FIELDS: tuple[Field, ...] = (
     Field("owner_ids", "OWNER_IDS", "", _id_list, "User ids that count as bot admins everywhere (besides members with Manage Server)."),
     Field("upload_channel_ids", "UPLOAD_CHANNEL_IDS", "", _id_list, "Channels where dropped data files are uploaded automatically. Empty: every channel the bot can read."),
     Field("auto_upload", "AUTO_UPLOAD", "true", _bool, "Upload CSV/TSV/XLSX/JSON/Parquet attachments dropped in chat (needs the message-content intent)."),
+    # Sharding (several bot processes share the gateway; see docs/deploy.md)
+    Field("shard_count", "SHARD_COUNT", "0", _int_range(0, 100_000), "Shards the bot's gateway connection is split into, across all bot processes (Discord requires sharding past 2,500 servers). 0: one unsharded connection, as one process."),
+    Field("shard_ids", "SHARD_IDS", "", _number_list, "Shards this process runs (0-based, each below SHARD_COUNT). Empty: all of them, or this pod's share when SHARDS_PER_POD is set."),
+    Field("shards_per_pod", "SHARDS_PER_POD", "0", _int_range(0, 100_000), "With SHARD_COUNT and no SHARD_IDS: shards per bot process, chosen by the ordinal that ends the host name (a StatefulSet's bot-0, bot-1, ...): pod N runs shards N*SHARDS_PER_POD onwards. 0: off. Only the process holding shard 0 syncs slash commands."),
     # Storage
     Field("data_dir", "DATA_DIR", "./data", _path, "Where file blobs, the SQLite database, the sandbox venv and run dirs live."),
     Field("mongodb_uri", "MONGODB_URI", "", _secret, "MongoDB connection string. Empty: the embedded SQLite store in DATA_DIR is used."),
@@ -196,6 +210,9 @@ class Settings:
     owner_ids: tuple[int, ...]
     upload_channel_ids: tuple[int, ...]
     auto_upload: bool
+    shard_count: int
+    shard_ids: tuple[int, ...]
+    shards_per_pod: int
     data_dir: Path
     mongodb_uri: Secret
     mongodb_database: str
@@ -291,8 +308,25 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
             shown = "(hidden)" if field.parse is _secret else repr(raw)
             raise SettingsError(f"{field.env}={shown} is invalid: expected {field.accepts}.") from None
     settings = Settings(**values)
+    _check_sharding(settings)
     if settings.max_run_timeout < settings.run_timeout:
         raise SettingsError(
             f"MAX_RUN_TIMEOUT_SECONDS={settings.max_run_timeout} is invalid: expected a value >= RUN_TIMEOUT_SECONDS ({settings.run_timeout})."
         )
     return settings
+
+
+def _check_sharding(settings: Settings) -> None:
+    """Shard settings only make sense together; say which one is off and why."""
+    if not settings.shard_count:
+        for name, value in (("SHARD_IDS", settings.shard_ids), ("SHARDS_PER_POD", settings.shards_per_pod)):
+            if value:
+                raise SettingsError(f"{name} is set but SHARD_COUNT is 0: set SHARD_COUNT to the total number of shards.")
+        return
+    too_high = [shard for shard in settings.shard_ids if shard >= settings.shard_count]
+    if too_high:
+        raise SettingsError(f"SHARD_IDS={','.join(map(str, too_high))} is invalid: shards are numbered 0 to "
+                            f"{settings.shard_count - 1} when SHARD_COUNT={settings.shard_count}.")
+    if settings.shard_ids and settings.shards_per_pod:
+        raise SettingsError("SHARD_IDS and SHARDS_PER_POD are both set: use one (SHARD_IDS names the shards, "
+                            "SHARDS_PER_POD derives them from the pod ordinal).")

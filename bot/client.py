@@ -94,19 +94,16 @@ class CodeInterpreterBot(commands.Bot):
     async def prepare_sandbox(self) -> None:
         """Build the sandbox venv now rather than on the first /run, start the warm pool,
         and say in the log which isolation layers are in force."""
-        engine = await interpreter.get_engine()
         try:
-            await engine.packages.ensure_venv()
+            layers = await interpreter.warm_up()
         except Exception:
-            log.exception("could not prepare the sandbox venv; /run will report why")
+            log.exception("could not prepare the sandbox; /run will report why")
             return
-        layers = engine.runner.describe()
         for layer in ("bwrap", "unprivileged_uid", "cgroups", "seccomp", "network"):
             log.info("sandbox %s: %s", layer, layers.get(layer))
         missing = [name for name in ("cgroups", "seccomp") if str(layers.get(name, "")).startswith("off")]
         if missing:
             log.warning("sandbox layers missing on this host: %s (see /status)", ", ".join(missing))
-        await engine.runner.start_pool()
 
     async def sync_app_commands(self) -> None:
         """Register slash commands: instantly in DEV_GUILD_ID, else globally (may take a while to show)."""
@@ -139,8 +136,7 @@ class CodeInterpreterBot(commands.Bot):
 
     async def close(self) -> None:
         self.expiry_sweep.cancel()
-        engine = await interpreter.get_engine()
-        await engine.close()  # sessions ended, warm sandboxes destroyed: no sandbox left running
+        await interpreter.shutdown()  # sessions ended, warm sandboxes destroyed: no sandbox left running
         await super().close()
 
 

@@ -94,9 +94,7 @@ async def admit_run(interaction: discord.Interaction, *, count: bool = True) -> 
     hourly limit; cancel the Admission if it does not start after all. Without it
     (before opening the code box) nothing is counted.
     """
-    access = (await interpreter.get_engine()).access
-    context = run_context(interaction)
-    outcome = await access.admit(context) if count else (await access.check(context) or Admission())
+    outcome = await interpreter.admit_run(run_context(interaction), count=count)
     if isinstance(outcome, Denial):
         await interaction.response.send_message(denial_message(outcome), ephemeral=True, allowed_mentions=NO_MENTIONS)
         return None

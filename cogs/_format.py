@@ -18,11 +18,11 @@ import dataclasses
 import io
 import re
 import unicodedata
-from typing import Any
 
 import discord
 
 from interpreter.filetypes import sanitize_filename
+from interpreter.result import RunResult
 
 MESSAGE_LIMIT = 2000
 EMBED_DESCRIPTION_LIMIT = 4096
@@ -152,17 +152,16 @@ def _unique_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def render_result(result: dict[str, Any], *, upload_limit: int, header: str = "") -> RenderedResult:
-    """The Discord message for one `execute_code` result.
+def render_result(result: RunResult, *, upload_limit: int, header: str = "") -> RenderedResult:
+    """The Discord message for one run's result.
 
     `upload_limit`: largest total of attachment bytes the destination accepts.
     `header`: first line (e.g. who ran it), already safe.
     """
-    success = bool(result.get("success"))
-    output = str(result.get("output") or "")
-    error = str(result.get("error") or "")
-    seconds = result.get("execution_time")
-    took = f" in {float(seconds):.2f} s" if isinstance(seconds, (int, float)) else ""
+    success = result.success
+    output = result.output
+    error = result.error
+    took = f" in {result.execution_time:.2f} s"
 
     lines: list[str] = [header] if header else []
     if success:
@@ -173,15 +172,13 @@ def render_result(result: dict[str, Any], *, upload_limit: int, header: str = ""
         lines.append(f"❌ {inline(error.strip(), 300)}" if one_line else f"❌ Failed{took}")
         block_text = output if one_line else (output + ("\n" if output and error else "") + error)
 
-    installed = result.get("installed_packages") or []
-    if installed:
-        lines.append("📦 Installed: " + inline(", ".join(map(str, installed)), 300))
-    if result.get("truncated"):
+    if result.installed_packages:
+        lines.append("📦 Installed: " + inline(", ".join(map(str, result.installed_packages)), 300))
+    if result.output_truncated:
         lines.append("✂️ The output was longer than the interpreter keeps; the end was cut.")
 
     # Attachments: images first so Discord shows them inline, then other files.
-    generated = list(result.get("generated_files") or [])
-    generated.sort(key=lambda f: 0 if f.get("type") == "image" else 1)
+    generated = sorted(result.generated_files, key=lambda f: 0 if f.type == "image" else 1)
     files: list[discord.File] = []
     taken: set[str] = set()
     not_attached: list[str] = []
@@ -207,12 +204,9 @@ def render_result(result: dict[str, Any], *, upload_limit: int, header: str = ""
         block = "*(no output)*"
 
     for item in generated:
-        raw_name = str(item.get("filename") or "file")
-        data = item.get("data") or b""
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        size = int(item.get("size") or len(data))
-        name = sanitize_filename(raw_name)
+        data = item.data
+        size = item.size or len(data)
+        name = sanitize_filename(item.filename or "file")
         if len(files) >= MAX_ATTACHMENTS:
             not_attached.append(f"{display_filename(name)} ({human_size(size)}): more than {MAX_ATTACHMENTS} files")
         elif not attach(name, data):

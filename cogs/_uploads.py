@@ -112,14 +112,14 @@ async def preview(file_id: str, user_id: int) -> str:
     """Shape, columns with dtypes and first rows, computed in the sandbox."""
     code = _PREVIEW_SNIPPET.format(file_id=file_id, marker=_PREVIEW_MARKER)
     try:
-        result = await interpreter.execute_code(code, user_id=user_id, user_files=[file_id],
-                                                timeout=PREVIEW_TIMEOUT_SECONDS)
+        result = await interpreter.run_code(code, user_id=user_id, user_files=[file_id],
+                                            timeout=PREVIEW_TIMEOUT_SECONDS)
     except Exception:  # the preview is a courtesy: never let it fail the upload
         log.exception("preview of %s failed", file_id)
         return "*(no preview: the interpreter had a problem; the file is stored)*"
-    info = _parse_preview(result.get("output") or "")
-    if not result.get("success") or info is None:
-        reason = str(result.get("error") or "could not read the file").strip().splitlines()
+    info = _parse_preview(result.output)
+    if not result.success or info is None:
+        reason = (result.error or "could not read the file").strip().splitlines()
         return f"*(no preview: {inline(reason[-1] if reason else 'unknown error', 200)})*"
     return render_preview(info)
 

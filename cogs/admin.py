@@ -203,8 +203,7 @@ class AdminCog(commands.Cog, name="Admin"):
         if not is_bot_owner(interaction) and isinstance(status.get("recent_runs"), list):
             # A server's admins see that server's runs only; the bot's owners see all.
             try:
-                status["recent_runs"] = await (await interpreter.get_engine()).recent_runs(
-                    STATUS_RECENT_RUNS, guild_id=interaction.guild_id)
+                status["recent_runs"] = await interpreter.recent_runs(STATUS_RECENT_RUNS, guild_id=interaction.guild_id)
             except StoreUnavailable as exc:
                 status["run_audit_error"] = str(exc)
         if not is_bot_owner(interaction) and isinstance(status.get("sessions"), dict):
@@ -223,7 +222,7 @@ class AdminCog(commands.Cog, name="Admin"):
         # A server's admins see runs asked for in their server; the bot's owners see all.
         guild_id = None if is_bot_owner(interaction) else interaction.guild_id
         try:
-            runs = await (await interpreter.get_engine()).recent_runs(RUNS_SHOWN, user_id=member.id, guild_id=guild_id)
+            runs = await interpreter.recent_runs(RUNS_SHOWN, user_id=member.id, guild_id=guild_id)
         except StoreUnavailable as exc:
             await interaction.edit_original_response(content=f"⚠️ {exc}", allowed_mentions=NO_MENTIONS)
             return

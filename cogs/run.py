@@ -137,9 +137,9 @@ class RunCog(commands.Cog, name="Run"):
                 await ticket.wait_until_started()
                 await interaction.edit_original_response(content="▶️ Your run has started…", allowed_mentions=NO_MENTIONS)
             session_id = session_id_for(interaction)  # asked once the run starts: the member may have ended it meanwhile
-            in_session = (await interpreter.get_engine()).sessions.continues(session_id)
+            in_session = await (await interpreter.get_executor()).session_continues(session_id)
             try:
-                result = await interpreter.execute_code(
+                result = await interpreter.run_code(
                     request.code,
                     user_id=request.author_id,
                     user_files=list(request.files) or None,
@@ -154,7 +154,7 @@ class RunCog(commands.Cog, name="Run"):
                 await interaction.edit_original_response(content=SOMETHING_WENT_WRONG, allowed_mentions=NO_MENTIONS)
                 return
 
-        header = "\n".join(line for line in (request.header, session_header(result.get("session"))) if line)
+        header = "\n".join(line for line in (request.header, session_header(result.session)) if line)
         rendered = render_result(result, upload_limit=upload_limit(interaction), header=header)
         view = ResultView(self, request, interaction)
         await interaction.edit_original_response(

@@ -23,7 +23,7 @@ from discord.ext import commands, tasks
 import interpreter
 from cogs._access import admit_run, is_bot_admin
 from cogs._format import NO_MENTIONS
-from interpreter.sessions import EndReason
+from interpreter import EndReason, SessionInfo, SessionState
 
 if TYPE_CHECKING:
     from bot.client import CodeInterpreterBot
@@ -60,21 +60,20 @@ def runs_text(runs: int) -> str:
     return f"{runs} run{'s' if runs != 1 else ''}"
 
 
-def session_summary(info: dict[str, Any]) -> str:
+def session_summary(info: SessionInfo) -> str:
     """'3 runs, 4 min idle left' (or the time to its maximum age, when that comes first)."""
-    idle_left, age_left = info["idle_left_seconds"], info["age_left_seconds"]
-    if age_left < idle_left:
-        return f"{runs_text(info['runs'])}, ends in {minutes(age_left)} (maximum age)"
-    return f"{runs_text(info['runs'])}, {minutes(idle_left)} idle left"
+    if info.age_left_seconds < info.idle_left_seconds:
+        return f"{runs_text(info.runs)}, ends in {minutes(info.age_left_seconds)} (maximum age)"
+    return f"{runs_text(info.runs)}, {minutes(info.idle_left_seconds)} idle left"
 
 
-def session_header(session: dict[str, Any] | None) -> str:
+def session_header(session: SessionState | None) -> str:
     """The lines a /run reply starts with when it ran in a session ('' when it did not)."""
-    if not session:
+    if session is None:
         return ""
-    lines = [f"⏱️ {session['note']}"] if session.get("note") else []
-    if session.get("active"):
-        lines.append(f"🧠 session: {session_summary(session)}")
+    lines = [f"⏱️ {session.note}"] if session.note else []
+    if session.active:
+        lines.append(f"🧠 session: {session_summary(session.info)}")
     else:
         lines.append("🧠 session ended: your next /run here starts a fresh one")
     return "\n".join(lines)
@@ -118,7 +117,9 @@ class SessionCog(commands.Cog, name="Session"):
     async def cog_unload(self) -> None:
         self.sweep.cancel()
         try:  # shutdown: no session's sandbox may outlive the bot
-            await (await interpreter.get_engine()).sessions.close()
+            executor = await interpreter.get_executor()
+            for info in await executor.list_sessions():
+                await executor.end_session(info.session_id, EndReason.SHUTDOWN)
         except Exception:
             log.exception("closing sessions at shutdown failed")
 
@@ -126,7 +127,7 @@ class SessionCog(commands.Cog, name="Session"):
     async def sweep(self) -> None:
         """End sessions past their idle time or maximum age, freeing their memory."""
         try:
-            ended = await (await interpreter.get_engine()).sessions.sweep()
+            ended = await (await interpreter.get_executor()).sweep_sessions()
         except Exception:
             log.exception("session sweep failed; will retry")
             return
@@ -148,25 +149,25 @@ class SessionCog(commands.Cog, name="Session"):
         await interaction.response.defer(ephemeral=True, thinking=True)
         session_id = session_id_for(interaction)
         try:
-            result = await interpreter.start_session(session_id, interaction.user.id)
+            opened = await (await interpreter.get_executor()).open_session(session_id, interaction.user.id)
         except interpreter.InterpreterError as exc:
             await self._reply(interaction, f"⚠️ {exc}")
             return
-        if not result["created"]:
-            await self._reply(interaction, f"🧠 You already have a session here: {session_summary(result)}. "
+        if not opened.created:
+            await self._reply(interaction, f"🧠 You already have a session here: {session_summary(opened.info)}. "
                                            "`/session reset` starts over.")
             return
         await self._reply(interaction, f"🧠 Session started. {ABOUT}\n{self._lifetime()}")
 
     @session.command(name="status", description="Your session in this channel: runs and time left")
     async def status(self, interaction: discord.Interaction) -> None:
-        engine = await interpreter.get_engine()
+        executor = await interpreter.get_executor()
         session_id = session_id_for(interaction)
-        info = engine.sessions.get(session_id)
+        info = await executor.get_session(session_id)
         if info is not None:
-            content = f"🧠 Session: {session_summary(info.to_dict())}." + (" A run is going on." if info.busy else "")
+            content = f"🧠 Session: {session_summary(info)}." + (" A run is going on." if info.busy else "")
         else:
-            note = engine.sessions.ending_note(session_id)
+            note = await executor.session_ending_note(session_id)
             content = (f"{note} " if note else "") + "No session in this channel. `/session start` opens one; " \
                                                      "without one, each `/run` starts fresh."
         await interaction.response.send_message(content, ephemeral=True, allowed_mentions=NO_MENTIONS)
@@ -176,9 +177,9 @@ class SessionCog(commands.Cog, name="Session"):
         if await admit_run(interaction, count=False) is None:
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        engine = await interpreter.get_engine()
+        executor = await interpreter.get_executor()
         try:
-            await engine.sessions.reset(session_id_for(interaction), interaction.user.id)
+            await executor.reset_session(session_id_for(interaction), interaction.user.id)
         except interpreter.InterpreterError as exc:
             await self._reply(interaction, f"⚠️ {exc}")
             return
@@ -191,8 +192,8 @@ class SessionCog(commands.Cog, name="Session"):
             await self._end_for_admin(interaction, member)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)  # its processes are reaped first
-        engine = await interpreter.get_engine()
-        info = await engine.sessions.end(session_id_for(interaction), EndReason.ENDED)
+        executor = await interpreter.get_executor()
+        info = await executor.end_session(session_id_for(interaction), EndReason.ENDED)
         if info is None:
             await self._reply(interaction, "You have no session in this channel.")
             return
@@ -208,9 +209,10 @@ class SessionCog(commands.Cog, name="Session"):
                 ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        engine = await interpreter.get_engine()
-        theirs = [s.session_id for s in engine.sessions.active(member.id) if opened_in_guild(s.session_id, interaction.guild_id)]
-        ended = [info for session_id in theirs if (info := await engine.sessions.end(session_id, EndReason.BY_ADMIN))]
+        executor = await interpreter.get_executor()
+        theirs = [s.session_id for s in await executor.list_sessions(member.id)
+                  if opened_in_guild(s.session_id, interaction.guild_id)]
+        ended = [info for session_id in theirs if (info := await executor.end_session(session_id, EndReason.BY_ADMIN))]
         if not ended:
             await self._reply(interaction, f"<@{member.id}> has no open session in this server.")
             return

@@ -23,28 +23,49 @@ from __future__ import annotations
 
 from typing import Any
 
+from interpreter.access import Admission, Denial, RunContext
 from interpreter.engine import Engine, configure, get_engine
+from interpreter.executor import ExecutionRequest, Executor, SessionOpened
+from interpreter.result import RunResult, SessionState
+from interpreter.sessions import EndReason, SessionInfo
 from interpreter.types import ExitCause, GeneratedFile, InputFile, InterpreterError
 
 __all__ = [
+    "Admission",
+    "Denial",
+    "EndReason",
     "Engine",
+    "ExecutionRequest",
+    "Executor",
     "ExitCause",
     "GeneratedFile",
     "InputFile",
     "InterpreterError",
+    "RunContext",
+    "RunResult",
+    "SessionInfo",
+    "SessionOpened",
+    "SessionState",
+    "admit_run",
+    "check_run",
     "cleanup_expired_files",
     "configure",
     "delete_user_file",
     "end_session",
     "execute_code",
     "get_engine",
+    "get_executor",
     "get_file_manager",
     "get_interpreter_status",
     "get_package_manager",
     "get_session",
     "list_user_files",
+    "recent_runs",
+    "run_code",
+    "shutdown",
     "start_session",
     "upload_file",
+    "warm_up",
 ]
 
 
@@ -69,25 +90,84 @@ async def execute_code(
     return await engine.execute(code, user_id, user_files, install_packages, timeout, session_id=session_id, **options)
 
 
+# --- the typed API front ends use (the bot's cogs): results and sessions as objects
+
+
+async def run_code(
+    code: str,
+    user_id: int,
+    user_files: list[str] | None = None,
+    install_packages: list[str] | None = None,
+    timeout: float | None = None,
+    *,
+    session_id: str | None = None,
+    guild_id: int | None = None,
+    channel_id: int | None = None,
+    keep_generated_files: bool = False,
+) -> RunResult:
+    """`execute_code` with a typed result: what the bot uses."""
+    engine = await get_engine()
+    return await engine.run(code, user_id, user_files, install_packages, timeout, session_id=session_id,
+                            guild_id=guild_id, channel_id=channel_id, keep_generated_files=keep_generated_files)
+
+
+async def get_executor() -> Executor:
+    """Where runs and sessions execute: this machine's sandboxes, or the execution workers
+    named by EXECUTOR_URLS. Session calls (open, end, reset, list, sweep) go here."""
+    return (await get_engine()).executor
+
+
+async def admit_run(context: RunContext, *, count: bool = True) -> Admission | Denial:
+    """The run access rules (denied members/roles, run channels, hourly limit) for `context`.
+
+    With `count` the run counts against the member's hourly limit from now on (cancel
+    the Admission if it never starts); without it nothing is counted.
+    """
+    access = (await get_engine()).access
+    if count:
+        return await access.admit(context)
+    return await access.check(context) or Admission()
+
+
+async def check_run(context: RunContext) -> Denial | None:
+    """The run access rules without counting a run."""
+    return await (await get_engine()).access.check(context)
+
+
+async def recent_runs(limit: int = 10, user_id: int | None = None, guild_id: int | None = None) -> list[dict]:
+    """Audited runs, newest first. Raises StoreUnavailable (message for members) when the database is down."""
+    return await (await get_engine()).recent_runs(limit, user_id, guild_id)
+
+
+async def warm_up() -> dict:
+    """Prepare execution now (sandbox venv, warm capacity) rather than on the first run;
+    returns the sandbox layers in force."""
+    return await (await get_executor()).warm_up()
+
+
+async def shutdown() -> None:
+    """End every session, stop warm capacity and flush the audit: no sandbox is left running."""
+    await (await get_engine()).close()
+
+
 async def start_session(session_id: str, user_id: int) -> dict:
     """Open the member's session (or return the open one): {"created": bool, **session info}.
 
     Raises InterpreterError with a member-facing message (capacity, ownership, sandbox).
     """
-    engine = await get_engine()
-    info, created = await engine.sessions.open(session_id, user_id)
-    return {"created": created, **info.to_dict()}
+    opened = await (await get_executor()).open_session(session_id, user_id)
+    return {"created": opened.created, **opened.info.to_dict()}
 
 
 async def get_session(session_id: str) -> dict | None:
     """The open session's info (runs, idle and age left), or None."""
-    info = (await get_engine()).sessions.get(session_id)
+    info = await (await get_executor()).get_session(session_id)
     return info.to_dict() if info else None
 
 
 async def end_session(session_id: str) -> dict | None:
     """End the session now (its sandbox is destroyed); its last info, or None if none was open."""
-    info = await (await get_engine()).sessions.end(session_id)
+    info = await (await get_executor()).end_session(session_id)
     return info.to_dict() if info else None
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from config import Settings, SettingsError, load_settings
 from interpreter.filetypes import classify, sanitize_filename
+from interpreter.result import RunResult
 from interpreter.types import InputFile
 
 
@@ -27,7 +28,8 @@ def local_inputs(paths: list[Path]) -> list[InputFile]:
     return inputs
 
 
-async def run_script(settings: Settings, code: str, files: list[Path], out_dir: Path, timeout: float | None) -> dict:
+async def run_script(settings: Settings, code: str, files: list[Path], out_dir: Path,
+                     timeout: float | None) -> RunResult:
     from interpreter.engine import Engine
 
     engine = Engine(settings)
@@ -36,22 +38,22 @@ async def run_script(settings: Settings, code: str, files: list[Path], out_dir: 
     finally:
         await engine.close()  # reaps the finished sandbox before the event loop ends
     out_dir.mkdir(parents=True, exist_ok=True)
-    for generated in result["generated_files"]:
-        (out_dir / generated["filename"]).write_bytes(generated["data"])
+    for generated in result.generated_files:
+        (out_dir / generated.filename).write_bytes(generated.data)
     return result
 
 
-def print_result(result: dict, out_dir: Path) -> None:
-    if result["output"]:
-        sys.stdout.write(result["output"] if result["output"].endswith("\n") else result["output"] + "\n")
-    if result["error"]:
-        print(result["error"].rstrip(), file=sys.stderr)
-    for generated in result["generated_files"]:
-        print(f"wrote {out_dir / generated['filename']} ({generated['type']}, {generated['size']:,} bytes)", file=sys.stderr)
-    for skipped in result.get("skipped_files", []):
+def print_result(result: RunResult, out_dir: Path) -> None:
+    if result.output:
+        sys.stdout.write(result.output if result.output.endswith("\n") else result.output + "\n")
+    if result.error:
+        print(result.error.rstrip(), file=sys.stderr)
+    for generated in result.generated_files:
+        print(f"wrote {out_dir / generated.filename} ({generated.type}, {generated.size:,} bytes)", file=sys.stderr)
+    for skipped in result.skipped_files:
         print(f"skipped {skipped}", file=sys.stderr)
-    state = "ok" if result["success"] else "failed"
-    print(f"[{state} in {result['execution_time']:.2f}s]", file=sys.stderr)
+    state = "ok" if result.success else "failed"
+    print(f"[{state} in {result.execution_time:.2f}s]", file=sys.stderr)
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -67,7 +69,7 @@ def _run_command(args: argparse.Namespace) -> int:
     code = args.script.read_text(encoding="utf-8", errors="replace")
     result = asyncio.run(run_script(settings, code, args.file, args.out, args.timeout))
     print_result(result, args.out)
-    return 0 if result["success"] else 1
+    return 0 if result.success else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

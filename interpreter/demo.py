@@ -28,6 +28,6 @@ def main(out_dir: Path | str = "demo-output") -> int:
           file=sys.stderr)
     result = asyncio.run(run_script(settings, script.read_text(), [DEMO_DIR / "sales.csv"], out_dir, None))
     print_result(result, out_dir)
-    if result["success"]:
+    if result.success:
         print(f"Demo chart: {(out_dir / 'revenue_by_month.png').resolve()}", file=sys.stderr)
-    return 0 if result["success"] else 1
+    return 0 if result.success else 1

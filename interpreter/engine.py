@@ -1,13 +1,14 @@
-"""The Engine ties the parts together: policy, packages, files, sandbox.
+"""The Engine is the front of the interpreter: input checks, policy, files, audit and
+access rules, with execution behind the Executor seam (interpreter/executor.py).
 
 One Engine per settings. `get_engine(db_handler)` returns the default engine, or a
 view of it whose file metadata lives in the given MongoDB database (the seed's
-`db_handler`), sharing the same sandbox runner and package manager.
+`db_handler`), sharing the same executor.
 
-Every `execute` is recorded in the run audit (interpreter/audit.py) of the engine's
+Every `run` is recorded in the run audit (interpreter/audit.py) of the engine's
 store; `access` holds the abuse limits front ends check before queueing a run
-(interpreter/access.py). `sessions` keeps members' long-lived sandboxes
-(interpreter/sessions.py): `execute(..., session_id=...)` runs in one.
+(interpreter/access.py). `executor` runs the code: this machine's sandboxes and
+sessions (LocalExecutor), or the execution workers named by EXECUTOR_URLS.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from interpreter import policy
 from interpreter.access import RunAccess
 from interpreter.audit import Clock, RunAudit
 from interpreter.packages import PackageManager
-from interpreter.result import build_result, error_result
-from interpreter.sandbox import SandboxJob, SandboxRunner
+from interpreter.executor import ExecutionRequest, Executor, LocalExecutor
+from interpreter.result import RunResult
+from interpreter.sandbox import SandboxRunner
 from interpreter.sessions import SessionManager
 from interpreter.store.blobs import FILE_ID_PATTERN
 from interpreter.types import InputFile, InterpreterError
@@ -48,21 +50,28 @@ class _Checked:
 
 
 class Engine:
+    """The front of the interpreter: member rules and files here, execution behind the Executor seam."""
+
     def __init__(self, settings: Settings, *, store: Any = None, runner: SandboxRunner | None = None,
                  packages: PackageManager | None = None, clock: Clock | None = None,
-                 sessions: SessionManager | None = None) -> None:
+                 sessions: SessionManager | None = None, executor: Executor | None = None) -> None:
         # Imported here so `import interpreter.sandbox` alone stays light (benchmarks, CLI).
         from interpreter.files import FileManager
         from interpreter.store import open_store
 
         self.settings = settings
-        self.packages = packages or PackageManager(settings)
-        self.runner = runner or SandboxRunner(settings, self.packages)
+        if executor is None:
+            executor = make_executor(settings, packages=packages, runner=runner, sessions=sessions)
+        self.executor = executor
+        # The in-process parts when execution is local (tests and the seed's get_package_manager
+        # reach them); a remote executor has no runner or sessions in this process.
+        self.packages = getattr(executor, "packages", None) or packages or PackageManager(settings)
+        self.runner = getattr(executor, "runner", None)
+        self.sessions = getattr(executor, "sessions", None)
         self.store = store if store is not None else open_store(settings)
         self.files = FileManager(settings, self.store, clock=clock)
         self.audit = RunAudit(settings, self.store, clock=clock)
         self.access = RunAccess(settings, self.audit)
-        self.sessions = sessions or SessionManager(settings, self.runner)
         self.clock = clock
         self.started_at = time.time()
         self._db_views: dict[int, Engine] = {}
@@ -77,11 +86,16 @@ class Engine:
             from interpreter.store import open_store
 
             view = Engine(self.settings, store=open_store(self.settings, db_handler=db_handler),
-                          runner=self.runner, packages=self.packages, clock=self.clock, sessions=self.sessions)
+                          clock=self.clock, executor=self.executor)
             self._db_views[key] = view
         return view
 
-    async def execute(
+    async def execute(self, code: str, user_id: int, user_files: list[str] | None = None,
+                      install_packages: list[str] | None = None, timeout: float | None = None, **options: Any) -> dict:
+        """`run`, as the seed's result dict."""
+        return (await self.run(code, user_id, user_files, install_packages, timeout, **options)).to_dict()
+
+    async def run(
         self,
         code: str,
         user_id: int,
@@ -93,12 +107,12 @@ class Engine:
         guild_id: int | None = None,
         channel_id: int | None = None,
         session_id: str | None = None,
-    ) -> dict:
-        """Run one snippet for a member; always returns the seed's result dict.
+    ) -> RunResult:
+        """Run one snippet for a member; never raises for the member's errors.
 
         With `session_id` the snippet runs in the member's session of that id (opened
         if needed; see interpreter/sessions.py): globals, imports and work-dir files
-        persist between runs, and result["session"] says how the session stands.
+        persist between runs, and result.session says how the session stands.
         Without it the run is one-shot, in a fresh sandbox.
 
         Bad input (wrong types, a file id given as a bare string, a user_id that is not
@@ -113,62 +127,45 @@ class Engine:
         """
         started_at = self.audit.now()
         began = time.monotonic()
-        result = await self._execute(code, user_id, user_files, install_packages, timeout,
-                                     keep_generated_files=keep_generated_files, session_id=session_id)
+        result = await self._run(code, user_id, user_files, install_packages, timeout,
+                                 keep_generated_files=keep_generated_files, session_id=session_id)
         member = user_id if _is_int(user_id) else UNKNOWN_MEMBER_ID
         record = self.audit.build_record(
-            result, user_id=member, code=code, started_at=started_at,
+            result.to_dict(), user_id=member, code=code, started_at=started_at,
             duration_seconds=time.monotonic() - began, guild_id=guild_id, channel_id=channel_id,
             packages=install_packages, files=user_files)
         self.audit.record_later(record)
         return result
 
-    async def _execute(self, code: Any, user_id: int, user_files: list[str] | None,
-                       install_packages: list[str] | None, timeout: float | None, *,
-                       keep_generated_files: bool, session_id: str | None = None) -> dict:
+    async def _run(self, code: Any, user_id: int, user_files: list[str] | None,
+                   install_packages: list[str] | None, timeout: float | None, *,
+                   keep_generated_files: bool, session_id: str | None = None) -> RunResult:
         checked = self._check(code, timeout, user_id=user_id, user_files=user_files,
                               install_packages=install_packages, session_id=session_id)
         if checked.refusal:
-            return error_result(checked.refusal)
-        extra: dict[str, Any] = {"timeout_seconds": checked.limit}
-        if checked.warnings:
-            extra["warnings"] = list(checked.warnings)
+            return RunResult.refusal(checked.refusal)
         try:
-            if install_packages:
-                report = await self.packages.ensure_packages(install_packages)
-                extra["installed_packages"] = report.installed
-                extra["failed_packages"] = report.failed
-                if report.failed:
-                    return error_result(report.error_message(), **extra)
             inputs = await self.files.resolve_for_run(user_id, list(user_files or ()))
             if session_id is not None:
                 inputs += await self._files_named_in(code, user_id, inputs)
         except InterpreterError as exc:
-            return error_result(str(exc), **extra)
-        limit = checked.limit
-        job = SandboxJob(code=code, timeout=limit, input_files=tuple(inputs))
-        if session_id is None:
-            outcome = await self.runner.run(job)
+            result = RunResult.refusal(str(exc))
         else:
-            try:
-                ran = await self.sessions.run(session_id, user_id, job)
-            except InterpreterError as exc:  # SessionRefused: capacity, ownership, sandbox start
-                return error_result(str(exc), **extra)
-            outcome = ran.outcome
-            extra["session"] = ran.to_dict()
-        files = list(outcome.files)
-        if keep_generated_files and files:
-            files = await self.files.keep_generated(user_id, files)
-        return build_result(outcome, limit, files, **extra)
+            request = ExecutionRequest(code=code, timeout=checked.limit, user_id=user_id, input_files=tuple(inputs),
+                                       packages=tuple(install_packages or ()), session_id=session_id)
+            result = await self.executor.run(request)
+            if keep_generated_files and result.generated_files:
+                kept = await self.files.keep_generated(user_id, list(result.generated_files))
+                result = result.replace(generated_files=tuple(kept))
+        return result.replace(timeout_seconds=checked.limit, warnings=checked.warnings)
 
-    async def run_snippet(self, code: str, inputs: list[InputFile], timeout: float | None = None, **extra: Any) -> dict:
+    async def run_snippet(self, code: str, inputs: list[InputFile], timeout: float | None = None) -> RunResult:
         """Run code with these input files (no store involved: the CLI and demo use this)."""
         checked = self._check(code, timeout)
         if checked.refusal:
-            return error_result(checked.refusal, **extra)
-        limit = checked.limit
-        outcome = await self.runner.run(SandboxJob(code=code, timeout=limit, input_files=tuple(inputs)))
-        return build_result(outcome, limit, list(outcome.files), **extra)
+            return RunResult.refusal(checked.refusal)
+        return await self.executor.run(ExecutionRequest(code=code, timeout=checked.limit, user_id=0,
+                                                        input_files=tuple(inputs)))
 
     async def _files_named_in(self, code: str, user_id: int, given: list[InputFile]) -> list[InputFile]:
         """In a session, the member's live files whose ids the code names (`load_file('<id>')`),
@@ -211,13 +208,12 @@ class Engine:
         """The hourly sweep: expired files (returns how many), expired run records and sessions."""
         removed = await self.files.cleanup_expired()
         await self.audit.purge_expired()
-        await self.sessions.sweep()
+        await self.executor.sweep_sessions()
         return removed
 
     async def close(self) -> None:
         """Shutdown: end every session and stop the warm pool, leaving no sandbox process."""
-        await self.sessions.close()
-        await self.runner.close()
+        await self.executor.close()
         await self.audit.flush()
 
     def run_limits(self) -> dict:
@@ -234,16 +230,20 @@ class Engine:
 
     async def status(self) -> dict:
         """The seed's status keys plus what an admin needs (sandbox layers, limits, load, recent runs)."""
-        status: dict[str, Any] = {}
-        status.update(await self.packages.status())
+        executor_status = await self.executor.status()
+        placed_last = ("sandbox", "runs", "sessions")
+        status: dict[str, Any] = {key: value for key, value in executor_status.items() if key not in placed_last}
         status.update(await self.files.totals())
         status.update(await self.audit.summary())
         status["limits"] = self.run_limits()
-        status["sandbox"] = self.runner.describe()
-        status["runs"] = self.runner.load()
-        status["sessions"] = self.sessions.describe()
+        status.update({key: executor_status[key] for key in placed_last if key in executor_status})
         status["uptime_seconds"] = round(time.time() - self.started_at, 1)
         return status
+
+
+def make_executor(settings: Settings, **local_parts: Any) -> Executor:
+    """The remote client when EXECUTOR_URLS is set, else the in-process executor."""
+    return LocalExecutor(settings, **local_parts)
 
 
 _default: Engine | None = None

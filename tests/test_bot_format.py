@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 
 from cogs._format import MESSAGE_LIMIT, code_block, extract_code, inline, render_result
+from interpreter import ExitCause, GeneratedFile, RunResult
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
 
 
-def result(**fields):
-    base = {"success": True, "output": "", "error": "", "execution_time": 0.5, "return_code": 0, "generated_files": []}
+def result(**fields) -> RunResult:
+    fields["generated_files"] = tuple(GeneratedFile(**f) for f in fields.get("generated_files", ()))
+    base = {"success": True, "output": "", "error": "", "execution_time": 0.5, "return_code": 0,
+            "exit_cause": ExitCause.OK}
     base.update(fields)
-    return base
+    return RunResult(**base)
 
 
 def fences(text: str) -> int:
@@ -90,3 +93,11 @@ def test_errors_one_line_in_header_tracebacks_in_the_block():
     failed = render_result(result(success=False, output="before\n", error=trace), upload_limit=1)
     assert failed.content.startswith("❌ Failed in 0.50 s")
     assert "ZeroDivisionError" in failed.content and "before" in failed.content
+
+
+def test_cut_output_is_said_so():
+    """The engine reports a cut with `output_truncated` (the formatter once read a key no
+    engine wrote, so members were never told); the typed result ties the two together."""
+    rendered = render_result(result(output="x" * 100, output_truncated=True), upload_limit=10_000_000)
+    assert "the end was cut" in rendered.content
+    assert "the end was cut" not in render_result(result(output="x"), upload_limit=10_000_000).content

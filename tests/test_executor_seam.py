@@ -40,10 +40,10 @@ async def test_execute_code_is_run_code_as_a_dict(engine):
     typed = await interpreter.run_code("print('same')", user_id=1)
     seed = await interpreter.execute_code("print('same')", user_id=1)
     assert isinstance(typed, RunResult) and typed.exit_cause is ExitCause.OK
-    assert list(seed) == list(typed.to_dict()) == RAN_KEYS
+    assert list(seed) == list(typed.to_dict()) == RAN_KEYS + ["timeout_seconds"]
     assert seed["output"] == typed.output == "same\n"
     refused = await interpreter.execute_code("print(1)", user_id=1, user_files=["nope"])
-    assert list(refused) == SEED_KEYS and refused["return_code"] == -1
+    assert list(refused) == SEED_KEYS + ["timeout_seconds"] and refused["return_code"] == -1
 
 
 def _reaches(tree: ast.AST) -> set[str]:

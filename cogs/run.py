@@ -43,6 +43,9 @@ class RunRequest:
     packages: tuple[str, ...] = ()
     timeout: int | None = None
     header: str = ""  # first line of the result, already safe (e.g. whose code ran)
+    # Someone else's code (the "Run code" menu): never the member's session. It would run
+    # with their variables and work-dir files and post the result publicly (a confused deputy).
+    fresh_sandbox: bool = False
 
 
 class RunCog(commands.Cog, name="Run"):
@@ -99,14 +102,21 @@ class RunCog(commands.Cog, name="Run"):
         return await package_choices(current)
 
     async def run_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
-        """Message menu "Run code": run the code block of any message, as the member who asked."""
+        """Message menu "Run code": run the code block of any message, as the member who asked.
+
+        Another member's code runs in a fresh sandbox with none of the clicker's session or
+        files, whatever it does; to use it in their session they paste it into /run themselves.
+        """
         if not message.content.strip():
             await interaction.response.send_message("That message has no code to run.", ephemeral=True)
             return
         code = extract_code(message.content)
         source = "code block" if has_code_block(message.content) else "message"
+        someone_else = message.author.id != interaction.user.id
         header = f"▶️ {interaction.user.mention} ran the {source} from {message.author.mention}'s message {message.jump_url}"
-        await self.execute(interaction, RunRequest(code, interaction.user.id, header=header))
+        if someone_else:
+            header += " in a fresh sandbox (no session, no files)"
+        await self.execute(interaction, RunRequest(code, interaction.user.id, header=header, fresh_sandbox=someone_else))
 
     # --- the run itself
 
@@ -137,7 +147,7 @@ class RunCog(commands.Cog, name="Run"):
                 await ticket.wait_until_started()
                 await interaction.edit_original_response(content="▶️ Your run has started…", allowed_mentions=NO_MENTIONS)
             session_id = session_id_for(interaction)  # asked once the run starts: the member may have ended it meanwhile
-            in_session = await (await interpreter.get_executor()).session_continues(session_id)
+            in_session = not request.fresh_sandbox and await (await interpreter.get_executor()).session_continues(session_id)
             try:
                 result = await interpreter.run_code(
                     request.code,
@@ -259,7 +269,7 @@ class ResultView(discord.ui.View):
             await interaction.response.send_message("Only the member who ran this can run it again. "
                                                     "Use **Show code** and run your own copy.", ephemeral=True)
             return
-        await self.cog.execute(interaction, dataclasses.replace(self.request, header=""))
+        await self.cog.execute(interaction, dataclasses.replace(self.request, header=""))  # keeps fresh_sandbox
 
     @discord.ui.button(label="Show code", emoji="📄", style=discord.ButtonStyle.secondary)
     async def show_code(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:

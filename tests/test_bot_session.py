@@ -208,3 +208,31 @@ async def test_shutdown_ends_sessions_and_leaves_no_process(world):
     await w.bot.remove_cog("Session")  # bot.close() unloads every cog like this
     assert w.engine.sessions.active() == []
     assert not {pid for pid in pids if alive(pid)}
+
+
+async def test_run_code_on_someone_elses_message_never_sees_the_clickers_session(world, tmp_path):
+    """Issue 12 item 5 (confused deputy): bob's code, run by alice from the message menu,
+    runs in a fresh sandbox: none of alice's variables, work-dir files or stored files,
+    and "Run again" on that result stays fresh. Alice's own message still continues her session."""
+    w = world
+    await upload_sales(w, tmp_path)
+    await w.harness.slash("session", w.alice, subcommand="start")
+    kept = await w.harness.slash("run", w.alice, code="secret = 'alice-private'\nopen('notes.txt', 'w').write('mine')")
+    assert "🧠 session: 1 run" in kept.content, kept.content
+
+    probe = ("```py\nimport os\nprint('secret' in globals(), sorted(os.listdir('.')), FILES)\n"
+             "print(secret)\n```")
+    target = w.harness.message_payload(w.bob, probe)
+    reply = await w.harness.message_menu("Run code", w.alice, target)
+    assert "NameError" in reply.content and "alice-private" not in reply.content, reply.content
+    assert "notes.txt" not in reply.content and "sales.csv" not in reply.content, reply.content
+    assert "🧠 session" not in reply.content, reply.content
+    assert "fresh sandbox" in reply.content, reply.content
+    no_pings(reply.final)
+
+    again = await w.harness.click(reply, "Run again", w.alice)
+    assert "NameError" in again.content and "alice-private" not in again.content, again.content
+    assert "🧠 session" not in again.content, again.content
+
+    own = await w.harness.message_menu("Run code", w.alice, w.harness.message_payload(w.alice, "print(secret)"))
+    assert "```\nalice-private\n```" in own.content and "🧠 session: 2 runs" in own.content, own.content

@@ -13,9 +13,13 @@ import re
 
 MAX_CODE_CHARS = 100_000
 
+# Every pattern must stay linear in the code's length (precheck runs on the bot's event loop):
+# no `\s*` after a `^` in MULTILINE mode, since `\s` also matches newlines and then every line
+# start rescans all the blank lines after it (quadratic; tests/test_policy.py). `[^\S\n]` is
+# "whitespace but not a newline": a notebook command is one line.
 _CHECKS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
-        re.compile(r"^\s*[!%]\s*pip3?\s+install\b", re.MULTILINE),
+        re.compile(r"^[^\S\n]*[!%][^\S\n]*pip3?[^\S\n]+install\b", re.MULTILINE),
         "Blocked unsafe operation: pip install from code. Ask for packages with the packages option instead",
     ),
     (

@@ -4,8 +4,10 @@ Everything that echoes member-controlled text (program output, errors, filenames
 column names) goes through here, so the rules live in one place:
 - code blocks cannot be closed early: every backtick is followed by a zero-width
   space, so no run of three backticks survives;
-- bidi overrides and other invisible control characters are removed, so text
-  cannot be made to read differently from what it is;
+- characters that draw nothing (bidi controls, zero-width and default-ignorable
+  characters, fillers, blank braille: interpreter/invisible.py) are removed or shown
+  as spaces, so text cannot look empty, look like other text, or read differently
+  from what it is;
 - filenames are sanitised (interpreter.filetypes) and markdown-escaped;
 - sizes respect Discord's limits (2,000 characters a message, 10 attachments,
   the guild's upload limit); what does not fit is listed by name and size.
@@ -17,11 +19,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
-import unicodedata
 
 import discord
 
 from interpreter.filetypes import sanitize_filename
+from interpreter.invisible import strip_invisible
 from interpreter.result import RunResult
 
 MESSAGE_LIMIT = 2000
@@ -32,10 +34,6 @@ NO_MENTIONS = discord.AllowedMentions.none()
 
 _FENCE = re.compile(r"```(?:([A-Za-z0-9_+.-]*)\n)?(.*?)```", re.DOTALL)
 _ZWSP = "\u200b"
-# Characters that change how the rest of a line is displayed (bidi embeddings,
-# overrides and isolates) or are invisible; removed from echoed text.
-_INVISIBLE_CATEGORIES = {"Cf", "Co", "Cs"}
-_KEEP_CONTROLS = {"\n", "\t"}
 
 
 # --- input
@@ -70,17 +68,8 @@ def split_list(raw: str | None) -> list[str]:
 
 
 def clean_text(text: str) -> str:
-    """Remove invisible and control characters (keeps newlines and tabs)."""
-    out = []
-    for ch in text:
-        if ch in _KEEP_CONTROLS:
-            out.append(ch)
-            continue
-        category = unicodedata.category(ch)
-        if category == "Cc" or category in _INVISIBLE_CATEGORIES:
-            continue
-        out.append(ch)
-    return "".join(out)
+    """Remove invisible and control characters, blank ones become spaces (keeps newlines and tabs)."""
+    return strip_invisible(text)
 
 
 def code_block_body(text: str) -> str:

@@ -11,6 +11,8 @@ import os
 import re
 import unicodedata
 
+from interpreter.invisible import strip_invisible
+
 MAX_FILENAME_LENGTH = 100
 
 # kind used in result['generated_files'][i]['type'] and in stored metadata
@@ -44,14 +46,14 @@ def classify(filename: str) -> str:
 def sanitize_filename(name: str, default: str = "file") -> str:
     """A safe single path component for display and attachment names.
 
-    NFKC-normalised, no path separators, control, format (zero-width, bidi) or
-    shell-special characters, no leading dots, at most MAX_FILENAME_LENGTH
+    NFKC-normalised, no path separators, no characters that draw nothing (control,
+    format, zero-width, fillers: interpreter/invisible.py), no shell-special characters, no leading dots, at most MAX_FILENAME_LENGTH
     characters with the extension kept.
     """
     if isinstance(name, bytes):
         name = name.decode("utf-8", "replace")
     name = unicodedata.normalize("NFKC", str(name))
-    name = "".join(ch for ch in name if unicodedata.category(ch) not in {"Cf", "Cc", "Co", "Cs", "Zl", "Zp"})
+    name = strip_invisible(name).replace("\n", "").replace("\t", " ")
     name = os.path.basename(name.replace("\\", "/"))
     name = _UNSAFE_CHARS.sub("_", name).strip().strip(".")
     name = re.sub(r"\s+", " ", name)

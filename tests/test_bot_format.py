@@ -101,3 +101,56 @@ def test_cut_output_is_said_so():
     rendered = render_result(result(output="x" * 100, output_truncated=True), upload_limit=10_000_000)
     assert "the end was cut" in rendered.content
     assert "the end was cut" not in render_result(result(output="x"), upload_limit=10_000_000).content
+
+
+# Issue 12: invisible characters, as a class. Named examples from every family; the sweep
+# below takes the categories from unicodedata itself, independently of interpreter/invisible.py.
+INVISIBLE_EXAMPLES = {
+    "hangul filler": "\u3164", "hangul choseong filler": "\u115f", "hangul jungseong filler": "\u1160",
+    "halfwidth hangul filler": "\uffa0", "braille blank": "\u2800", "combining grapheme joiner": "\u034f",
+    "soft hyphen": "\u00ad", "arabic letter mark": "\u061c", "khmer inherent vowel": "\u17b4",
+    "mongolian selector": "\u180b", "mongolian vowel separator": "\u180e", "zero width space": "\u200b",
+    "zero width joiner": "\u200d", "word joiner": "\u2060", "invisible times": "\u2062",
+    "reserved ignorable": "\u2065", "variation selector 16": "\ufe0f", "byte order mark": "\ufeff",
+    "shorthand format": "\U0001bca0", "musical format": "\U0001d173", "tag letter": "\U000e0041",
+    "variation selector 17": "\U000e0100", "khitan filler": "\U00016fe4", "null notehead": "\U0001d159",
+    "line separator": "\u2028", "paragraph separator": "\u2029", "private use": "\ue000",
+    "supplementary private use": "\U000f0001", "rtl override": "\u202e", "rtl isolate": "\u2067",
+}
+
+
+def test_every_invisible_family_is_gone_from_blocks_lines_and_filenames():
+    from cogs._format import display_filename
+
+    for family, ch in INVISIBLE_EXAMPLES.items():
+        text = f"a{ch}b{ch}{ch}"
+        for shown in (code_block(text), inline(text), display_filename(f"re{ch}port{ch}.csv")):
+            assert ch not in shown, (family, shown)
+        assert display_filename(ch * 5) == "file", family  # a name of nothing is no name
+
+
+def test_every_format_control_and_separator_character_is_removed():
+    import sys
+    import unicodedata
+
+    kept = {"\n", "\t"}
+    for code in range(sys.maxunicode + 1):
+        ch = chr(code)
+        if unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Zl", "Zp"} and ch not in kept:
+            assert ch not in inline(f"x{ch}y"), hex(code)
+
+
+def test_blank_characters_keep_their_column_as_a_space():
+    braille_chart = "\u2801\u2800\u2802\n\u2800\u2800\u2804"
+    assert code_block(braille_chart) == "```\n\u2801 \u2802\n  \u2804\n```"
+    assert inline("a\u3164b") == "a b"
+
+
+def test_cleaning_long_output_is_linear_and_quick():
+    import time
+
+    output = ("x\u200b\u3164" * 300_000) + "end"
+    started = time.thread_time()
+    block = code_block(output)
+    assert time.thread_time() - started < 0.5
+    assert block.endswith("end\n```") and "\u200b" not in block

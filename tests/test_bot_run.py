@@ -196,3 +196,19 @@ async def test_cooldown_refuses_quick_repeats(discord_world):
     assert "first" in first.content
     second = await w.harness.slash("run", w.alice, code="print('second')")
     assert second.ephemeral and "Slow down" in second.callback.content
+
+
+async def test_invisible_characters_never_reach_discord(discord_world):
+    """Issue 12: fillers, blank braille, the grapheme joiner and the other characters that draw
+    nothing, printed by a run and put in a generated file's name, are gone from what is sent."""
+    w = discord_world
+    invisible = "\u3164\u115f\u2800\u034f\u200b\ufe0f\U000e0041\u2066\u00ad"
+    code = (f"s = {invisible!r}\nprint('a' + s + 'b')\nopen('re' + s + 'port.csv', 'w').write('x,y\\n1,2\\n')\n"
+            "raise ValueError('bad' + s + 'value')")
+    reply = await w.harness.slash("run", w.alice, code=code)
+    names = list(reply.final.files) + [a["filename"] for a in reply.message["attachments"]]
+    assert any(name.startswith("re") and name.endswith("port.csv") for name in names), names
+    for ch in invisible:
+        assert ch not in reply.content, (hex(ord(ch)), reply.content)
+        assert not any(ch in name for name in names), (hex(ord(ch)), names)
+    assert "ValueError: bad" in reply.content and "value" in reply.content, reply.content

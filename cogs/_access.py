@@ -3,7 +3,9 @@
 The rules themselves are plain Python in interpreter/access.py (testable without
 Discord); this module only turns an interaction into a RunContext and a Denial into
 an ephemeral message. Every way of starting a run (/run, its code box, the Run code
-menu, the Run again button) goes through `admit_run`, so there is one place to check.
+menu, the Run again button) goes through `precheck_run` before the interaction is
+acknowledged (no database: Discord allows 3 s) and `admit_run` after it (the hourly
+limit may read the run history, which can be slow or down), so there is one place to check.
 """
 
 from __future__ import annotations
@@ -87,15 +89,47 @@ def denial_message(denial: Denial) -> str:
     return "🚫 You're not allowed to run code on this server"
 
 
-async def admit_run(interaction: discord.Interaction, *, count: bool = True) -> Admission | None:
-    """The run access check. On refusal, tells the member why (ephemeral) and returns None.
+NOT_STARTED = "This run was not started."
 
-    With `count` (the run is about to be queued) the run counts against the member's
-    hourly limit; cancel the Admission if it does not start after all. Without it
-    (before opening the code box) nothing is counted.
+
+async def precheck_run(interaction: discord.Interaction) -> bool:
+    """Before the interaction is acknowledged: every rule that needs no database (member,
+    role, channel, and the hourly limit as this process counts it). Nothing is counted.
+    On refusal, tells the member why (ephemeral) and returns False."""
+    denial = await interpreter.check_run(run_context(interaction), use_store=False)
+    if denial is not None:
+        await interaction.response.send_message(denial_message(denial), ephemeral=True, allowed_mentions=NO_MENTIONS)
+        return False
+    return True
+
+
+async def admit_run(interaction: discord.Interaction) -> Admission | None:
+    """After the interaction was deferred (publicly): every rule; the run now counts against
+    the member's hourly limit (cancel the Admission if it does not start after all).
+
+    On refusal the member alone reads why and the public "thinking" message goes away;
+    returns None. An Admission's `note` (the limit could not be counted) is for the
+    member too: send it with `tell_privately` once the response shows something.
     """
-    outcome = await interpreter.admit_run(run_context(interaction), count=count)
+    outcome = await interpreter.admit_run(run_context(interaction))
     if isinstance(outcome, Denial):
-        await interaction.response.send_message(denial_message(outcome), ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await refuse_after_defer(interaction, denial_message(outcome))
         return None
     return outcome
+
+
+async def refuse_after_defer(interaction: discord.Interaction, message: str) -> None:
+    """Turn a public deferral into a private refusal. The first message after a deferral
+    takes over its (public) loading state, whatever its flags; so the loading message is
+    resolved with a neutral line first, then the reason goes privately, then it is deleted."""
+    await interaction.edit_original_response(content=NOT_STARTED, allowed_mentions=NO_MENTIONS)
+    await tell_privately(interaction, message)
+    try:
+        await interaction.delete_original_response()
+    except discord.HTTPException:
+        pass  # the neutral line stays; the member has the reason
+
+
+async def tell_privately(interaction: discord.Interaction, message: str) -> None:
+    """An ephemeral follow-up (only after the response was sent or edited once)."""
+    await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_MENTIONS)

@@ -19,7 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 import interpreter
-from cogs._access import admit_run, is_bot_admin
+from cogs._access import admit_run, is_bot_admin, precheck_run, tell_privately
 from cogs._format import NO_MENTIONS, code_block, extract_code, has_code_block, render_result, split_list
 from cogs._queue import RunRefused
 from cogs.session import session_header, session_id_for
@@ -85,7 +85,7 @@ class RunCog(commands.Cog, name="Run"):
             timeout = min(timeout, self.settings.max_run_timeout)
         if not code or not code.strip():
             # Refuse before the member types code into a box that cannot run; nothing is counted yet.
-            if await admit_run(interaction, count=False) is None:
+            if not await precheck_run(interaction):
                 return
             await interaction.response.send_modal(
                 RunModal(self, interaction.user.id, file_ids, package_names, timeout))
@@ -128,18 +128,19 @@ class RunCog(commands.Cog, name="Run"):
         if len(request.code) > 100_000:
             await interaction.response.send_message("That code is too long to run (100,000 characters at most).", ephemeral=True)
             return
-        admission = await admit_run(interaction)
-        if admission is None:
+        if not await precheck_run(interaction):  # no database before the acknowledgement
             return
         try:
             ticket = self.bot.scheduler.submit(interaction.user.id)
         except RunRefused as refusal:
-            admission.cancel()  # never queued: it does not count against the hourly limit
             await interaction.response.send_message(f"⏳ {refusal}", ephemeral=True)
             return
 
         async with ticket:
             await interaction.response.defer(thinking=True)
+            admission = await admit_run(interaction)  # the hourly limit may read the run history
+            if admission is None:
+                return
             if not ticket.started:
                 await interaction.edit_original_response(
                     content=f"⏳ Queued: your run is number {ticket.position} in line. It starts as soon as a slot is free.",
@@ -169,6 +170,8 @@ class RunCog(commands.Cog, name="Run"):
         view = ResultView(self, request, interaction)
         await interaction.edit_original_response(
             content=rendered.content, attachments=rendered.files, view=view, allowed_mentions=NO_MENTIONS)
+        if admission.note:
+            await tell_privately(interaction, f"ℹ️ {admission.note}")
 
 
 def upload_limit(interaction: discord.Interaction) -> int:

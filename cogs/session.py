@@ -21,7 +21,7 @@ from discord import app_commands
 from discord.ext import commands, tasks
 
 import interpreter
-from cogs._access import admit_run, is_bot_admin
+from cogs._access import is_bot_admin, precheck_run
 from cogs._format import NO_MENTIONS
 from interpreter import EndReason, SessionInfo, SessionState
 
@@ -144,7 +144,7 @@ class SessionCog(commands.Cog, name="Session"):
 
     @session.command(name="start", description="Start a session: /run here keeps your variables between runs")
     async def start(self, interaction: discord.Interaction) -> None:
-        if await admit_run(interaction, count=False) is None:  # same rules as running code; nothing counted
+        if not await precheck_run(interaction):  # same rules as running code; nothing counted
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         session_id = session_id_for(interaction)
@@ -174,7 +174,7 @@ class SessionCog(commands.Cog, name="Session"):
 
     @session.command(name="reset", description="Start your session over: variables and work files are cleared")
     async def reset(self, interaction: discord.Interaction) -> None:
-        if await admit_run(interaction, count=False) is None:
+        if not await precheck_run(interaction):
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         executor = await interpreter.get_executor()

@@ -19,10 +19,18 @@ database is down. The count is the larger of the two. What this can miss: right
 after a restart (or across processes) runs that are queued but not yet recorded,
 so a member may go over by at most their queue depth (RUN_QUEUE_PER_MEMBER + 1).
 Refused requests (bad file id, package refused) do not count: they never ran.
+
+When the run history cannot be read (the database is down, or does not answer within
+STORE_CHECK_SECONDS), the limit is NOT a reason to stop runs that need no database:
+it counts this process's memory window alone, and the Admission carries a note for
+the member saying so (`UNCOUNTED_NOTE`). While the audit knows the database is down,
+the history is not even asked for, so no member waits for it. `check(use_store=False)`
+never touches the store (for answers that must come before Discord's 3 s deadline).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import enum
@@ -36,6 +44,9 @@ from interpreter.store import StoreUnavailable
 log = logging.getLogger(__name__)
 
 RATE_WINDOW = timedelta(hours=1)
+STORE_CHECK_SECONDS = 2.0
+UNCOUNTED_NOTE = ("The run history can't be read right now, so your hourly run limit only counts "
+                  "the runs since the bot last started.")
 _PRUNE_ALL_ABOVE = 1000  # members remembered before stale windows of absent members are dropped
 
 
@@ -76,12 +87,16 @@ class Denial:
 
 
 class Admission:
-    """A run counted against the member's hourly limit. `cancel()` it if the run never starts."""
+    """A run counted against the member's hourly limit. `cancel()` it if the run never starts.
 
-    def __init__(self, access: "RunAccess | None" = None, member_id: int = 0, at: datetime | None = None) -> None:
+    `note`: something the member should know about how the run was admitted (UNCOUNTED_NOTE)."""
+
+    def __init__(self, access: "RunAccess | None" = None, member_id: int = 0, at: datetime | None = None,
+                 note: str | None = None) -> None:
         self._access = access
         self._member_id = member_id
         self._at = at
+        self.note = note
 
     def cancel(self) -> None:
         access, self._access = self._access, None
@@ -108,11 +123,13 @@ class RunAccess:
             return Denial(DenialReason.CHANNEL, allowed_channel_ids=tuple(allowed))
         return None
 
-    async def check(self, context: RunContext) -> Denial | None:
-        """Every rule, without counting a run (e.g. before showing a code box)."""
+    async def check(self, context: RunContext, *, use_store: bool = True) -> Denial | None:
+        """Every rule, without counting a run (e.g. before showing a code box). Without
+        `use_store` the hourly limit counts this process's memory window only (no I/O)."""
         denial = self.check_identity(context)
         if denial is None and self.settings.runs_per_member_per_hour:
-            denial = await self._rate_denial(context.member_id, self.audit.now(), reserved=False)
+            denial, _ = await self._rate_denial(context.member_id, self.audit.now(), reserved=False,
+                                                use_store=use_store)
         return denial
 
     async def admit(self, context: RunContext) -> Admission | Denial:
@@ -129,11 +146,11 @@ class RunAccess:
         # Reserve before asking the store, so a second request of the same member that
         # arrives meanwhile already sees this one.
         self._admitted.setdefault(context.member_id, collections.deque()).append(now)
-        denial = await self._rate_denial(context.member_id, now, reserved=True)
+        denial, counted = await self._rate_denial(context.member_id, now, reserved=True)
         if denial is not None:
             self._forget(context.member_id, now)
             return denial
-        return Admission(self, context.member_id, now)
+        return Admission(self, context.member_id, now, note=None if counted else UNCOUNTED_NOTE)
 
     # --- the hourly limit
 
@@ -159,16 +176,27 @@ class RunAccess:
         if not window:
             del self._admitted[member_id]
 
-    async def _rate_denial(self, member_id: int, now: datetime, *, reserved: bool) -> Denial | None:
-        limit = self.settings.runs_per_member_per_hour
-        since = now - RATE_WINDOW
+    async def _recorded_start_times(self, member_id: int, since: datetime) -> list[datetime] | None:
+        """The member's runs in the audit since `since`; None when they cannot be read now."""
+        if self.audit.store_known_down():
+            return None
         try:
-            recorded = await self.audit.start_times(member_id, since)
-        except StoreUnavailable:
-            recorded = []  # the store logged the outage; the memory window still counts
+            async with asyncio.timeout(STORE_CHECK_SECONDS):
+                return await self.audit.start_times(member_id, since)
+        except (StoreUnavailable, TimeoutError):
+            return None  # the store logged the outage (a slow answer is one too, for a member waiting)
         except Exception:  # noqa: BLE001 - a broken audit must not stop every run
             log.exception("run limit: could not read the run audit; counting this process's runs only")
-            recorded = []
+            return None
+
+    async def _rate_denial(self, member_id: int, now: datetime, *, reserved: bool,
+                           use_store: bool = True) -> tuple[Denial | None, bool]:
+        """(the denial or None, whether the run history in the store was counted)."""
+        limit = self.settings.runs_per_member_per_hour
+        since = now - RATE_WINDOW
+        recorded = await self._recorded_start_times(member_id, since) if use_store else None
+        counted = recorded is not None
+        recorded = recorded or []
         remembered = self._remembered(member_id, now)
         if reserved:
             remembered.remove(now)  # count what came before this request
@@ -176,7 +204,7 @@ class RunAccess:
         if len(remembered) > len(earlier):
             earlier = remembered
         if len(earlier) < limit:
-            return None
+            return None, counted
         # The next run is allowed once enough earlier runs have left the window.
         retry_at = earlier[len(earlier) - limit] + RATE_WINDOW
-        return Denial(DenialReason.RATE, limit=limit, retry_at=retry_at)
+        return Denial(DenialReason.RATE, limit=limit, retry_at=retry_at), counted

@@ -6,9 +6,16 @@ produced) and carries the SHA-256 of the code, never the code: admins can see th
 member ran the same snippet 200 times, or match a snippet someone reports, without
 the bot keeping members' code. Records expire like files (FILE_EXPIRY_HOURS).
 
-Recording never fails a run: when the database is down the run's result still goes
-back, and the audit logs one line when it starts losing records and one when it can
-record again (with how many were lost), not a line per run.
+Recording never fails or delays a run: records are written in the background, one
+after another in run order, by a single writer. When the database is down (or a write
+takes longer than WRITE_TIMEOUT_SECONDS) the writer moves every waiting record to a
+local spool file (interpreter/audit_spool.py) and stops trying for
+OUTAGE_RETRY_SECONDS; records of runs meanwhile go straight to the spool. The spool is
+replayed, in order, as soon as a write succeeds again. Memory is bounded: at most
+MAX_PENDING records wait in memory, beyond that (or when the spool cannot be written)
+records are dropped and counted, and /status shows all three numbers. The audit logs
+one line when an outage starts and one when it ends, not a line per run. Shutdown waits
+at most SHUTDOWN_WAIT_SECONDS for the writer, then spools what is left.
 
 Times come from `clock` (default: UTC now), so tests move time without sleeping.
 """
@@ -16,12 +23,16 @@ Times come from `clock` (default: UTC now), so tests move time without sleeping.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from interpreter.audit_spool import AuditSpool
 from interpreter.clock import expiry_after, store_time, utc_now
 from interpreter.store import RUN_REFUSED, FileStore, RunRecord, StoreUnavailable
 
@@ -33,7 +44,11 @@ STATUS_WINDOW = timedelta(hours=24)  # the span /status counts failure causes ov
 STATUS_RECENT_RUNS = 5
 MAX_LISTED_ITEMS = 50  # packages or files kept per record: an audit, not a copy of the request
 MAX_ITEM_CHARS = 200
-
+MAX_PENDING = 1_000  # records waiting in memory for the writer
+WRITE_TIMEOUT_SECONDS = 10.0  # one insert longer than this counts as an outage
+OUTAGE_RETRY_SECONDS = 30.0  # after a failed write, records go to the spool this long before the next try
+READ_WAIT_SECONDS = 2.0  # readers wait this long at most for waiting records to be written
+SHUTDOWN_WAIT_SECONDS = 3.0
 
 
 def code_sha256(code: Any) -> str:
@@ -89,16 +104,29 @@ class RunAudit:
         self.settings = settings
         self.store = store
         self.clock = clock or utc_now
-        self._lost = 0  # records not written during the current outage
-        # The newest write started by record_later(); each write waits for the one before
-        # it, so when this one is done, all are.
-        self._last_write: asyncio.Task | None = None
+        self._pending: collections.deque[RunRecord] = collections.deque()
+        self._writer: asyncio.Task | None = None
+        self._retry_at = 0.0  # time.monotonic(); until then the database is taken to be down
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._in_outage = False
+        self._spool: AuditSpool | None = None
+        self.dropped = 0  # records lost for good (memory bound, spool bound, spool unwritable)
 
     def now(self) -> datetime:
         return store_time(self.clock)
 
     def _expiry(self, start: datetime) -> datetime | None:
         return expiry_after(start, self.settings.file_expiry_hours)
+
+    @property
+    def spool(self) -> AuditSpool:
+        if self._spool is None:
+            self._spool = AuditSpool(self.settings.data_dir / f"audit-spool-{self.store.namespace}.jsonl")
+        return self._spool
+
+    def store_known_down(self) -> bool:
+        """True while the last write failed and its retry is not due: asking the store now would only wait."""
+        return time.monotonic() < self._retry_at
 
     # --- writing
 
@@ -117,59 +145,129 @@ class RunAudit:
 
     def record_later(self, record: RunRecord) -> None:
         """Store one run in the background, so a slow or unreachable database never
-        delays the member's result. Readers below wait for these writes first."""
-        self._last_write = asyncio.get_running_loop().create_task(self._record_after(self._last_write, record))
+        delays the member's result. Readers below wait (a little) for these writes first."""
+        if len(self._pending) >= MAX_PENDING:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("run audit: %d records waiting; dropping new ones (%d so far)", MAX_PENDING, self.dropped)
+            return
+        self._pending.append(record)
+        self._wake()
 
-    async def _record_after(self, previous: asyncio.Task | None, record: RunRecord) -> None:
-        # Writes go one after another, in run order: records that start in the same
-        # millisecond still list newest first, and an outage loses them in order too.
-        if previous is not None and not previous.done():
-            await asyncio.wait([previous])
-        await self.record(record)
+    def _wake(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
 
-    async def flush(self) -> None:
-        """Wait until every record started with record_later() is written (or lost)."""
-        while self._last_write is not None and not self._last_write.done():
-            await asyncio.wait([self._last_write])  # a write started meanwhile is the new last one
+    async def _drain(self) -> None:
+        """The single writer: the spool first (it holds older runs), then waiting records, in order."""
+        while self._pending or await self._spooled():
+            if self.store_known_down():
+                await self._spool_pending()
+                return
+            if await self._spooled():
+                written = await self._replay()
+            else:
+                written = await self._write(self._pending[0])
+                if written:
+                    self._pending.popleft()
+            if not written:
+                self._retry_at = time.monotonic() + OUTAGE_RETRY_SECONDS
+                self._retry_timer = asyncio.get_running_loop().call_later(OUTAGE_RETRY_SECONDS, self._wake)
+                await self._spool_pending()
+                return
+
+    async def _spooled(self) -> int:
+        spool = self.spool
+        return spool.count if spool.count_known else await asyncio.to_thread(lambda: spool.count)
+
+    async def _spool_pending(self) -> None:
+        records = list(self._pending)
+        self._pending.clear()
+        if records:
+            _kept, dropped = await asyncio.to_thread(self.spool.append, records)
+            self.dropped += dropped
+
+    async def _replay(self) -> bool:
+        records, unreadable = await asyncio.to_thread(self.spool.read)
+        self.dropped += unreadable
+        for index, record in enumerate(records):
+            if not await self._write(record):
+                await asyncio.to_thread(self.spool.replace, records[index:])
+                return False
+        await asyncio.to_thread(self.spool.replace, [])
+        return True
+
+    async def _write(self, record: RunRecord) -> bool:
+        """One insert, bounded. Never raises: a failure is logged once per outage."""
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
+                await self.store.insert_run(record)
+        except Exception as exc:  # noqa: BLE001 - an audit problem must never become a run failure
+            if not self._in_outage:
+                self._in_outage = True
+                reason = ("database unavailable" if isinstance(exc, (StoreUnavailable, TimeoutError))
+                          else type(exc).__name__)
+                log.warning("run audit: could not record runs (%s); keeping them on disk until it is back",
+                            reason, exc_info=not isinstance(exc, (StoreUnavailable, TimeoutError)))
+            return False
+        if self._in_outage:
+            self._in_outage = False
+            log.warning("run audit: recording again; writing the runs kept on disk meanwhile")
+        return True
 
     async def record(self, record: RunRecord) -> bool:
-        """Store one run. Never raises: a lost record is logged, the run is not affected."""
-        try:
-            await self.store.insert_run(record)
-        except Exception as exc:  # noqa: BLE001 - an audit problem must never become a run failure
-            self._lost += 1
-            if self._lost == 1:
-                reason = "database unavailable" if isinstance(exc, StoreUnavailable) else type(exc).__name__
-                log.warning("run audit: could not record runs (%s); runs go on unrecorded until it is back",
-                            reason, exc_info=not isinstance(exc, StoreUnavailable))
-            return False
-        if self._lost:
-            log.warning("run audit: recording again; %d runs were not recorded", self._lost)
-            self._lost = 0
+        """Store one run now. Never raises: False when it could not be written."""
+        return await self._write(record)
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the writer is idle: every waiting record written or spooled. False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._writer is not None and not self._writer.done():
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = await asyncio.wait([self._writer], timeout=remaining)
+            if not done:
+                return False
         return True
+
+    async def close(self) -> None:
+        """Shutdown: a bounded wait for the writer, then what is still waiting goes to the spool."""
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        if not await self.flush(SHUTDOWN_WAIT_SECONDS) and self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        await self._spool_pending()
+
+    def backlog(self) -> dict[str, int]:
+        """Records not in the database yet, for /status."""
+        return {"waiting": len(self._pending), "on_disk": self._spool.count if self._spool else 0,
+                "dropped": self.dropped}
 
     # --- reading (these raise StoreUnavailable when the database is down)
 
     async def recent(self, limit: int = 10, user_id: int | None = None, guild_id: int | None = None) -> list[dict]:
         """Unexpired runs, newest first: everyone's, or one member's, or those asked for in one guild."""
-        await self.flush()  # what was just run counts
+        await self.flush(READ_WAIT_SECONDS)  # what was just run counts
         limit = max(1, min(int(limit), 100))
         records = await self.store.recent_runs(self.now(), limit, user_id, guild_id)
         return [public_run(record) for record in records]
 
     async def start_times(self, user_id: int, since: datetime) -> list[datetime]:
-        """Start times of the member's runs that reached the sandbox, from `since` on, oldest first."""
-        await self.flush()  # what was just run counts
+        """Start times of the member's runs that reached the sandbox, from `since` on, oldest first.
+
+        No wait for waiting records: the run limit counts them in its own memory window."""
         return await self.store.run_start_times(user_id, since, self.now())
 
     async def cause_counts(self, window: timedelta = STATUS_WINDOW) -> dict[str, int]:
-        await self.flush()  # what was just run counts
+        await self.flush(READ_WAIT_SECONDS)  # what was just run counts
         now = self.now()
         return await self.store.run_cause_counts(now - window, now)
 
     async def purge_expired(self) -> int:
         """Delete expired records (the hourly sweep; MongoDB's TTL does it too, lazily). Never raises."""
-        await self.flush()  # what was just run counts
+        self._wake()  # also a chance to replay the spool
+        await self.flush(READ_WAIT_SECONDS)
         try:
             removed = await self.store.delete_expired_runs(self.now())
         except StoreUnavailable:
@@ -187,7 +285,9 @@ class RunAudit:
             recent = await self.recent(STATUS_RECENT_RUNS)
             counts = await self.cause_counts()
         except StoreUnavailable as exc:
-            return {"recent_runs": None, "failure_causes": None, "runs_last_24h": None, "run_audit_error": str(exc)}
+            return {"recent_runs": None, "failure_causes": None, "runs_last_24h": None, "run_audit_error": str(exc),
+                    "run_audit_backlog": self.backlog()}
         failures = {cause: count for cause, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
                     if cause != "ok"}
-        return {"recent_runs": recent, "failure_causes": failures, "runs_last_24h": sum(counts.values())}
+        return {"recent_runs": recent, "failure_causes": failures, "runs_last_24h": sum(counts.values()),
+                "run_audit_backlog": self.backlog()}

@@ -214,7 +214,7 @@ class Engine:
     async def close(self) -> None:
         """Shutdown: end every session and stop the warm pool, leaving no sandbox process."""
         await self.executor.close()
-        await self.audit.flush()
+        await self.audit.close()
 
     def run_limits(self) -> dict:
         """The abuse limits in force, for status."""

@@ -267,18 +267,21 @@ async def test_sqlite_outage_loses_records_not_runs(engine, tmp_path, caplog):
     assert (first["success"], first["output"]) == (True, "during\n")
     assert second["success"] is False and "ZeroDivisionError" in second["error"]
     assert audit_lines(caplog) == [
-        "run audit: could not record runs (database unavailable); runs go on unrecorded until it is back"]
+        "run audit: could not record runs (database unavailable); keeping them on disk until it is back"]
     status = await interpreter.get_interpreter_status()  # status still answers
     assert status["recent_runs"] is None and "unavailable" in status["run_audit_error"]
 
     path.rmdir()
     shutil.move(moved, path)
     caplog.clear()
+    engine.audit._retry_at = 0  # the retry is due (instead of waiting OUTAGE_RETRY_SECONDS)
     with caplog.at_level(logging.INFO):
         await interpreter.execute_code("print('after')", USER)
         await engine.audit.flush()
-    assert audit_lines(caplog) == ["run audit: recording again; 2 runs were not recorded"]
-    assert len(await engine.recent_runs(user_id=USER)) == 2  # before and after
+    assert audit_lines(caplog) == ["run audit: recording again; writing the runs kept on disk meanwhile"]
+    runs = await engine.recent_runs(user_id=USER)
+    assert [run["exit_cause"] for run in runs] == ["ok", "exception", "ok", "ok"]  # nothing lost, in order
+    assert engine.audit.backlog() == {"waiting": 0, "on_disk": 0, "dropped": 0}
 
 
 async def test_mongo_outage_loses_records_not_runs(sandbox_settings, tmp_path, caplog):
@@ -297,8 +300,9 @@ async def test_mongo_outage_loses_records_not_runs(sandbox_settings, tmp_path, c
         assert len(audit_lines(caplog)) == 1
         assert "mongodb://" not in caplog.text
         server.start()
+        engine.audit._retry_at = 0  # the retry is due
         assert (await engine.execute("print(3)", USER))["success"]
-        assert len(await engine.recent_runs(user_id=USER)) == 2
+        assert len(await engine.recent_runs(user_id=USER)) == 3  # the one run during the outage was kept
     finally:
         await engine.store.close()
         server.stop()
@@ -313,7 +317,7 @@ async def test_unexpected_audit_errors_never_reach_the_member(engine, monkeypatc
         result = await interpreter.execute_code("print('fine')", USER)
         await engine.audit.flush()
     assert result["output"] == "fine\n" and "bug in the audit" not in str(result)
-    assert audit_lines(caplog) == ["run audit: could not record runs (RuntimeError); runs go on unrecorded until it is back"]
+    assert audit_lines(caplog) == ["run audit: could not record runs (RuntimeError); keeping them on disk until it is back"]
 
 
 async def test_a_slow_audit_database_never_delays_the_result(engine, monkeypatch):

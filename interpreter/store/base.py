@@ -164,6 +164,24 @@ class FileStore(abc.ABC):
     async def delete_expired_runs(self, now: datetime) -> int:
         """Delete audit records expired at `now`; returns how many went."""
 
+    # --- counters: limits that must hold across processes (e.g. /ask's daily budget)
+
+    @abc.abstractmethod
+    async def count_up_to(self, key: str, limit: int, now: datetime, expires_at: datetime) -> int | None:
+        """Atomically add one to counter `key` unless it already reached `limit`.
+
+        Returns the new count, or None (nothing changed) when the limit was reached. A
+        missing counter, or one expired at `now`, starts from 0 and expires at `expires_at`. Safe when many processes call at once.
+        """
+
+    @abc.abstractmethod
+    async def count_down(self, key: str, now: datetime) -> None:
+        """Take one back from a live counter (never below 0): what was counted did not happen."""
+
+    @abc.abstractmethod
+    async def delete_expired_counters(self, now: datetime) -> int:
+        """Delete counters expired at `now`; returns how many went."""
+
     async def close(self) -> None:
         """Release connections. Stores reconnect by themselves when used again."""
 

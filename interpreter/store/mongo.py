@@ -19,6 +19,10 @@ Collection `run_audit` (one document per run; code hash, never code) has a TTL o
 `expires_at` like `user_files`, a compound (`user_id` 1, `started_at` -1) index for a
 member's recent runs and the hourly run limit, and `started_at` -1 for status.
 
+Collection `counters` holds limits that must hold across processes (/ask's daily
+budget): `{_id: key, value, expires_at}`, counted with one conditional upsert, with a
+TTL on `expires_at`.
+
 Datetimes are stored as BSON dates (UTC). Handles built without tz_aware return naive
 datetimes; they are read back as UTC.
 """
@@ -33,8 +37,8 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
-from pymongo.errors import ConfigurationError, ConnectionFailure, OperationFailure, PyMongoError
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import ConfigurationError, ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
 from interpreter.store.base import RUN_REFUSED, FileRecord, FileStore, RunRecord, StoreUnavailable, Usage, scrub
 
@@ -42,6 +46,7 @@ log = logging.getLogger("interpreter.store")
 
 COLLECTION = "user_files"
 RUN_AUDIT_COLLECTION = "run_audit"
+COUNTERS_COLLECTION = "counters"
 _INDEX_CONFLICT_CODES = {85, 86}  # IndexOptionsConflict, IndexKeySpecsConflict
 _AUTH_FAILURE_CODES = {13, 18}  # Unauthorized, AuthenticationFailed: as good as down for us
 _DEFAULT_SERVER_SELECTION_MS = 5000  # fail a call in seconds, not PyMongo's default 30 s
@@ -137,6 +142,8 @@ class MongoStore(FileStore):
                 if collection_name not in self._indexes_ready:
                     if collection_name == RUN_AUDIT_COLLECTION:
                         await self._ensure_run_audit_indexes(collection)
+                    elif collection_name == COUNTERS_COLLECTION:
+                        await collection.create_index("expires_at", expireAfterSeconds=0)
                     else:
                         await self._ensure_indexes(collection)
                     self._indexes_ready.add(collection_name)
@@ -297,6 +304,39 @@ class MongoStore(FileStore):
         # The TTL monitor removes these too, lazily; the sweep makes expiry prompt everywhere.
         result = await self._call(lambda c: c.delete_many(_expired(now)), RUN_AUDIT_COLLECTION)
         return result.deleted_count
+
+    # --- counters
+
+    async def count_up_to(self, key: str, limit: int, now: datetime, expires_at: datetime) -> int | None:
+        if limit < 1:
+            return None
+        # An expired counter (the TTL monitor is lazy) is reset first; the reset only
+        # matches an expired document, so it cannot undo a concurrent count.
+        await self._call(lambda c: c.update_one({"_id": key, "expires_at": {"$lte": now}},
+                                                {"$set": {"value": 0, "expires_at": expires_at}}), COUNTERS_COLLECTION)
+
+        async def op(collection):
+            # Matches only below the limit; when the document exists at the limit, the
+            # upsert's insert collides on _id: that collision is the "no".
+            try:
+                return await collection.find_one_and_update(
+                    {"_id": key, "value": {"$lt": limit}},
+                    {"$inc": {"value": 1}, "$setOnInsert": {"expires_at": expires_at}},
+                    upsert=True, return_document=ReturnDocument.AFTER)
+            except DuplicateKeyError:
+                return None
+
+        document = await self._call(op, COUNTERS_COLLECTION)
+        return int(document["value"]) if document else None
+
+    async def count_down(self, key: str, now: datetime) -> None:
+        await self._call(lambda c: c.update_one({"_id": key, "value": {"$gt": 0}, "expires_at": {"$gt": now}},
+                                                {"$inc": {"value": -1}}), COUNTERS_COLLECTION)
+
+    async def delete_expired_counters(self, now: datetime) -> int:
+        result = await self._call(lambda c: c.delete_many({"expires_at": {"$lte": now}}), COUNTERS_COLLECTION)
+        return result.deleted_count
+
 
 __all__ = ["MongoStore", "StoreUnavailable"]
 

@@ -55,6 +55,12 @@ CREATE TABLE IF NOT EXISTS run_audit (
 CREATE INDEX IF NOT EXISTS run_audit_user_started ON run_audit (user_id, started_at DESC);
 CREATE INDEX IF NOT EXISTS run_audit_started ON run_audit (started_at DESC);
 CREATE INDEX IF NOT EXISTS run_audit_expiry ON run_audit (expires_at);
+CREATE TABLE IF NOT EXISTS counters (
+    key        TEXT PRIMARY KEY,
+    value      INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS counters_expiry ON counters (expires_at);
 """
 
 _COLUMNS = "file_id, user_id, filename, file_path, file_size, file_type, uploaded_at, expires_at"
@@ -237,4 +243,29 @@ class SQLiteStore(FileStore):
 
     async def delete_expired_runs(self, now: datetime) -> int:
         _, count = await self._run("DELETE FROM run_audit WHERE expires_at <= ?", (_to_epoch(now),))
+        return max(count, 0)
+
+    # --- counters
+
+    async def count_up_to(self, key: str, limit: int, now: datetime, expires_at: datetime) -> int | None:
+        if limit < 1:
+            return None
+        # One statement, so concurrent processes cannot both take the last unit: the
+        # upsert's WHERE decides under SQLite's write lock. An expired row restarts at 1.
+        rows, _ = await self._run(
+            "INSERT INTO counters (key, value, expires_at) VALUES (?, 1, ?) "
+            "ON CONFLICT(key) DO UPDATE SET "
+            "value = CASE WHEN counters.expires_at <= ? THEN 1 ELSE counters.value + 1 END, "
+            "expires_at = CASE WHEN counters.expires_at <= ? THEN excluded.expires_at ELSE counters.expires_at END "
+            "WHERE counters.expires_at <= ? OR counters.value < ? "
+            "RETURNING value",
+            (key, _to_epoch(expires_at), *([_to_epoch(now)] * 3), limit))
+        return int(rows[0][0]) if rows else None
+
+    async def count_down(self, key: str, now: datetime) -> None:
+        await self._run("UPDATE counters SET value = value - 1 WHERE key = ? AND value > 0 AND expires_at > ?",
+                        (key, _to_epoch(now)))
+
+    async def delete_expired_counters(self, now: datetime) -> int:
+        _, count = await self._run("DELETE FROM counters WHERE expires_at <= ?", (_to_epoch(now),))
         return max(count, 0)

@@ -76,6 +76,18 @@ def _text(raw: str) -> str:
 _text.accepts = "any text"  # type: ignore[attr-defined]
 
 
+def _url(raw: str) -> str:
+    value = raw.strip()
+    if value:
+        scheme, _, rest = value.partition("://")
+        if scheme.lower() not in {"http", "https"} or not rest.strip("/"):
+            raise ValueError
+    return value.rstrip("/")
+
+
+_url.accepts = "an http:// or https:// URL, or nothing"  # type: ignore[attr-defined]
+
+
 def _secret(raw: str) -> Secret:
     return Secret(raw.strip())
 
@@ -182,6 +194,14 @@ FIELDS: tuple[Field, ...] = (
     Field("session_idle_minutes", "SESSION_IDLE_MINUTES", "10", _float_range(0.1), "A session with no run for this many minutes is ended."),
     Field("session_max_age_minutes", "SESSION_MAX_AGE_MINUTES", "120", _float_range(1), "A session is ended this many minutes after it started, however busy."),
     Field("session_cpu_seconds", "SESSION_CPU_SECONDS", "900", _int_range(10), "CPU seconds a session's Python may use over its whole life (each run is also bound by its timeout)."),
+    # /ask (a model answers questions by running code; off unless OPENAI_API_KEY or OPENAI_BASE_URL is set)
+    Field("openai_base_url", "OPENAI_BASE_URL", "", _url, "OpenAI-compatible endpoint for /ask, e.g. http://localhost:11434/v1 (Ollama), http://localhost:8000/v1 (vLLM), http://localhost:8080/v1 (llama.cpp). Empty: OpenAI's API."),
+    Field("openai_api_key", "OPENAI_API_KEY", "", _secret, "API key for /ask's endpoint. /ask is off unless this or OPENAI_BASE_URL is set (local servers need no key)."),
+    Field("openai_model", "OPENAI_MODEL", "gpt-4o-mini", _text, "Model /ask uses; it must support tool (function) calling. For a local server, the name it serves (e.g. qwen2.5:7b)."),
+    Field("ask_max_steps", "ASK_MAX_STEPS", "6", _int_range(1, 30), "Model replies per /ask question (each may run code once); on the last one the model must answer with what it has."),
+    Field("ask_questions_per_day", "ASK_QUESTIONS_PER_DAY", "30", _int_range(0, 100_000), "/ask questions (follow-ups included) one member may ask per UTC day, counted in the database so it holds across restarts and processes. 0: unlimited."),
+    Field("ask_timeout_seconds", "ASK_TIMEOUT_SECONDS", "300", _int_range(10, 3600), "Longest one /ask question may take, model replies and runs together."),
+    Field("ask_max_reply_tokens", "ASK_MAX_REPLY_TOKENS", "1500", _int_range(64, 100_000), "Tokens one model reply may use (the code it writes or its answer)."),
     # Sandbox
     Field("sandbox_uid", "SANDBOX_UID", "65534", _int_range(1, 2**32 - 2), "Unprivileged uid that runs execute as when the bot runs as root."),
     Field("sandbox_gid", "SANDBOX_GID", "65534", _int_range(1, 2**32 - 2), "Unprivileged gid that runs execute as when the bot runs as root."),
@@ -242,6 +262,13 @@ class Settings:
     session_idle_minutes: float
     session_max_age_minutes: float
     session_cpu_seconds: int
+    openai_base_url: str
+    openai_api_key: Secret
+    openai_model: str
+    ask_max_steps: int
+    ask_questions_per_day: int
+    ask_timeout_seconds: int
+    ask_max_reply_tokens: int
     sandbox_uid: int
     sandbox_gid: int
     bwrap_path: str

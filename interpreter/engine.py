@@ -8,7 +8,9 @@ view of it whose file metadata lives in the given MongoDB database (the seed's
 Every `run` is recorded in the run audit (interpreter/audit.py) of the engine's
 store; `access` holds the abuse limits front ends check before queueing a run
 (interpreter/access.py). `executor` runs the code: this machine's sandboxes and
-sessions (LocalExecutor), or the execution workers named by EXECUTOR_URLS.
+sessions (LocalExecutor), or the execution workers named by EXECUTOR_URLS. `assistant`
+answers /ask questions with a model that runs code (interpreter/assistant.py), within
+the members' daily `ask_budget` (interpreter/budget.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from typing import Any
 from config import Settings, load_settings
 from interpreter import policy
 from interpreter.access import RunAccess
+from interpreter.assistant import Assistant
 from interpreter.audit import Clock, RunAudit
+from interpreter.budget import DailyBudget
 from interpreter.packages import PackageManager
 from interpreter.executor import ExecutionRequest, Executor, LocalExecutor
 from interpreter.result import RunResult
@@ -72,6 +76,8 @@ class Engine:
         self.files = FileManager(settings, self.store, clock=clock)
         self.audit = RunAudit(settings, self.store, clock=clock)
         self.access = RunAccess(settings, self.audit)
+        self.assistant = Assistant(settings)
+        self.ask_budget = DailyBudget(self.store, "ask", settings.ask_questions_per_day, clock=clock)
         self.clock = clock
         self.started_at = time.time()
         self._db_views: dict[int, Engine] = {}
@@ -208,6 +214,7 @@ class Engine:
         """The hourly sweep: expired files (returns how many), expired run records and sessions."""
         removed = await self.files.cleanup_expired()
         await self.audit.purge_expired()
+        await self.ask_budget.purge_expired()
         await self.executor.sweep_sessions()
         return removed
 
@@ -215,6 +222,7 @@ class Engine:
         """Shutdown: end every session and stop the warm pool, leaving no sandbox process."""
         await self.executor.close()
         await self.audit.close()
+        await self.assistant.close()
 
     def run_limits(self) -> dict:
         """The abuse limits in force, for status."""
@@ -237,6 +245,7 @@ class Engine:
         status.update(await self.audit.summary())
         status["limits"] = self.run_limits()
         status.update({key: executor_status[key] for key in placed_last if key in executor_status})
+        status["ask"] = self.assistant.describe()
         status["uptime_seconds"] = round(time.time() - self.started_at, 1)
         return status
 

@@ -23,7 +23,7 @@ from config import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.run", "cogs.files", "cogs.admin", "cogs.session", "cogs.help")
+EXTENSIONS = ("cogs.run", "cogs.files", "cogs.admin", "cogs.session", "cogs.ask", "cogs.help")
 SWEEP_INTERVAL_HOURS = 1.0
 GENERIC_FAILURE = "⚠️ Something went wrong on our side. The error was logged; please try again."
 

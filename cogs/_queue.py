@@ -89,11 +89,14 @@ class RunScheduler:
         self._started_total = 0
         self._refused_total = 0
 
-    def submit(self, member_id: int) -> Ticket:
-        """Queue a request for `member_id` or raise RunRefused with a member-facing reason."""
+    def submit(self, member_id: int, *, cooldown: bool = True) -> Ticket:
+        """Queue a request for `member_id` or raise RunRefused with a member-facing reason.
+
+        `cooldown=False`: a later run of a request already admitted (an /ask question's
+        second run), which the cooldown between requests does not apply to."""
         now = self._clock()
         last = self._last_submit.get(member_id)
-        if last is not None and self.cooldown_seconds > 0 and now - last < self.cooldown_seconds:
+        if cooldown and last is not None and self.cooldown_seconds > 0 and now - last < self.cooldown_seconds:
             wait = self.cooldown_seconds - (now - last)
             self._refused_total += 1
             raise RunRefused(f"Slow down a little: you can start another run in {wait:.0f} s." if wait >= 1

@@ -77,8 +77,10 @@ def too_large_message(filename: str, size: int, settings: Settings) -> str:
             f"{settings.max_file_size_mb} MB. Try a smaller extract (or compress it as Parquet).")
 
 
-async def store_bytes(user_id: int, data: bytes, filename: str, settings: Settings) -> UploadReply:
-    """Upload `data` for `user_id` and describe the result (with a preview for tables)."""
+async def store_bytes(user_id: int, data: bytes, filename: str, settings: Settings, *,
+                      preview_tables: bool = True) -> UploadReply:
+    """Upload `data` for `user_id` and describe the result (with a preview for tables,
+    unless `preview_tables` is off: /ask describes the file to its model itself)."""
     name = sanitize_filename(filename)
     if len(data) > settings.max_file_size_bytes:
         return UploadReply(False, too_large_message(name, len(data), settings))
@@ -101,7 +103,7 @@ async def store_bytes(user_id: int, data: bytes, filename: str, settings: Settin
     ]
     if stored.get("note"):
         lines.append(f"ℹ️ {inline(str(stored['note']), 300)}")
-    if extension(name) in PREVIEW_EXTENSIONS:
+    if preview_tables and extension(name) in PREVIEW_EXTENSIONS:
         lines.append(await preview(file_id, user_id))
     lines.append(f"Use it: `/run files:{file_id} code:df = load_file('{file_id}')`")
     content = "\n".join(line for line in lines if line)
@@ -154,7 +156,8 @@ def render_preview(info: dict) -> str:
     return f"**Loaded as** {inline(str(info.get('kind')), 40)}"
 
 
-async def store_attachment(user_id: int, attachment: discord.Attachment, settings: Settings) -> UploadReply:
+async def store_attachment(user_id: int, attachment: discord.Attachment, settings: Settings, *,
+                           preview_tables: bool = True) -> UploadReply:
     """Download and store one Discord attachment; refuses too-large files before downloading."""
     if attachment.size and attachment.size > settings.max_file_size_bytes:
         return UploadReply(False, too_large_message(attachment.filename, attachment.size, settings))
@@ -163,4 +166,4 @@ async def store_attachment(user_id: int, attachment: discord.Attachment, setting
     except (discord.HTTPException, OSError):
         log.exception("download of attachment %s failed", attachment.id)
         return UploadReply(False, f"⚠️ I could not download **{display_filename(attachment.filename)}** from Discord. Please try again.")
-    return await store_bytes(user_id, data, attachment.filename, settings)
+    return await store_bytes(user_id, data, attachment.filename, settings, preview_tables=preview_tables)

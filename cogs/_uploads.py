@@ -1,7 +1,7 @@
 """Storing a Discord attachment as a member's file, and previewing tables safely.
 
 The preview (shape, columns with dtypes, first rows) is computed by a small snippet
-that runs *in the sandbox* through `execute_code`: the bot process never parses a
+(interpreter/preview.py) that runs *in the sandbox* through `run_code`: the bot process never parses a
 member's file with pandas, so a zip-bomb workbook or a pathological CSV can only
 exhaust a sandbox, not the bot.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 from typing import Any
 
@@ -20,35 +19,14 @@ import interpreter
 from cogs._format import code_block, display_filename, human_size, inline
 from config import Settings
 from interpreter.filetypes import extension, sanitize_filename
+from interpreter.preview import TABLE_EXTENSIONS, parse_previews, preview_code
 
 log = logging.getLogger(__name__)
 
 # Dropped in chat, these are uploaded automatically (the issue's list).
 AUTO_UPLOAD_EXTENSIONS = frozenset({"csv", "tsv", "xlsx", "json", "parquet"})
-# These get a table preview.
-PREVIEW_EXTENSIONS = frozenset({"csv", "tsv", "xlsx", "xls", "json", "jsonl", "ndjson", "parquet", "feather"})
+PREVIEW_EXTENSIONS = TABLE_EXTENSIONS  # these get a table preview
 PREVIEW_TIMEOUT_SECONDS = 30
-_PREVIEW_MARKER = "__dci_preview__"
-
-_PREVIEW_SNIPPET = """
-import json as _json
-_obj = load_file({file_id!r})
-_out = {{"kind": type(_obj).__name__}}
-try:
-    import pandas as _pd
-    if isinstance(_obj, _pd.Series):
-        _obj = _obj.to_frame()
-    if isinstance(_obj, _pd.DataFrame):
-        _out["rows"], _out["cols"] = int(_obj.shape[0]), int(_obj.shape[1])
-        _out["columns"] = [[str(c)[:40], str(t)] for c, t in list(_obj.dtypes.items())[:25]]
-        with _pd.option_context("display.width", 120, "display.max_columns", 8, "display.max_colwidth", 18):
-            _out["head"] = _obj.head(5).to_string()[:1500]
-    elif hasattr(_obj, "__len__"):
-        _out["length"] = len(_obj)
-except Exception as _exc:
-    _out["note"] = type(_exc).__name__
-print({marker!r} + _json.dumps(_out))
-"""
 
 
 @dataclasses.dataclass
@@ -111,30 +89,18 @@ async def store_bytes(user_id: int, data: bytes, filename: str, settings: Settin
 
 
 async def preview(file_id: str, user_id: int) -> str:
-    """Shape, columns with dtypes and first rows, computed in the sandbox."""
-    code = _PREVIEW_SNIPPET.format(file_id=file_id, marker=_PREVIEW_MARKER)
+    """Shape, columns with dtypes and first rows, computed in the sandbox (interpreter/preview.py)."""
     try:
-        result = await interpreter.run_code(code, user_id=user_id, user_files=[file_id],
+        result = await interpreter.run_code(preview_code([file_id]), user_id=user_id, user_files=[file_id],
                                             timeout=PREVIEW_TIMEOUT_SECONDS)
     except Exception:  # the preview is a courtesy: never let it fail the upload
         log.exception("preview of %s failed", file_id)
         return "*(no preview: the interpreter had a problem; the file is stored)*"
-    info = _parse_preview(result.output)
-    if not result.success or info is None:
-        reason = (result.error or "could not read the file").strip().splitlines()
+    info = parse_previews(result.output).get(file_id)
+    if not result.success or info is None or info.get("note"):
+        reason = str((info or {}).get("note") or result.error or "could not read the file").strip().splitlines()
         return f"*(no preview: {inline(reason[-1] if reason else 'unknown error', 200)})*"
     return render_preview(info)
-
-
-def _parse_preview(output: str) -> dict | None:
-    for line in reversed(output.splitlines()):
-        if line.startswith(_PREVIEW_MARKER):
-            try:
-                info = json.loads(line[len(_PREVIEW_MARKER):])
-            except ValueError:
-                return None
-            return info if isinstance(info, dict) else None
-    return None
 
 
 def render_preview(info: dict) -> str:

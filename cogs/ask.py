@@ -18,7 +18,7 @@ import dataclasses
 import io
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -53,6 +53,7 @@ from interpreter.assistant import (
     sandbox_facts,
     system_prompt,
 )
+from interpreter.budget import Allowance
 from interpreter.filetypes import extension, sanitize_filename
 from interpreter.preview import TABLE_EXTENSIONS, parse_previews, preview_code, shape_text
 from interpreter.store import StoreUnavailable
@@ -168,13 +169,13 @@ class AskCog(commands.Cog, name="Ask"):
 
     async def _admitted(self, interaction: discord.Interaction) -> bool:
         """The /run rules (denied members/roles, run channels, hourly limit), without counting a run."""
-        outcome = await (await interpreter.get_engine()).access.check(run_context(interaction))
+        outcome = await interpreter.check_run(run_context(interaction))
         if isinstance(outcome, Denial):
             await interaction.response.send_message(denial_message(outcome), ephemeral=True, allowed_mentions=NO_MENTIONS)
             return False
         return True
 
-    async def _take_question(self, interaction: discord.Interaction) -> Any:
+    async def _take_question(self, interaction: discord.Interaction) -> Allowance | None:
         budget = (await interpreter.get_engine()).ask_budget
         try:
             allowance = await budget.take(interaction.user.id)
@@ -204,33 +205,40 @@ class AskCog(commands.Cog, name="Ask"):
 
     # --- one question
 
-    async def answer(self, interaction: discord.Interaction, thread: Thread, question: str, allowance: Any) -> None:
+    async def answer(self, interaction: discord.Interaction, thread: Thread, question: str, allowance: Allowance) -> None:
+        """Answer one question of `thread` in the deferred reply of `interaction`."""
         engine = await interpreter.get_engine()
         asked = f"❓ {inline(question, 300)}"
         editor = ProgressEditor(interaction, asked)
-        async with thread.lock:
-            await editor.show("🤔 Looking at your files…", force=True)
-            in_reach = await self._files_in_reach(thread)
-            runner = QueuedRunner(self.bot, interaction, thread, in_reach, editor)
-            try:
-                files = await self._describe_files(in_reach, runner)
-                facts = sandbox_facts(self.settings, engine.packages.approved, stateful=thread.conversation.session_id is not None)
-                reply = await engine.assistant.ask(thread.conversation, question, system=system_prompt(facts, files),
-                                                   run_code=runner.run, progress=editor.on_progress)
-            except RunNotStarted as refusal:  # the file preview could not start (queue, cooldown)
-                reply = Answer(AskOutcome.RUN_REFUSED, detail=str(refusal))
-            except Exception:
-                log.exception("/ask failed for member %s", interaction.user.id)
-                await engine.ask_budget.give_back(allowance)
-                await interaction.edit_original_response(
-                    content=f"{asked}\n⚠️ Something went wrong on our side. The error was logged; please try again.",
-                    allowed_mentions=NO_MENTIONS)
-                return
-        if reply.outcome in NOT_CHARGED and reply.steps <= 1 or (reply.outcome is AskOutcome.RUN_REFUSED and not reply.steps):
-            await engine.ask_budget.give_back(allowance)  # nothing was done for this question
-        content, files = await self._render(interaction, thread, asked, reply)
-        view = AskView(self, thread, reply, interaction)
-        await interaction.edit_original_response(content=content, attachments=files, view=view, allowed_mentions=NO_MENTIONS)
+        try:
+            async with thread.lock:
+                reply = await self._ask_model(thread, question, editor, interaction)
+            if reply.outcome in NOT_CHARGED and reply.steps <= 1 or (reply.outcome is AskOutcome.RUN_REFUSED and not reply.steps):
+                await engine.ask_budget.give_back(allowance)  # nothing was done for this question
+            content, files = await self._render(interaction, thread, asked, reply)
+            await interaction.edit_original_response(content=content, attachments=files,
+                                                     view=AskView(self, thread, reply, interaction),
+                                                     allowed_mentions=NO_MENTIONS)
+        except Exception:
+            log.exception("/ask failed for member %s", interaction.user.id)
+            await engine.ask_budget.give_back(allowance)
+            await interaction.edit_original_response(
+                content=f"{asked}\n⚠️ Something went wrong on our side. The error was logged; please try again.",
+                allowed_mentions=NO_MENTIONS)
+
+    async def _ask_model(self, thread: Thread, question: str, editor: ProgressEditor,
+                         interaction: discord.Interaction) -> Answer:
+        engine = await interpreter.get_engine()
+        await editor.show("🤔 Looking at your files…", force=True)
+        in_reach = await self._files_in_reach(thread)
+        runner = QueuedRunner(self.bot, interaction, thread, in_reach, editor)
+        try:
+            files = await self._describe_files(in_reach, runner)
+        except RunNotStarted as refusal:  # the look at the files could not start (queue, cooldown)
+            return Answer(AskOutcome.RUN_REFUSED, detail=str(refusal))
+        facts = sandbox_facts(self.settings, engine.packages.approved, stateful=thread.conversation.session_id is not None)
+        return await engine.assistant.ask(thread.conversation, question, system=system_prompt(facts, files),
+                                          run_code=runner.run, progress=editor.on_progress)
 
     async def follow_up(self, interaction: discord.Interaction, thread: Thread, question: str) -> None:
         if not (await interpreter.get_engine()).assistant.enabled:
@@ -265,7 +273,7 @@ class AskCog(commands.Cog, name="Ask"):
         shapes: dict[str, str] = {}
         if tables:
             result = await runner.run(preview_code(tables[:FILES_PREVIEWED]), (), preview=True)
-            shapes = {file_id: shape_text(info) for file_id, info in parse_previews(_field(result, "output") or "").items()}
+            shapes = {file_id: shape_text(info) for file_id, info in parse_previews(result.output).items()}
         return [MemberFile(file_id=str(m["file_id"]), filename=sanitize_filename(str(m.get("filename") or "file")),
                            file_type=str(m.get("file_type") or "file"), size=int(m.get("file_size") or 0),
                            shape=shapes.get(str(m["file_id"]), "")) for m in in_reach]
@@ -291,8 +299,8 @@ class AskCog(commands.Cog, name="Ask"):
             footer.append(f"🐍 {len(reply.runs)} run{'s' if len(reply.runs) != 1 else ''}"
                           + (f" ({failed} failed and fixed)" if failed and reply.outcome is AskOutcome.ANSWERED else ""))
         if thread.conversation.session_id:
-            info = await interpreter.get_session(thread.conversation.session_id)
-            if info:
+            info = await (await interpreter.get_executor()).get_session(thread.conversation.session_id)
+            if info is not None:
                 footer.append(f"🧠 session: {session_summary(info)}")
         files, not_attached = attach_generated(reply.files, upload_limit(interaction))
         if not_attached:
@@ -307,10 +315,6 @@ class AskCog(commands.Cog, name="Ask"):
         lines.append(body)
         lines.extend(footer)
         return "\n".join(lines)[:MESSAGE_LIMIT], files
-
-
-def _field(result: Any, name: str) -> Any:
-    return result.get(name) if isinstance(result, dict) else getattr(result, name, None)
 
 
 def attach_generated(generated: list, limit: int) -> tuple[list[discord.File], list[str]]:
@@ -351,13 +355,13 @@ class QueuedRunner:
         self.editor = editor
         self.submitted = False
 
-    async def run(self, code: str, packages: tuple[str, ...], *, preview: bool = False) -> Any:
+    async def run(self, code: str, packages: tuple[str, ...], *, preview: bool = False) -> interpreter.RunResult:
         """One of the model's runs; with `preview`, the look at the member's files before the
         model starts (not counted against the hourly limit, one-shot: it leaves nothing in
         the session)."""
         admission = None
         if not preview:
-            outcome = await (await interpreter.get_engine()).access.admit(run_context(self.interaction))
+            outcome = await interpreter.admit_run(run_context(self.interaction))
             if isinstance(outcome, Denial):
                 raise RunNotStarted(denial_message(outcome))
             admission = outcome
@@ -372,7 +376,7 @@ class QueuedRunner:
             if not ticket.started:
                 await self.editor.show(f"⏳ Queued: number {ticket.position} in line…", force=True)
                 await ticket.wait_until_started()
-            return await interpreter.execute_code(
+            return await interpreter.run_code(
                 code, user_id=self.interaction.user.id, user_files=self.file_ids or None,
                 install_packages=list(packages) or None, timeout=PREVIEW_TIMEOUT_SECONDS if preview else None,
                 session_id=None if preview else self.thread.conversation.session_id,

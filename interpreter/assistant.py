@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from interpreter.result import RunResult
 from interpreter.types import GeneratedFile
 
 log = logging.getLogger(__name__)
@@ -102,28 +103,15 @@ class CodeRun:
     exit_cause: str = ""
 
     @classmethod
-    def from_result(cls, step: int, code: str, result: Any) -> "CodeRun":
-        """From a run's result: a RunResult, or the seed's result dict (what execute_code returns)."""
-        def field(name: str) -> Any:
-            return result.get(name) if isinstance(result, dict) else getattr(result, name, None)
-
-        files = []
-        for item in field("generated_files") or ():
-            if isinstance(item, GeneratedFile):
-                files.append(item)
-            elif isinstance(item, dict) and isinstance(item.get("data"), (bytes, bytearray)):
-                data = bytes(item["data"])
-                files.append(GeneratedFile(filename=str(item.get("filename") or "file"), type=str(item.get("type") or "file"),
-                                           data=data, size=int(item.get("size") or len(data))))
-        cause = field("exit_cause")
-        return cls(step=step, code=code, success=bool(field("success")), output=str(field("output") or ""),
-                   error=str(field("error") or ""), files=tuple(files),
-                   exit_cause=str(getattr(cause, "value", cause) or ""))
+    def from_result(cls, step: int, code: str, result: "RunResult") -> "CodeRun":
+        cause = "refused" if result.exit_cause is None else result.exit_cause.value
+        return cls(step=step, code=code, success=result.success, output=result.output, error=result.error,
+                   files=tuple(result.generated_files), exit_cause=cause)
 
 
-RunCode = Callable[[str, tuple[str, ...]], Awaitable[Any]]
-"""Runs (code, packages) for the member the way /run does; returns the run's result (a
-RunResult or the seed's dict) or raises RunNotStarted."""
+RunCode = Callable[[str, tuple[str, ...]], Awaitable[RunResult]]
+"""Runs (code, packages) for the member the way /run does; returns the run's result or
+raises RunNotStarted."""
 
 
 class Stage(enum.Enum):

@@ -107,6 +107,7 @@ _MAGIC = (
 )
 _OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # old Office files (xls, doc, ppt)
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+_CENTRAL_DIRECTORY_SIGNATURE = b"PK\x01\x02"
 
 # Archive limits: Python's zipfile stops a member at its declared size, so checking the
 # declared sizes bounds what openpyxl/pandas will inflate later.
@@ -179,13 +180,17 @@ def inspect_zip(data: bytes) -> str:
     import io
     import zipfile
 
+    # zipfile builds an object per central-directory entry before we could count them (1M
+    # entries in a 44 MB upload: seconds of CPU and +300 MB). Every entry it reads starts with
+    # the central-directory signature, so counting signatures first (one pass in C, no
+    # allocation) bounds its work by ARCHIVE_MAX_MEMBERS whatever the archive claims.
+    if data.count(_CENTRAL_DIRECTORY_SIGNATURE) > ARCHIVE_MAX_MEMBERS:
+        raise UnsupportedContent(f"the archive holds more than {ARCHIVE_MAX_MEMBERS:,} entries")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError):
         raise UnsupportedContent("it is a damaged zip archive") from None
-    if len(members) > ARCHIVE_MAX_MEMBERS:
-        raise UnsupportedContent(f"the archive holds {len(members):,} entries (at most {ARCHIVE_MAX_MEMBERS:,})")
     expanded = sum(member.file_size for member in members)
     if expanded > ARCHIVE_MAX_EXPANDED_BYTES:
         raise UnsupportedContent(f"the archive would expand to {expanded / 2**20:,.0f} MB "

@@ -8,6 +8,12 @@ runs folded) and common import names map to their distribution (`sklearn`).
 
 The approved list is the seed's, by category, plus everyday helpers; the admin can
 replace it (APPROVED_PACKAGES) or extend it (EXTRA_APPROVED_PACKAGES).
+
+Versions are the operator's policy, never a member's: an entry of the approved list may
+carry a specifier (`pandas>=2.2`, `numpy<3`; one name listed twice means both), and that
+is all pip is ever given for the package. A member's specifier is only a check that the
+version the server provides suits them (`seaborn>=0.13`): it never picks, pins, upgrades
+or downgrades what the venv every member imports holds.
 """
 
 from __future__ import annotations
@@ -56,13 +62,19 @@ class PackageRequest:
     """A validated request: `name` is the canonical distribution name."""
 
     name: str
-    specifier: SpecifierSet
+    specifier: SpecifierSet  # the member's: checked against what is installed, never given to pip
     category: str
+    policy: SpecifierSet = SpecifierSet()  # the operator's, from the approved list
 
     @property
     def requirement(self) -> str:
-        """What pip is given (and what the result reports), e.g. `seaborn>=0.13`."""
+        """The request as the result reports it, e.g. `seaborn>=0.13`."""
         return f"{self.name}{self.specifier}"
+
+    @property
+    def install_requirement(self) -> str:
+        """What pip is given: the name and the operator's specifier only."""
+        return f"{self.name}{self.policy}"
 
 
 def _shown(text: str) -> str:
@@ -100,9 +112,13 @@ class ApprovedPackages:
 
     def __init__(self, categories: Mapping[str, Iterable[str]] | None = None) -> None:
         self._category_of: dict[str, str] = {}
-        for category, names in (categories if categories is not None else DEFAULT_APPROVED).items():
-            for name in names:
-                self._category_of.setdefault(canonicalize_name(name), category)
+        self._policy: dict[str, SpecifierSet] = {}
+        for category, entries in (categories if categories is not None else DEFAULT_APPROVED).items():
+            for entry in entries:
+                name, specifier = split_request(entry)  # an operator's entry: a name, maybe a version policy
+                canonical = canonicalize_name(name)
+                self._category_of.setdefault(canonical, category)
+                self._policy[canonical] = self._policy.get(canonical, SpecifierSet()) & specifier
 
     @classmethod
     def from_settings(cls, settings) -> "ApprovedPackages":
@@ -113,7 +129,10 @@ class ApprovedPackages:
         )
         if extra:
             categories["admin approved extras"] = extra
-        return cls(categories)
+        try:
+            return cls(categories)
+        except PackageRequestError as exc:
+            raise ValueError(f"APPROVED_PACKAGES / EXTRA_APPROVED_PACKAGES: {exc}") from None
 
     def __len__(self) -> int:
         return len(self._category_of)
@@ -126,6 +145,14 @@ class ApprovedPackages:
         for name, category in self._category_of.items():
             grouped.setdefault(category, []).append(name)
         return {category: sorted(names) for category, names in grouped.items()}
+
+    def policy(self, name: str) -> SpecifierSet:
+        """The operator's version specifier for an approved name (empty: newest that installs)."""
+        return self._policy.get(canonicalize_name(name), SpecifierSet())
+
+    def policy_fingerprint(self) -> list[str]:
+        """The version policy in force, as recorded with a venv: a change means a rebuild."""
+        return sorted(f"{name}{spec}" for name, spec in self._policy.items() if str(spec))
 
     def resolve_name(self, name: str) -> str | None:
         """The approved canonical name for `name` (an alias counts), else None."""
@@ -143,7 +170,8 @@ class ApprovedPackages:
         approved = self.resolve_name(name)
         if approved is None:
             raise PackageRequestError(f"Package '{name}' is not in the approved list")
-        return PackageRequest(name=approved, specifier=specifier, category=self._category_of[approved])
+        return PackageRequest(name=approved, specifier=specifier, category=self._category_of[approved],
+                              policy=self.policy(approved))
 
     def check(self, request: str) -> tuple[bool, str]:
         """The seed's `(is_approved, reason)` answer."""

@@ -31,7 +31,7 @@ def add_admin_commands(subparsers: argparse._SubParsersAction) -> None:
     listing.set_defaults(func=_sync(_packages_list))
 
     install = actions.add_parser("install", help="install approved packages into the sandbox venv (wheels only)")
-    install.add_argument("names", nargs="+", metavar="NAME", help="e.g. sympy 'seaborn>=0.13'")
+    install.add_argument("names", nargs="+", metavar="NAME", help="e.g. sympy; versions come from APPROVED_PACKAGES (a specifier here only checks)")
     install.set_defaults(func=_sync(_packages_install))
 
     rebuild = actions.add_parser("rebuild", help="build a fresh venv beside the current one and swap it in")

@@ -17,6 +17,14 @@ Why this shape:
   (/usr/bin/python3, not pyenv's under /root) and has no pip in it: members cannot
   install from inside a run. The host's pip installs into it (`pip --python`),
   wheels only, so no package's build code ever runs.
+- The venv is shared by every member, so no member's request may change what the
+  others import. Versions come from the operator's policy (specifiers in the approved
+  list and the base set: interpreter/approved.py), never from a request; a request only
+  adds a package that is missing, and pip runs with every installed distribution pinned
+  as a constraint, so an extra package's dependencies cannot upgrade or downgrade what is
+  there (the install fails instead). The venv remembers the names members added, not
+  versions: a rebuild reinstalls them at the policy's version, and a change of the policy
+  triggers that rebuild.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import shutil
 import signal
 import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
@@ -193,11 +202,14 @@ class PackageManager:
             await asyncio.shield(task)
 
     def _is_stale(self) -> bool:
+        """Too old (VENV_MAX_AGE_DAYS), or built under another version policy than the one in force."""
         max_days = float(getattr(self.settings, "venv_max_age_days", 0) or 0)
         marker = self.marker()
-        if max_days <= 0 or marker is None:
+        if marker is None:
             return False
-        return self._clock() - float(marker.get("created_ts", 0)) > max_days * 86400
+        if list(marker.get("policy", [])) != self.approved.policy_fingerprint():
+            return True
+        return max_days > 0 and self._clock() - float(marker.get("created_ts", 0)) > max_days * 86400
 
     async def _rebuild_logged(self) -> None:
         try:
@@ -208,7 +220,8 @@ class PackageManager:
             log.exception("Sandbox venv rebuild failed; the previous venv stays in use")
 
     async def rebuild(self, *, only_if_stale: bool = False) -> Path:
-        """Build a fresh venv (base set + what members had installed) beside the current one, then swap.
+        """Build a fresh venv (base set + the packages members had added, at the policy's
+        versions) beside the current one, then swap.
 
         Members' installs wait while it builds; runs do not (they use the current venv).
         `only_if_stale`: skip when another process rebuilt it while we waited for the lock.
@@ -218,7 +231,7 @@ class PackageManager:
                 if only_if_stale and not self._is_stale():
                     return self.venv_dir
                 old = self.marker() or {}
-                extra = tuple(old.get("requested", ()))
+                extra = self._still_approved(old.get("requested", ()))
                 new_dir = await self._build_generation(
                     self.base_packages, extra=extra, generation=int(old.get("generation", 0)) + 1
                 )
@@ -244,7 +257,7 @@ class PackageManager:
             os.chmod(venv, 0o755)
             python = venv / "bin" / "python"
             if base:
-                result = await self._run_pip(python, list(base))
+                result = await self._run_pip(python, list(base), constraints=self._constraints(venv))
                 if result.returncode != 0:
                     raise VenvError(f"Installing the sandbox base set failed: {_pip_summary(result, venv)}")
             kept_extra = await self._install_extras(python, venv, extra)
@@ -259,6 +272,7 @@ class PackageManager:
                 "base_packages": list(base),
                 "requested": kept_extra,
                 "installed": installed,
+                "policy": self.approved.policy_fingerprint(),
             })
         except BaseException:
             shutil.rmtree(venv, ignore_errors=True)
@@ -268,19 +282,41 @@ class PackageManager:
         return venv
 
     async def _install_extras(self, python: Path, venv: Path, extra: Sequence[str]) -> list[str]:
-        """Reinstall members' earlier requests into a new venv; one that no longer installs is dropped."""
+        """Reinstall the packages members added (names) into a new venv, at the policy's versions and
+        without moving the base set; one that no longer installs is dropped."""
         if not extra:
             return []
-        if (await self._run_pip(python, list(extra))).returncode == 0:
+        constraints = self._constraints(venv)  # the base set as just installed, pinned
+        requirements = {name: f"{name}{self.approved.policy(name)}" for name in extra}
+        if (await self._run_pip(python, list(requirements.values()), constraints=constraints)).returncode == 0:
             return list(extra)
         kept = []
-        for requirement in extra:
-            result = await self._run_pip(python, [requirement])
+        for name, requirement in requirements.items():
+            result = await self._run_pip(python, [requirement], constraints=constraints)
             if result.returncode == 0:
-                kept.append(requirement)
+                kept.append(name)
             else:
                 log.warning("Rebuild dropped %s: %s", requirement, _pip_summary(result, venv))
         return kept
+
+    def _still_approved(self, requested: Iterable[str]) -> tuple[str, ...]:
+        """Names of members' earlier additions that are still approved (a venv built before
+        versions became policy may have recorded `numpy==1.21`: only the name is kept)."""
+        names: dict[str, None] = {}
+        for requirement in requested:
+            name = _requirement_name(str(requirement))
+            if name in self.approved:
+                names[name] = None
+            else:
+                log.info("Rebuild leaves out %s: no longer approved", name)
+        return tuple(names)
+
+    def _constraints(self, venv: Path) -> list[str]:
+        """pip constraints for an install into `venv`: every installed distribution pinned at its
+        version (nothing installed moves), and the operator's policy for the rest."""
+        installed = self.installed_distributions(venv)
+        pins = [f"{name}=={version}" for name, version in sorted(installed.items())]
+        return pins + [entry for entry in self.approved.policy_fingerprint() if _requirement_name(entry) not in installed]
 
     def _base_python(self) -> str:
         configured = getattr(self.settings, "sandbox_base_python", "") or ""
@@ -403,63 +439,81 @@ class PackageManager:
             reason = "The sandbox environment is not ready; an admin can see why in the bot's log"
             report.failed.extend({"package": r.requirement, "reason": reason} for r in requests)
             return report
-        if not await asyncio.to_thread(self._missing, requests):
-            report.installed = [r.requirement for r in requests]
+        installed = await asyncio.to_thread(self.installed_distributions)
+        if all(request.name in installed for request in requests):
+            self._report(requests, installed, newly=set(), failed={}, report=report)
             return report
         async with self._lock:
             async with self._file_lock():
                 await self._install_locked(requests, report)
         return report
 
-    def _missing(self, requests: Sequence[PackageRequest]) -> list[PackageRequest]:
-        installed = self.installed_distributions()
-        missing = []
-        for request in requests:
-            version = installed.get(request.name)
-            if version is None or not _satisfies(version, request):
-                missing.append(request)
-        return missing
-
     async def _install_locked(self, requests: list[PackageRequest], report: InstallReport) -> None:
-        missing = await asyncio.to_thread(self._missing, requests)  # again: another caller may have installed them while we waited
+        """Add the missing packages at the policy's versions; nothing installed may move. Lock held."""
         venv = self.venv_dir
-        failed: dict[str, str] = {}
+        # Again: another caller may have installed them while we waited for the lock.
+        installed = await asyncio.to_thread(self.installed_distributions, venv)
+        missing = list({r.name: r for r in requests if r.name not in installed}.values())
+        failed: dict[str, str] = {}  # by name
         if missing:
-            result = await self._run_pip(self.python_path, [r.requirement for r in missing])
+            constraints = await asyncio.to_thread(self._constraints, venv)
+            result = await self._run_pip(self.python_path, [r.install_requirement for r in missing], constraints=constraints)
             if result.returncode != 0 and len(missing) > 1:
                 # Find out which one failed, so the member gets a reason per package.
                 for request in missing:
-                    single = await self._run_pip(self.python_path, [request.requirement])
+                    single = await self._run_pip(self.python_path, [request.install_requirement], constraints=constraints)
                     if single.returncode != 0:
-                        failed[request.requirement] = _pip_reason(request, single, venv)
+                        failed[request.name] = _pip_reason(request, single, venv)
             elif result.returncode != 0:
-                failed[missing[0].requirement] = _pip_reason(missing[0], result, venv)
-            await asyncio.to_thread(self._record_install, venv, [r.requirement for r in missing if r.requirement not in failed])
-        for request in requests:
-            if request.requirement in failed:
-                report.failed.append({"package": request.requirement, "reason": failed[request.requirement]})
-            else:
-                report.installed.append(request.requirement)
-                if request in missing:
-                    report.newly_installed.append(request.requirement)
+                failed[missing[0].name] = _pip_reason(missing[0], result, venv)
+            installed = await asyncio.to_thread(
+                self._record_install, venv, [r.name for r in missing if r.name not in failed])
+        self._report(requests, installed, newly={r.name for r in missing}, failed=failed, report=report)
 
-    def _record_install(self, venv: Path, requirements: list[str]) -> None:
-        """Remember members' requests (a rebuild reinstalls them) and bump the generation."""
+    @staticmethod
+    def _report(requests: list[PackageRequest], installed: dict[str, str], *, newly: set[str],
+                failed: dict[str, str], report: InstallReport) -> None:
+        """Each request is available, or failed with a reason: pip's, or a version the member
+        asked for that the server's policy does not provide (the member's specifier only checks)."""
+        for request in requests:
+            version = installed.get(request.name)
+            reason = failed.get(request.name)
+            if reason is None and version is None:
+                reason = f"Package '{request.requirement}' could not be installed"
+            elif reason is None and not _satisfies(version, request):
+                reason = (f"Package '{request.requirement}' is not available: this server provides "
+                          f"{request.name} {version}. Versions are chosen by the server's admin for everyone; "
+                          f"ask for '{request.name}' to use it")
+            if reason is not None:
+                report.failed.append({"package": request.requirement, "reason": reason})
+                continue
+            report.installed.append(request.requirement)
+            if request.name in newly:
+                report.newly_installed.append(request.requirement)
+
+    def _record_install(self, venv: Path, names: list[str]) -> dict[str, str]:
+        """Remember the names members added (a rebuild reinstalls them at the policy's version),
+        bump the generation, and return what is installed now."""
         self._make_world_readable(venv)
+        installed = self.installed_distributions(venv)
         marker = self.marker(venv)
-        if marker is None:
-            return
-        replaced = {_requirement_name(r) for r in requirements}
-        requested = [r for r in marker.get("requested", []) if _requirement_name(r) not in replaced]
-        marker["requested"] = requested + requirements
-        marker["installed"] = self.installed_distributions(venv)
+        if marker is None or not names:
+            return installed
+        requested = list(self._still_approved([*marker.get("requested", []), *names]))
+        marker["requested"] = requested
+        marker["installed"] = installed
         marker["generation"] = int(marker.get("generation", 0)) + 1
         self._write_marker(venv, marker)
+        return installed
 
     # ------------------------------------------------------------------ subprocesses
 
-    async def _run_pip(self, python: Path, requirements: list[str]) -> PipResult:
-        """The one place pip runs: host pip targeting the venv, wheels only, with a timeout."""
+    async def _run_pip(self, python: Path, requirements: list[str], *, constraints: Sequence[str] = ()) -> PipResult:
+        """The one place pip runs: host pip targeting the venv, wheels only, with a timeout.
+
+        `constraints`: requirement lines pip must respect for anything it installs (pins of
+        what is installed, the operator's version policy), passed as a constraints file.
+        """
         self.pip_calls += 1
         command = [sys.executable, "-m", "pip", "--python", str(python), "install",
                    "--only-binary=:all:", "--no-input", "--disable-pip-version-check",
@@ -470,11 +524,15 @@ class PackageManager:
             command += ["--find-links", find_links]
         if index_url:
             command += ["--index-url", index_url]
-        command += ["--", *requirements]
         env = {key: os.environ[key] for key in os.environ if key in _PIP_ENV_KEYS or key.startswith("PIP_")}
         timeout = float(getattr(self.settings, "install_timeout", 300))
         log.info("pip install %s", " ".join(requirements))
-        return await _run(command, timeout=timeout, env=env)
+        # The constraints file lives beside the generations (never inside a venv a run can see).
+        with tempfile.NamedTemporaryFile("w", dir=self.root, prefix=".constraints-", suffix=".txt") as listed:
+            listed.write("".join(f"{line}\n" for line in constraints))
+            listed.flush()
+            command += ["--constraint", listed.name, "--", *requirements]
+            return await _run(command, timeout=timeout, env=env)
 
     async def _run_checked(self, command: list[str], what: str, env: dict | None = None) -> None:
         timeout = float(getattr(self.settings, "install_timeout", 300))
@@ -505,6 +563,7 @@ class PackageManager:
             "installed_versions": dict(sorted(installed.items())),
             "base_packages": list(self.base_packages),
             "requested_packages": list(marker.get("requested", [])) if marker else [],
+            "version_policy": self.approved.policy_fingerprint(),
             "venv_age_hours": age_hours,
             "venv_max_age_days": getattr(self.settings, "venv_max_age_days", None),
             "venv_size_mb": round(await asyncio.to_thread(_tree_size, self.venv_dir) / (1024 * 1024), 1) if marker else 0.0,

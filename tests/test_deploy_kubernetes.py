@@ -28,6 +28,8 @@ OVERLAYS = ("overlays/privileged", "overlays/queue-depth-autoscaling")
 # Oldest Kubernetes the base is written for (appArmorProfile, hostUsers), and the newest schemas we have.
 SCHEMA_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 SECRET_ENVS = {field.env for field in FIELDS if field.secret}
+# A pod without these in the Secret must not start; the rest (e.g. OPENAI_API_KEY) are optional.
+REQUIRED_SECRETS = {"DISCORD_TOKEN", "MONGODB_URI", "EXECUTOR_TOKEN"}
 # What the sandbox host needs and docs/deploy.md explains, capability by capability.
 EXECUTOR_CAPABILITIES = {"SETUID", "SETGID", "KILL"}
 
@@ -137,8 +139,8 @@ def test_executor_runs_the_service_with_at_least_two_replicas_and_an_hpa_floor_o
 def test_queue_depth_overlay_scales_on_the_workers_queue_gauge():
     hpa = one(render("overlays/queue-depth-autoscaling"), "HorizontalPodAutoscaler", "code-interpreter-executor")
     pods_metrics = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
-    assert [m["metric"]["name"] for m in pods_metrics] == ["executor_queue_depth"]
-    assert "executor_queue_depth" in (REPO / "docs" / "deploy.md").read_text()
+    assert [m["metric"]["name"] for m in pods_metrics] == ["interpreter_queue_depth"]
+    assert "interpreter_queue_depth" in (REPO / "docs" / "deploy.md").read_text()
 
 
 def test_every_container_has_requests_and_limits():
@@ -303,11 +305,13 @@ def test_secrets_come_only_from_the_secret_and_workers_get_only_their_token():
             for name, entry in env_of(c).items():
                 if name in SECRET_ENVS or "TOKEN" in name:
                     assert "value" not in entry, f"{name} as a literal"
-                    assert entry["valueFrom"]["secretKeyRef"] == {"name": "code-interpreter-secrets", "key": name}
+                    reference = dict(entry["valueFrom"]["secretKeyRef"])
+                    assert reference.pop("optional", False) is (name not in REQUIRED_SECRETS), name
+                    assert reference == {"name": "code-interpreter-secrets", "key": name}
     worker_env = env_of(container(executor(docs), "executor"))
     assert "EXECUTOR_TOKEN" in worker_env
     assert not {"DISCORD_TOKEN", "MONGODB_URI"} & set(worker_env), "workers hold no secret but their token"
-    assert {"DISCORD_TOKEN", "MONGODB_URI", "EXECUTOR_TOKEN"} <= set(env_of(container(bot(docs), "bot")))
+    assert SECRET_ENVS <= set(env_of(container(bot(docs), "bot"))), "every secret setting reaches the bot"
 
 
 def test_mongodb_is_external():

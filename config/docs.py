@@ -56,12 +56,14 @@ def render_kubernetes_settings(dockerfile: str) -> str:
         "# Change a value in an overlay (configMapGenerator with behavior: merge); see docs/deploy.md.",
         "# Secrets (" + ", ".join(f.env for f in FIELDS if f.secret) + ") live in the Secret;",
         "# role-specific settings (" + ", ".join(sorted(ROLE_SETTINGS)) + ") in each workload's env.",
+        "# What each setting does: README.md, 'Configuration' (not repeated here, so rewording a",
+        "# setting's help does not make this file stale).",
         "",
     ]
     for field in FIELDS:
         if field.secret or field.env in ROLE_SETTINGS:
             continue
-        lines += [f"# {field.help}", f"{field.env}={image.get(field.env, field.default)}"]
+        lines.append(f"{field.env}={image.get(field.env, field.default)}")
     return "\n".join(lines) + "\n"
 
 

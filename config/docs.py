@@ -22,8 +22,9 @@ DOCKERFILE = REPO / "Dockerfile"
 
 # Settings that differ by role, so each workload sets them in its own `env:` (which wins
 # over the ConfigMap) instead of the shared ConfigMap: the bot's EXECUTOR_URLS on a worker
-# would make the worker forward runs to itself; shard settings mean nothing to a worker.
-ROLE_SETTINGS = frozenset({"SHARD_COUNT", "SHARD_IDS", "SHARDS_PER_POD",
+# would make the worker forward runs to itself; shard settings mean nothing to a worker;
+# MAX_CONCURRENT_RUNS is one worker's sandbox slots, but for a bot process all workers' together.
+ROLE_SETTINGS = frozenset({"SHARD_COUNT", "SHARD_IDS", "SHARDS_PER_POD", "MAX_CONCURRENT_RUNS",
                            "EXECUTOR_URLS", "EXECUTOR_HOST", "EXECUTOR_PORT"})
 
 

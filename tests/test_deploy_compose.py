@@ -105,3 +105,10 @@ def test_the_bot_runs_unprivileged_and_read_only(model):
     assert "privileged" not in bot and "cap_add" not in bot
     executor = model["services"]["executor"]
     assert executor["cap_drop"] == ["ALL"] and "privileged" not in executor
+
+
+def test_the_bot_admits_runs_for_several_workers(model):
+    """A scaled-out deployment is not capped by the bot's own queue at one worker's slots."""
+    worker_slots = int(model["services"]["executor"]["environment"].get("MAX_CONCURRENT_RUNS")
+                       or load_settings({}, dotenv=False).max_concurrent_runs)
+    assert int(model["services"]["bot"]["environment"]["MAX_CONCURRENT_RUNS"]) >= 3 * worker_slots

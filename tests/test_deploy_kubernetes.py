@@ -163,6 +163,18 @@ def test_executor_memory_covers_its_concurrent_runs_and_warm_sandboxes():
     assert container(executor(), "executor")["resources"]["requests"] == {**limits, "ephemeral-storage": "2Gi"}
 
 
+def test_the_bot_never_holds_back_capacity_the_workers_have():
+    """MAX_CONCURRENT_RUNS is a worker's slots (one per CPU), but the bot's queue admits for all
+    workers together: with the shared value, two bot-side slots would cap ten workers."""
+    docs = render()
+    worker = load_settings(effective_environment(container(executor(docs), "executor")), dotenv=False)
+    bot_settings = load_settings(effective_environment(container(bot(docs), "bot")), dotenv=False)
+    cpus = quantity(container(executor(docs), "executor")["resources"]["limits"]["cpu"])
+    assert worker.max_concurrent_runs <= cpus
+    hpa = one(docs, "HorizontalPodAutoscaler", "code-interpreter-executor")
+    assert bot_settings.max_concurrent_runs >= hpa["spec"]["maxReplicas"] * worker.max_concurrent_runs
+
+
 def test_executor_probes_are_readyz_and_healthz_on_the_served_port():
     c = container(executor(), "executor")
     port = next(p for p in c["ports"] if p["name"] == "http")

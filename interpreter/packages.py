@@ -22,7 +22,9 @@ Why this shape:
   list and the base set: interpreter/approved.py), never from a request; a request only
   adds a package that is missing, and pip runs with every installed distribution pinned
   as a constraint, so an extra package's dependencies cannot upgrade or downgrade what is
-  there (the install fails instead). The venv remembers the names members added, not
+  there (the install fails instead). pip installs into a staging prefix beside the
+  generations; what it staged moves into the venv only if it runs no code at interpreter
+  start, overwrites no installed file and shadows no installed module. The venv remembers the names members added, not
   versions: a rebuild reinstalls them at the policy's version, and a change of the policy
   triggers that rebuild.
 """
@@ -260,7 +262,7 @@ class PackageManager:
                 result = await self._run_pip(python, list(base), constraints=self._constraints(venv))
                 if result.returncode != 0:
                     raise VenvError(f"Installing the sandbox base set failed: {_pip_summary(result, venv)}")
-            kept_extra = await self._install_extras(python, venv, extra)
+            kept_extra = await self._install_extras(venv, extra)
             await self._build_font_cache(python, venv)
             self._make_world_readable(venv)
             installed = self.installed_distributions(venv)
@@ -281,22 +283,22 @@ class PackageManager:
         log.info("Sandbox venv ready in %.0f s: %d packages", time.monotonic() - started, len(installed))
         return venv
 
-    async def _install_extras(self, python: Path, venv: Path, extra: Sequence[str]) -> list[str]:
+    async def _install_extras(self, venv: Path, extra: Sequence[str]) -> list[str]:
         """Reinstall the packages members added (names) into a new venv, at the policy's versions and
         without moving the base set; one that no longer installs is dropped."""
         if not extra:
             return []
-        constraints = self._constraints(venv)  # the base set as just installed, pinned
         requirements = {name: f"{name}{self.approved.policy(name)}" for name in extra}
-        if (await self._run_pip(python, list(requirements.values()), constraints=constraints)).returncode == 0:
+        result, intrusion = await self._add_checked(venv, list(requirements.values()))
+        if result.returncode == 0 and not intrusion:
             return list(extra)
         kept = []
         for name, requirement in requirements.items():
-            result = await self._run_pip(python, [requirement], constraints=constraints)
-            if result.returncode == 0:
+            single, why = await self._add_checked(venv, [requirement])
+            if single.returncode == 0 and not why:
                 kept.append(name)
             else:
-                log.warning("Rebuild dropped %s: %s", requirement, _pip_summary(result, venv))
+                log.warning("Rebuild dropped %s: %s", requirement, why or _pip_summary(single, venv))
         return kept
 
     def _still_approved(self, requested: Iterable[str]) -> tuple[str, ...]:
@@ -456,19 +458,57 @@ class PackageManager:
         missing = list({r.name: r for r in requests if r.name not in installed}.values())
         failed: dict[str, str] = {}  # by name
         if missing:
-            constraints = await asyncio.to_thread(self._constraints, venv)
-            result = await self._run_pip(self.python_path, [r.install_requirement for r in missing], constraints=constraints)
-            if result.returncode != 0 and len(missing) > 1:
+            result, intrusion = await self._add_checked(venv, [r.install_requirement for r in missing])
+            if (result.returncode != 0 or intrusion) and len(missing) > 1:
                 # Find out which one failed, so the member gets a reason per package.
                 for request in missing:
-                    single = await self._run_pip(self.python_path, [request.install_requirement], constraints=constraints)
-                    if single.returncode != 0:
-                        failed[request.name] = _pip_reason(request, single, venv)
-            elif result.returncode != 0:
-                failed[missing[0].name] = _pip_reason(missing[0], result, venv)
+                    single, why = await self._add_checked(venv, [request.install_requirement])
+                    if single.returncode != 0 or why:
+                        failed[request.name] = _refusal(request, single, why, venv)
+            elif result.returncode != 0 or intrusion:
+                failed[missing[0].name] = _refusal(missing[0], result, intrusion, venv)
             installed = await asyncio.to_thread(
                 self._record_install, venv, [r.name for r in missing if r.name not in failed])
         self._report(requests, installed, newly={r.name for r in missing}, failed=failed, report=report)
+
+    async def _add_checked(self, venv: Path, requirements: list[str]) -> tuple[PipResult, str | None]:
+        """Install `requirements` into `venv` with every installed distribution pinned, by way of a
+        staging prefix: pip installs there (it still sees what the venv holds, so only the new
+        distributions land), they are checked, and only what changes nothing other members
+        import is moved into the venv. Returns pip's result and why it was refused (or None)."""
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".staging-"))
+        try:
+            constraints = await asyncio.to_thread(self._constraints, venv)
+            result = await self._run_pip(venv / "bin" / "python", requirements, constraints=constraints, prefix=staging)
+            if result.returncode != 0:
+                return result, None
+            intrusion = await asyncio.to_thread(self._intrusion, venv, staging)
+            if intrusion:
+                log.warning("Refused an install into the shared venv: %s", intrusion)
+                return result, intrusion
+            await self._move_staged(staging, venv)
+            return result, None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+
+    def _intrusion(self, venv: Path, staging: Path) -> str | None:
+        """Why the distributions staged in `staging` would change what other members import, or None."""
+        staged_site = self.site_packages(staging)
+        staged = _files_by_distribution(staged_site)
+        if not staged:
+            return None
+        return _intrusion(staged_site[0], staged, _files_by_distribution(self.site_packages(venv)))
+
+    async def _move_staged(self, staging: Path, venv: Path) -> None:
+        """Move what pip staged into the venv (same layout: lib/pythonX.Y/site-packages, bin), then
+        byte-compile it there (pip ran with --no-compile: its .pyc would name the staging path)."""
+        moved = await asyncio.to_thread(_merge_tree, staging, venv)
+        sources = [str(path) for path in moved if path.suffix == ".py" and "site-packages" in path.parts]
+        if sources:
+            result = await _run([str(venv / "bin" / "python"), "-m", "compileall", "-q", *sources],
+                                timeout=float(getattr(self.settings, "install_timeout", 300)), env={"PATH": os.defpath})
+            if result.returncode != 0:  # pip ignores sources that do not compile too; imports still work
+                log.info("byte-compiling an install left some files uncompiled: %s", result.output[-300:])
 
     @staticmethod
     def _report(requests: list[PackageRequest], installed: dict[str, str], *, newly: set[str],
@@ -508,16 +548,20 @@ class PackageManager:
 
     # ------------------------------------------------------------------ subprocesses
 
-    async def _run_pip(self, python: Path, requirements: list[str], *, constraints: Sequence[str] = ()) -> PipResult:
+    async def _run_pip(self, python: Path, requirements: list[str], *, constraints: Sequence[str] = (),
+                       prefix: Path | None = None) -> PipResult:
         """The one place pip runs: host pip targeting the venv, wheels only, with a timeout.
 
         `constraints`: requirement lines pip must respect for anything it installs (pins of
         what is installed, the operator's version policy), passed as a constraints file.
+        `prefix`: install there instead of into the venv (what the venv holds still counts as installed).
         """
         self.pip_calls += 1
         command = [sys.executable, "-m", "pip", "--python", str(python), "install",
                    "--only-binary=:all:", "--no-input", "--disable-pip-version-check",
                    "--no-warn-script-location", "--progress-bar", "off"]
+        if prefix is not None:
+            command += ["--prefix", str(prefix), "--no-compile"]
         find_links = getattr(self.settings, "pip_find_links", "") or ""
         index_url = getattr(self.settings, "pip_index_url", "") or ""
         if find_links:
@@ -631,12 +675,91 @@ def _satisfies(version: str, request: PackageRequest) -> bool:
         return False
 
 
+_STARTUP_MODULES = frozenset({"sitecustomize", "usercustomize"})
+
+
+def _top_level_module(path: str) -> str | None:
+    """The importable top-level name a file provides (`pkg/__init__.py` -> pkg, `mod.cpython-311-x86_64-linux-gnu.so`
+    -> mod), or None (namespace directories, metadata, files outside site-packages)."""
+    head, _, rest = path.partition("/")
+    if not rest:
+        stem, dot, suffix = head.partition(".")
+        return stem if dot and (suffix == "py" or suffix.endswith(("so", "pyd"))) else None
+    return head if rest.startswith("__init__.") and "/" not in rest else None
+
+
+def _files_by_distribution(site_packages: Sequence[Path]) -> dict[str, set[str]]:
+    """Canonical name -> the files its RECORD lists, normalised relative to site-packages."""
+    found: dict[str, set[str]] = {}
+    paths = [str(p) for p in site_packages]
+    for dist in metadata.distributions(path=paths) if paths else ():
+        name = dist.metadata["Name"]
+        if name and canonicalize_name(name) not in found:
+            found[canonicalize_name(name)] = {os.path.normpath(str(path)) for path in dist.files or ()}
+    return found
+
+
+def _intrusion(staged_site: Path, staged: dict[str, set[str]], installed: dict[str, set[str]]) -> str | None:
+    """Why new distributions would change what other members import, or None when they only add.
+
+    Pins already stop installed versions from moving; what is left is a new distribution
+    that runs code at every interpreter start (a .pth line starting with `import`, a
+    sitecustomize), overwrites a file of an installed distribution, or provides a
+    top-level module an installed distribution provides (and so shadows it).
+    """
+    owner_of = {path: name for name, files in installed.items() for path in files if not path.endswith(".pyc")}
+    provided = {module: name for name, files in installed.items() for module in map(_top_level_module, files) if module}
+    for name, files in sorted(staged.items()):
+        overwritten = sorted({owner_of[path] for path in files if path in owner_of})
+        if overwritten:
+            return f"{name} would overwrite files of {', '.join(overwritten)}, which everyone imports"
+        for path in sorted(files):
+            module = _top_level_module(path)
+            if module in _STARTUP_MODULES or ("/" not in path and path.endswith(".pth")
+                                              and _pth_runs_code(staged_site / path)):
+                return f"{name} would run code in every member's runs ({path})"
+            if module and module in provided:
+                return f"{name} would replace the module '{module}' of {provided[module]}, which everyone imports"
+    return None
+
+
+def _merge_tree(source: Path, target: Path) -> list[Path]:
+    """Move every file under `source` to the same place under `target` (directories merged);
+    distribution metadata last, so no distribution shows as installed before its files are
+    there. Returns the moved files' new paths."""
+    files = [Path(dirpath) / name for dirpath, _dirs, names in os.walk(source) for name in names]
+    files.sort(key=lambda path: any(part.endswith(".dist-info") for part in path.parts))
+    moved = []
+    for path in files:
+        destination = target / path.relative_to(source)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, destination)
+        moved.append(destination)
+    return moved
+
+
+def _pth_runs_code(path: Path) -> bool:
+    """site.py executes the lines of a .pth file that start with `import`."""
+    try:
+        lines = path.read_text("utf-8", "replace").splitlines()
+    except OSError:
+        return False
+    return any(line.startswith(("import ", "import\t")) for line in lines)
+
+
 def _pip_summary(result: PipResult, venv: Path) -> str:
     if result.returncode is None:
         return "timed out"
     errors = [line for line in result.output.splitlines() if line.startswith("ERROR:")]
     text = (errors[-1] if errors else result.output.strip()[-300:]).removeprefix("ERROR:").strip()
     return text.replace(str(venv), "<venv>")[:300]
+
+
+def _refusal(request: PackageRequest, result: PipResult, intrusion: str | None, venv: Path) -> str:
+    """The member-facing reason an install failed: pip's, or what the package would have changed."""
+    if result.returncode == 0 and intrusion:
+        return f"Package '{request.requirement}' was not added: {intrusion}"
+    return _pip_reason(request, result, venv)
 
 
 def _pip_reason(request: PackageRequest, result: PipResult, venv: Path) -> str:

@@ -26,11 +26,12 @@ import pytest
 from config import load_settings
 from interpreter.packages import MARKER, PackageManager, VenvError
 
-APPROVED_FOR_TESTS = ("tinywheel", "tinysdist", "numpy", "tinydep")
+APPROVED_FOR_TESTS = ("tinywheel", "tinysdist", "numpy", "tinydep", "tinyhook", "tinyshadow")
 
 
-def make_wheel(directory: Path, name: str, version: str, body: str, requires: tuple[str, ...] = ()) -> Path:
-    """A minimal valid pure-Python wheel: one module, dist-info with METADATA, WHEEL and RECORD."""
+def make_wheel(directory: Path, name: str, version: str, body: str, requires: tuple[str, ...] = (),
+               extra_files: dict[str, str] | None = None) -> Path:
+    """A minimal valid pure-Python wheel: one module (and `extra_files`), dist-info with METADATA, WHEEL and RECORD."""
     module = name.replace("-", "_")
     dist_info = f"{module}-{version}.dist-info"
     requires_lines = "".join(f"Requires-Dist: {requirement}\n" for requirement in requires)
@@ -38,6 +39,7 @@ def make_wheel(directory: Path, name: str, version: str, body: str, requires: tu
         f"{module}/__init__.py": body.encode(),
         f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{requires_lines}".encode(),
         f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        **{path: text.encode() for path, text in (extra_files or {}).items()},
     }
     record_lines = []
     for path, data in files.items():
@@ -445,3 +447,49 @@ async def test_status_reports_the_venv(manager: PackageManager) -> None:
     assert status["package_count"] == len(status["installed_packages"]) >= 1
     assert status["approved_package_count"] == len(APPROVED_FOR_TESTS)
     json.dumps(status)  # the admin CLI prints it as JSON
+
+
+@pytest.mark.parametrize("files, reason", [
+    ({"tinyhook.pth": "import os; os.environ['HOOKED'] = 'yes'\n"}, "tinyhook would run code in every member's runs (tinyhook.pth)"),
+    ({"sitecustomize.py": "print('hooked')\n"}, "tinyhook would run code in every member's runs (sitecustomize.py)"),
+    ({"tinywheel.py": "VALUE = 'shadowed'\n"}, "tinyhook would replace the module 'tinywheel' of tinywheel"),
+])
+async def test_an_extra_package_that_hooks_every_run_is_refused(manager: PackageManager, wheelhouse: Path, files, reason) -> None:
+    """Issue 12 item 4: a new package may add modules, not change every run's start or another's module."""
+    await manager.ensure_packages(["tinywheel"])
+    generation = manager.generation
+    site = manager.site_packages()[0]
+    untouched = site.stat().st_mtime_ns
+    make_wheel(wheelhouse, "tinyhook", "1.0", "", extra_files=files)
+    report = await manager.ensure_packages(["tinyhook"])
+    assert site.stat().st_mtime_ns == untouched, "checked before it lands: not even for a moment in the venv"
+    assert report.error_message().startswith(f"Package 'tinyhook' was not added: {reason}"), report.error_message()
+    assert installed_version(manager, "tinyhook") is None
+    assert not any((site / path).exists() for path in files), "every file of the refused package is gone"
+    assert run_in_venv(manager, "import os, tinywheel; print(os.environ.get('HOOKED'), tinywheel.VALUE)") == "None tiny 1.0"
+    assert manager.marker()["requested"] == ["tinywheel"] and manager.generation == generation
+
+
+async def test_an_extra_package_that_overwrites_anothers_files_is_refused(
+        manager: PackageManager, wheelhouse: Path) -> None:
+    await manager.ensure_packages(["tinywheel"])
+    make_wheel(wheelhouse, "tinyshadow", "1.0", "", extra_files={"tinywheel/__init__.py": "VALUE = 'owned'\n"})
+    report = await manager.ensure_packages(["tinyshadow"])
+    assert report.error_message() == (
+        "Package 'tinyshadow' was not added: tinyshadow would overwrite files of tinywheel, which everyone imports")
+    assert installed_version(manager, "tinyshadow") is None
+    assert run_in_venv(manager, "import tinywheel; print(tinywheel.VALUE)") == "tiny 1.0"
+
+
+async def test_installed_modules_are_byte_compiled_at_their_final_path(manager: PackageManager) -> None:
+    """Installs are staged beside the venv; the bytecode (which records its source path and is
+    what runs, since the sandbox cannot write a cache) must name the venv, not the staging dir."""
+    import marshal
+
+    await manager.ensure_packages(["tinywheel"])
+    package = manager.site_packages()[0] / "tinywheel"
+    compiled = list((package / "__pycache__").glob("__init__.*.pyc"))
+    assert compiled, "no bytecode: every run would compile the package again"
+    code = marshal.loads(compiled[0].read_bytes()[16:])
+    assert code.co_filename == str(package / "__init__.py")
+    assert not list(manager.root.glob(".staging-*")) and not list(manager.root.glob(".constraints-*"))

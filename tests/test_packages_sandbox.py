@@ -133,8 +133,9 @@ async def test_execute_code_reports_installs_and_fails_cleanly(offline_settings,
 
 async def test_one_member_cannot_change_what_another_imports(offline_settings, wheelhouse: Path) -> None:  # noqa: F811
     """Issue 12 item 4 through the engine and the real sandbox: member 1 asks for an exact old
-    version, then for an extra package that needs the old version; member 2's runs keep
-    importing the version the server's policy chose, before and after a rebuild."""
+    version, then for an extra package that needs the old version, then for one that would
+    hook every interpreter start; member 2's runs keep importing the version the server's
+    policy chose, unhooked, before and after a rebuild."""
     from interpreter.engine import Engine
 
     make_wheel(wheelhouse, "tinywheel", "2.0", "VALUE = 'tiny 2.0'\n")
@@ -154,8 +155,12 @@ async def test_one_member_cannot_change_what_another_imports(offline_settings, w
     assert by_dependency["success"] is False
     assert "its dependencies conflict with the installed packages" in by_dependency["error"]
 
-    after = await engine.execute(probe, 2)
-    assert after["output"] == "tiny 2.0 2.0\n", after
+    make_wheel(wheelhouse, "tinyhook", "1.0", "", extra_files={"tinyhook.pth": "import os; os.environ['HOOKED'] = '1'\n"})
+    hook = await engine.execute("print('must not run')", 1, install_packages=["tinyhook"])
+    assert "would run code in every member's runs" in hook["error"], hook
+
+    after = await engine.execute(probe + "; import os; print(os.environ.get('HOOKED'))", 2)
+    assert after["output"] == "tiny 2.0 2.0\nNone\n", after
     await packages.rebuild()
     rebuilt = await engine.execute(probe, 2)
     assert rebuilt["output"] == "tiny 2.0 2.0\n", rebuilt

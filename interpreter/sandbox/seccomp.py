@@ -18,8 +18,13 @@ Notes on single rules:
   glibc then falls back to clone(), whose flags (arg 0) are checked for CLONE_NEW*.
   CLONE_NEWTIME shares its bit with the exit-signal byte of clone() and is only
   reachable through clone3/unshare, both denied.
-- io_uring answers ENOSYS (as on kernels built without it), so libraries fall back
-  to ordinary reads and writes.
+- io_uring, Linux AIO, inotify and POSIX message queues answer ENOSYS (as on
+  kernels built without them), so libraries fall back to ordinary reads and writes
+  or polling. They allocate from pools wider than the run: aio-max-nr is host-wide,
+  and inotify instances/watches, message-queue bytes and pipe pages are charged to
+  the host uid (user-namespace "ucounts" are charged at every level up to the
+  host's, so a run's own user namespace does not separate them). Each run also
+  gets its own host uid (runner.py), which separates what is left per uid.
 - Syscalls newer than the system libseccomp are added by number: since Linux 5.1,
   numbers from 424 up are the same on every architecture.
 - Only the native ABI is allowed. A syscall made through another ABI on the same
@@ -49,6 +54,8 @@ CLONE_NEWNET = 0x40000000
 CLONE_NAMESPACE_FLAGS = (
     CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET,
 )
+
+F_SETPIPE_SZ = 1031  # fcntl command (linux/fcntl.h): F_LINUX_SPECIFIC_BASE + 7
 
 PER_LINUX = 0x0  # the default execution domain, no flags
 PERSONALITY_QUERY = 0xFFFFFFFF  # personality(0xffffffff) reads the current value, changes nothing
@@ -125,6 +132,20 @@ DENY_RULES: tuple[DenyRule, ...] = (
              errno=errno.EAFNOSUPPORT, when=(((0, "NE", socket.AF_UNIX, 0),),)),
     DenyRule("io_uring (ENOSYS)", ("io_uring_setup", "io_uring_enter", "io_uring_register"),
              errno=errno.ENOSYS),
+    # Kernel pools shared beyond the run: a data-analysis job needs none of them, and one
+    # member could otherwise exhaust them for every other run and for host services.
+    DenyRule("Linux AIO contexts (host-wide aio-max-nr) (ENOSYS)",
+             ("io_setup", "io_destroy", "io_submit", "io_cancel", "io_getevents", "io_pgetevents"),
+             errno=errno.ENOSYS),
+    DenyRule("inotify (per-uid instance and watch pools; watches other runs' opens) (ENOSYS)",
+             ("inotify_init", "inotify_init1", "inotify_add_watch", "inotify_rm_watch"), errno=errno.ENOSYS),
+    DenyRule("fanotify (per-uid group pool)", ("fanotify_init", "fanotify_mark")),
+    DenyRule("POSIX message queues (per-uid RLIMIT_MSGQUEUE) (ENOSYS)",
+             ("mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr"),
+             errno=errno.ENOSYS),
+    DenyRule("growing pipe buffers (fcntl F_SETPIPE_SZ; per-uid pipe page quota)", ("fcntl",),
+             when=(((1, "MASKED_EQ", 0xFFFFFFFF, F_SETPIPE_SZ),),)),  # the kernel reads cmd as 32 bits
+    DenyRule("reading the kernel log (syslog)", ("syslog",)),
 )
 
 # For the status report and SECURITY.md: (family, syscalls).

@@ -47,6 +47,7 @@ class ExitCause(enum.Enum):
     SIGNAL = "signal"  # killed by a signal we did not send
     CRASH = "crash"  # segfault, abort, bus error...
     SANDBOX = "sandbox"  # the sandbox itself failed to start
+    PROTOCOL = "protocol"  # the sandbox's control channel broke the protocol or its limits: stopped
 
 
 class InterpreterError(Exception):

@@ -358,3 +358,50 @@ async def test_end_during_a_run_stops_it_and_says_why(engine):
 
 def test_session_refused_is_a_member_facing_error():
     assert issubclass(SessionRefused, interpreter.InterpreterError)
+
+
+# ---------------------------------------------------------------------- processes and CPU between runs
+
+
+def host_states(engine, session_id: str = "g:c:alice") -> dict[str, list[str]]:
+    """cmdline -> states of the session sandbox's processes, read on the host."""
+    from pathlib import Path
+
+    found: dict[str, list[str]] = {}
+    for pid in sandbox_pids(engine.sessions._sessions[session_id].sandbox):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        found.setdefault(cmdline, []).append(state)
+    return found
+
+
+async def test_nothing_of_a_session_runs_between_its_runs(engine):
+    """Before: a session's background processes kept running (and burning CPU) after their run
+    returned, until the session ended. Now every process of the run is stopped when the run
+    ends, and continues with the next run, under that run's time-out."""
+    first = await run("""
+import os, subprocess, sys, threading
+sleeper = subprocess.Popen(['sleep', '1000'])
+spinner = subprocess.Popen([sys.executable, '-c', 'while True: pass'], start_new_session=True)
+threading.Thread(target=lambda: [None for _ in iter(int, 1)], daemon=True).start()  # a spinning thread
+print('started')
+""")
+    assert first["success"], first["error"]
+    states = host_states(engine)
+    bootstrap = [states[c] for c in states if c.startswith("/opt/venv/bin/python -I")]
+    spinning = [states[c] for c in states if "while True" in c or c.startswith("sleep")]
+    assert sorted(sum(bootstrap, [])) in (["S", "T"], ["R", "T"]), states  # the supervisor waits; the member's Python is stopped
+    assert sum(spinning, []) == ["T", "T"], states
+    second = await run("print(sleeper.poll(), spinner.poll())")
+    assert second["output"].strip() == "None None", second  # the same processes, continued
+
+
+async def test_a_pool_opened_in_one_run_is_usable_in_the_next(engine):
+    first = await run("import multiprocessing\npool = multiprocessing.Pool(2)\nprint(pool.map(abs, [-1, -2]))")
+    assert first["output"].strip() == "[1, 2]", first["error"]
+    second = await run("print(pool.map(abs, [-3, -4]))", timeout=20)
+    assert second["success"], second["error"]
+    assert second["output"].strip() == "[3, 4]"

@@ -1,19 +1,38 @@
 """What runs inside the sandbox, before and after the member's code.
 
 Standard library only: this file is copied into every sandbox (read-only) and run by
-the sandbox venv's Python as `python -I -B bootstrap.py CONTROL_FD`. It trusts
+the sandbox venv's Python as `python -I -B bootstrap.py CONTROL_FD JOB_FD`. It trusts
 nothing it finds in the sandbox and the host trusts nothing it sends back: the host
 re-checks every name, size and count.
 
+Two processes, so that the member's code has no handle on the channels to the host:
+
+  supervisor  (this process, bwrap's child) holds CONTROL_FD and JOB_FD, is made
+              non-dumpable (its /proc/PID/fd and memory are out of reach of the
+              sandbox uid), writes input files, hands each job's code to the member
+              process, stops every process of the run when a job ends (they continue
+              with the next job of a session), collects the job's files and writes
+              every control frame. It imports nothing heavy.
+  member      forked before any import; preloads the data libraries, runs job after
+              job in one __main__ (a session keeps its globals), saves figures and
+              reports each job's end to the supervisor over a pipe of its own, which
+              the supervisor reads with fixed bounds. Forging that report only
+              changes the member's own result.
+
+If the member process dies during a job (os._exit, a signal, the CPU limit), the
+supervisor exits the same way, so the host reads the cause from bwrap's exit status.
+
 Protocol (see interpreter/sandbox/protocol.py for the host side):
-  stdin   one JSON line (the job: code, input files, limits) followed by the raw
-          bytes of each input file, in order; then EOF.
+  JOB_FD  one JSON line (the job: code, input files, limits) followed by the raw
+          bytes of each input file, in order; then the next job, or EOF.
+  stdin   /dev/null (input() fails at once instead of hanging).
   fd 1+2  the member's output (stdout and stderr share one pipe, so order is kept).
-  CONTROL frames: a JSON line, then `size` raw bytes:
+  CONTROL frames: a JSON line of strings and integers, then `size` raw bytes:
           {"kind": "ready"}                       imports done (pooled sandboxes)
-          {"kind": "finished", "status": ..., "exit_code": n, "error": "..."}
+          {"kind": "finished", "status": ..., "exit_code": n, "size": n} + error text (UTF-8)
           {"kind": "file", "name": "...", "size": n} + bytes
-          {"kind": "skipped", "name": "...", "reason": "..."}
+          {"kind": "skipped", "name": "...", "reason": "..."}   (at most MAX_SKIPPED_SENT)
+          {"kind": "skipped_more", "count": n}   files skipped beyond those
           {"kind": "end"}
 """
 
@@ -21,11 +40,15 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import json
 import linecache
 import os
+import select
+import signal
 import stat
 import sys
+import time
 import traceback
 import types
 
@@ -34,12 +57,18 @@ DATA_DIR = "/data"
 CODE_FILENAME = "<code>"
 MAX_WALK_ENTRIES = 5000  # a run that makes 10,000 files must not stall collection
 MAX_WALK_DEPTH = 8
+MAX_SKIPPED_SENT = 50  # skipped files named one by one (the host lists as many)
+MAX_NAME_CHARS = 512
+MAX_ERROR_BYTES = 80 * 1024  # the host's limit for a traceback
+MAX_REPORT_HEADER = 4096
+PAUSE_PASSES = 200
+PR_SET_DUMPABLE = 4
 
 _control = None
 _figure_counter = 0
 
 
-# ----------------------------------------------------------------------- control channel
+# ----------------------------------------------------------------------- control channel (supervisor)
 
 
 def send(kind: str, payload: bytes = b"", **fields) -> None:
@@ -50,18 +79,9 @@ def send(kind: str, payload: bytes = b"", **fields) -> None:
     _control.flush()
 
 
-# ----------------------------------------------------------------------- reading the job
-
-
-def take_job_channel():
-    """Keep the job pipe (stdin) for ourselves and give the member's code /dev/null instead,
-    so input() fails at once rather than hanging, and code cannot read the next job."""
-    channel = os.fdopen(os.dup(0), "rb")  # os.dup: not inherited by the member's subprocesses
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    sys.stdin = open(0, closefd=False, encoding="utf-8")
-    return channel
+def _utf8(text: str) -> str:
+    """File names from os.scandir carry undecodable bytes as surrogates: make them printable."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def read_job(channel) -> dict | None:
@@ -357,18 +377,39 @@ def walk(root: str):
                 yield rel, st
 
 
+class _Skips:
+    """Skipped files: the first MAX_SKIPPED_SENT are named, the rest counted in one frame."""
+
+    def __init__(self) -> None:
+        self.named = 0
+        self.more = 0
+
+    def add(self, rel: str, reason: str) -> None:
+        if self.named < MAX_SKIPPED_SENT:
+            send("skipped", name=_utf8(rel)[:MAX_NAME_CHARS], reason=reason)
+            self.named += 1
+        else:
+            self.more += 1
+
+    def close(self) -> None:
+        if self.more:
+            send("skipped_more", count=self.more)
+
+
 def collect(before: dict, limits: dict) -> None:
     max_files = int(limits.get("max_files", 20))
     max_size = int(limits.get("max_file_size", 50 << 20))
-    sent = 0
+    max_total = int(limits.get("max_total", 200 << 20))
+    sent = total = 0
+    skips = _Skips()
     for rel, st in walk(WORK_DIR):
         if before.get(rel) == (st.st_size, st.st_mtime_ns):
             continue
         if sent >= max_files:
-            send("skipped", name=rel, reason="too many files")
+            skips.add(rel, "too many files")
             continue
         if st.st_size > max_size:
-            send("skipped", name=rel, reason="too large", file_size=st.st_size)
+            skips.add(rel, "too large")
             continue
         try:
             fd = os.open(os.path.join(WORK_DIR, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -382,20 +423,27 @@ def collect(before: dict, limits: dict) -> None:
         except OSError:
             continue
         if len(data) > max_size:
-            send("skipped", name=rel, reason="too large", file_size=len(data))
+            skips.add(rel, "too large")
             continue
-        send("file", data, name=rel)
+        if total + len(data) > max_total:
+            skips.add(rel, "total size limit")
+            continue
+        send("file", data, name=_utf8(rel)[:MAX_NAME_CHARS])
         sent += 1
+        total += len(data)
+    skips.close()
 
 
-# ----------------------------------------------------------------------- main
+# ----------------------------------------------------------------------- the member process
 
 
-def main() -> None:
-    global _control
-    control_fd = int(sys.argv[1])
-    _control = os.fdopen(control_fd, "wb", buffering=1 << 16)
-    os.set_inheritable(control_fd, False)  # the member's subprocesses do not get it
+def member_main(orders_fd: int, reports_fd: int) -> None:
+    """Runs in the forked member process: preload, then job after job. Never returns."""
+    reports = os.fdopen(reports_fd, "wb", buffering=0)
+    orders = os.fdopen(orders_fd, "rb")
+
+    def report(kind: str, payload: bytes = b"", **fields) -> None:
+        reports.write(json.dumps(dict(fields, kind=kind, size=len(payload))).encode() + b"\n" + payload)
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     prepare_matplotlib_cache()
@@ -417,8 +465,7 @@ def main() -> None:
         figure.savefig(io.BytesIO(), format="png")
         pyplot.close(figure)
 
-    send("ready")
-    jobs = take_job_channel()
+    report("ready")
     registry = FileRegistry()
     # The code runs as the real __main__ module, so pickle (and so multiprocessing)
     # can find the functions it defines. Its globals live as long as this sandbox:
@@ -430,22 +477,205 @@ def main() -> None:
     sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
     sys.stderr.reconfigure(line_buffering=True, errors="backslashreplace")
 
-    exit_code = 0
-    while (job := read_job(jobs)) is not None:
-        registry.add(job.get("files", []))
-        before = snapshot(WORK_DIR)  # only files new or changed by this job come back
-        status, exit_code, error = run_code(job["code"], main_module.__dict__)
+    while line := orders.readline():
+        order = json.loads(line)
+        registry.add(order["files"])
+        status, exit_code, error = run_code(order["code"], main_module.__dict__)
         try:
             save_open_figures()
         except Exception as exc:  # noqa: BLE001
             print(f"[could not save figures: {exc}]", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
-        send("finished", status=status, exit_code=exit_code, error=error)
+        report("done", error.encode("utf-8", "replace")[:MAX_ERROR_BYTES], status=status,
+               exit_code=exit_code if isinstance(exit_code, int) and -(2**31) <= exit_code < 2**31 else 1)
+    os._exit(0)
+
+
+# ----------------------------------------------------------------------- the supervisor
+
+
+class MemberLink:
+    """The supervisor's ends of the pipes to the member process, and its exit.
+
+    Everything the member sends is read with fixed bounds: a report is one JSON line
+    of at most MAX_REPORT_HEADER bytes and at most MAX_ERROR_BYTES of error text.
+    """
+
+    def __init__(self, pid: int, orders_fd: int, reports_fd: int) -> None:
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+        self.orders = os.fdopen(orders_fd, "wb")
+        self.reports_fd = reports_fd
+        self.buffer = bytearray()
+        self.reports_open = True
+
+    def order(self, order: dict) -> bool:
+        try:
+            self.orders.write(json.dumps(order).encode() + b"\n")
+            self.orders.flush()
+        except BrokenPipeError:
+            return False
+        return True
+
+    def next_report(self) -> dict | None:
+        """The member's next report; None once the member has exited without one."""
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        if self.reports_open:
+            poller.register(self.reports_fd, select.POLLIN)
+        while True:
+            report = self._parse()
+            if report is not None:
+                return report
+            events = dict(poller.poll())
+            if self.reports_fd in events and self.reports_open:
+                chunk = os.read(self.reports_fd, 1 << 16)
+                if chunk:
+                    self.buffer += chunk
+                else:  # every writer is gone; the member's exit (next poll) says how it ended
+                    self.reports_open = False
+                    poller.unregister(self.reports_fd)
+            elif self.pidfd in events:
+                return None
+
+    def _parse(self) -> dict | None:
+        end = self.buffer.find(b"\n", 0, MAX_REPORT_HEADER + 1)
+        if end < 0:
+            if len(self.buffer) > MAX_REPORT_HEADER:
+                return self._malformed()
+            return None
+        try:
+            header = json.loads(bytes(self.buffer[:end]))
+            size = header["size"]
+            if not isinstance(header, dict) or not isinstance(size, int) or not 0 <= size <= MAX_ERROR_BYTES:
+                return self._malformed()
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return self._malformed()
+        if len(self.buffer) < end + 1 + size:
+            return None
+        header["error"] = bytes(self.buffer[end + 1:end + 1 + size]).decode("utf-8", "replace")
+        del self.buffer[:end + 1 + size]
+        return header
+
+    def _malformed(self) -> dict:
+        self.buffer.clear()
+        return {"kind": "done", "status": "exception", "exit_code": 1,
+                "error": "The run's report of how it ended was malformed"}
+
+    def exit_like_member(self) -> None:
+        """Exit the way the member process did, so bwrap's exit status tells the host why."""
+        _, status = os.waitpid(self.pid, 0)
+        _control.flush()
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+                os.kill(os.getpid(), sig)
+            os._exit(128 + sig)
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _processes():
+    """(pid, state letter) of every process in the sandbox's pid namespace."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as fh:
+                    yield int(entry), fh.read().rpartition(b")")[2].split()[0]
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+
+
+def pause_run(keep: set[int]) -> None:
+    """SIGSTOP every process of the run (the member's Python included) but bwrap's pid 1 and us.
+
+    Between the runs of a session nothing of the member runs: whatever a run left going
+    in the background (a process, a pool's workers, a thread) waits, stopped, for the
+    next run and then counts against that run's time-out and CPU. Nothing inside can
+    continue it: every other process is stopped too. Stopped rather than killed, so a
+    multiprocessing pool kept in a session survives (a worker killed holding the pool's
+    queue lock would hang it). Files are collected after this, so nothing changes them
+    meanwhile.
+    """
+    for _ in range(PAUSE_PASSES):  # pids.max bounds how many can appear meanwhile
+        running = [pid for pid, state in _processes() if pid not in keep and state not in b"TtZX"]
+        if not running:
+            return
+        for pid in running:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.001)  # a stop takes effect when the process next leaves the kernel
+
+
+def resume_run(keep: set[int]) -> None:
+    for pid, _ in list(_processes()):
+        if pid not in keep:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def make_undumpable() -> None:
+    """PR_SET_DUMPABLE 0: /proc/PID/fd, mem and environ of this process become unreachable to
+    processes of the same uid without CAP_SYS_PTRACE, i.e. to every process of the run."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
+def supervise(member: MemberLink, jobs) -> None:
+    make_undumpable()
+    if member.next_report() is None:  # died while importing
+        member.exit_like_member()
+    send("ready")
+    keep = {1, os.getpid()}
+    exit_code = 0
+    while (job := read_job(jobs)) is not None:
+        before = snapshot(WORK_DIR)  # only files new or changed by this job come back
+        resume_run(keep)
+        if not member.order({"code": job["code"], "files": job.get("files", [])}):
+            member.exit_like_member()
+        report = member.next_report()
+        if report is None:
+            member.exit_like_member()
+        pause_run(keep)
+        status = report.get("status") if report.get("status") in ("ok", "exception", "exit", "memory") else "exception"
+        exit_code = report.get("exit_code") if isinstance(report.get("exit_code"), int) else 1
+        if not -(2**31) <= exit_code < 2**31:
+            exit_code = 1
+        error = str(report.get("error", "")).encode("utf-8", "replace")[:MAX_ERROR_BYTES]
+        send("finished", error, status=status, exit_code=exit_code)
         collect(before, job.get("limits", {}))
         send("end")
+    member.orders.close()  # the member's loop ends; so does the sandbox
     _control.flush()
     os._exit(exit_code if 0 <= exit_code < 256 else 1)
+
+
+# ----------------------------------------------------------------------- main
+
+
+def main() -> None:
+    global _control
+    control_fd, job_fd = int(sys.argv[1]), int(sys.argv[2])
+    orders_r, orders_w = os.pipe()  # supervisor -> member: each job's code and files
+    reports_r, reports_w = os.pipe()  # member -> supervisor: ready, and how each job ended
+    pid = os.fork()
+    if pid == 0:  # the member process: no handle on the host's channels from here on
+        for fd in (control_fd, job_fd, orders_w, reports_r):
+            os.close(fd)
+        try:
+            member_main(orders_r, reports_w)
+        except BaseException:  # noqa: BLE001 - e.g. a preload that fails to import: say why, then go
+            traceback.print_exc()
+        os._exit(1)
+    os.close(orders_r)
+    os.close(reports_w)
+    _control = os.fdopen(control_fd, "wb", buffering=1 << 16)
+    supervise(MemberLink(pid, orders_w, reports_r), os.fdopen(job_fd, "rb"))
 
 
 if __name__ == "__main__":

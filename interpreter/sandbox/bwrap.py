@@ -75,6 +75,7 @@ def build_bwrap_args(
     *,
     bootstrap_fd: int,
     control_fd: int,
+    job_fd: int,
     seccomp_fd: int | None,
     env: dict[str, str],
 ) -> list[str]:
@@ -110,7 +111,7 @@ def build_bwrap_args(
         args += ["--setenv", key, value]
     if seccomp_fd is not None:
         args += ["--seccomp", str(seccomp_fd)]
-    args += [f"{VENV_MOUNT}/bin/python", "-I", "-B", BOOTSTRAP_PATH, str(control_fd)]
+    args += [f"{VENV_MOUNT}/bin/python", "-I", "-B", BOOTSTRAP_PATH, str(control_fd), str(job_fd)]
     return args
 
 

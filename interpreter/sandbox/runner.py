@@ -36,7 +36,7 @@ from interpreter.sandbox.admission import AdmissionGate
 from interpreter.sandbox.job import SandboxJob, SandboxOutcome
 from interpreter.sandbox.limits import CgroupManager, RunCgroup, prlimit_args
 from interpreter.sandbox.pool import SandboxPool
-from interpreter.sandbox.protocol import MAX_HEADER_BYTES, ControlState, ProtocolError, consume
+from interpreter.sandbox.protocol import ControlState, FrameLimits, ProtocolError, consume
 from interpreter.sandbox.workload import Workload, classify
 from interpreter.types import ExitCause
 
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 BOOTSTRAP_SOURCE = (Path(__file__).resolve().parent.parent / "runtime" / "bootstrap.py").read_bytes()
 COLLECT_GRACE_SECONDS = 15.0  # after the code ends, time to save figures and send files
 READ_CHUNK = 64 * 1024
+CONTROL_READER_LIMIT = 64 * 1024  # StreamReader buffer; protocol.py bounds headers itself
 DRAIN_TURNS = 400  # after a session job's "end": event-loop turns allowed for reading its output
 
 # What the member reads. The reason (it can quote host paths and settings) goes to the
@@ -85,6 +86,7 @@ class SandboxProcess:
         self.state = ControlState()
         self._control_reader: asyncio.StreamReader | None = None
         self._control_transport: asyncio.BaseTransport | None = None
+        self._job_writer: asyncio.StreamWriter | None = None  # jobs go to the supervisor on their own pipe
         self._watch = _Watch()
         self._output_task: asyncio.Task | None = None
         self._control_task: asyncio.Task | None = None
@@ -99,8 +101,9 @@ class SandboxProcess:
         runner, settings = self.runner, self.settings
         self.cgroup = runner.cgroups.create(settings) if runner.cgroups.available else None
         control_r, control_w = os.pipe()
+        job_r, job_w = os.pipe()
         bootstrap_r, bootstrap_w = os.pipe()
-        fds = [control_w, bootstrap_r]
+        fds = [control_w, job_r, bootstrap_r]
         seccomp_r = None
         try:
             os.write(bootstrap_w, BOOTSTRAP_SOURCE)  # < pipe buffer; bwrap copies it in
@@ -113,13 +116,15 @@ class SandboxProcess:
                 fds.append(seccomp_r)
             bwrap_args = build_bwrap_args(
                 settings, runner.bwrap, self.venv_dir,
-                bootstrap_fd=bootstrap_r, control_fd=control_w, seccomp_fd=seccomp_r,
+                bootstrap_fd=bootstrap_r, control_fd=control_w, job_fd=job_r, seccomp_fd=seccomp_r,
                 env=sandbox_env(self.preload),
             )
             argv = runner.launch_prefix(self.cgroup, self.cpu_seconds) + bwrap_args
             self.proc = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.PIPE,
+                # Not the job channel: bwrap's pid 1 keeps its stdin, and any process of the run
+                # could open it through /proc/1/fd/0.
+                stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 pass_fds=fds,
@@ -127,14 +132,22 @@ class SandboxProcess:
                 cwd="/",
                 start_new_session=True,
             )
+        except BaseException:
+            os.close(job_w)
+            os.close(control_r)
+            raise
         finally:
             for fd in fds:
                 os.close(fd)
         loop = asyncio.get_running_loop()
-        self._control_reader = asyncio.StreamReader(limit=MAX_HEADER_BYTES)
+        self._control_reader = asyncio.StreamReader(limit=CONTROL_READER_LIMIT)
         self._control_transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(self._control_reader), os.fdopen(control_r, "rb", buffering=0)
         )
+        job_transport, job_protocol = await loop.connect_write_pipe(
+            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), os.fdopen(job_w, "wb", buffering=0)
+        )
+        self._job_writer = asyncio.StreamWriter(job_transport, job_protocol, None, loop)
         self._output_task = asyncio.create_task(self._read_output())
         self._control_task = asyncio.create_task(self._read_control())
 
@@ -168,22 +181,31 @@ class SandboxProcess:
                 self.kill()
                 # keep draining so nothing blocks; the process is going away
 
-    async def _read_control(self) -> None:
+    @property
+    def frame_limits(self) -> FrameLimits:
         settings = self.settings
-        state = self.state
+        return FrameLimits(max_files=settings.max_generated_files, max_file_size=settings.max_file_size_bytes,
+                           max_total=settings.run_workdir_mb * 1024 * 1024)
 
+    async def _read_control(self) -> None:
         try:
-            await consume(
-                self._control_reader, state,
-                max_files=settings.max_generated_files,
-                max_file_size=settings.max_file_size_bytes,
-                max_total=settings.run_workdir_mb * 1024 * 1024,
-                on_ready=self._ready.set, on_finished=self._finished.set,
-            )
-        except (ProtocolError, asyncio.IncompleteReadError) as exc:
-            log.info("run sent a malformed control frame: %s", exc)
+            await consume(self._control_reader, self.state, self.frame_limits,
+                          on_ready=self._ready.set, on_finished=self._finished.set)
+        except ProtocolError as exc:
+            self._break_channel(str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever hostile bytes provoke is a broken channel too
+            log.exception("reading a sandbox's control channel failed")
+            self._break_channel(f"unreadable control channel ({type(exc).__name__})")
         finally:
             self._finished.set()  # a run that closed its channel early is finished too
+
+    def _break_channel(self, reason: str) -> None:
+        """The channel broke the protocol: stop the sandbox; the run fails and says so (and is audited)."""
+        log.warning("a sandbox broke the control protocol (%s); it was stopped", reason)
+        self.state.broken = reason
+        if self._watch.killed_for is None:
+            self._watch.killed_for = ExitCause.PROTOCOL
+        self.kill()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -226,7 +248,7 @@ class SandboxProcess:
         """Send one job and wait until it ends: its "end" frame, the sandbox's death, or the timeout.
 
         Output, files and the exit cause are this job's only. With `last` (one-shot
-        runs) stdin is closed after the job, so the bootstrap exits when it is done and
+        runs) the job channel is closed after the job, so the bootstrap exits when it is done and
         the output is read to its end; without it the sandbox waits for the next job
         (check `can_take_job`: a timeout or a crash leaves it unusable).
         """
@@ -331,7 +353,9 @@ class SandboxProcess:
         return pending
 
     async def _send_job(self, job: SandboxJob, *, close: bool = True) -> None:
-        limits = {"max_files": self.settings.max_generated_files, "max_file_size": self.settings.max_file_size_bytes}
+        frame_limits = self.frame_limits
+        limits = {"max_files": frame_limits.max_files, "max_file_size": frame_limits.max_file_size,
+                  "max_total": frame_limits.max_total}
         header = {
             "code": job.code,
             "files": [
@@ -340,16 +364,16 @@ class SandboxProcess:
             ],
             "limits": limits,
         }
-        stdin = self.proc.stdin
+        channel = self._job_writer
         try:
-            stdin.write(json.dumps(header).encode() + b"\n")
+            channel.write(json.dumps(header).encode() + b"\n")
             for item in job.input_files:
                 data = await asyncio.to_thread(item.host_path.read_bytes)
-                stdin.write(data[: item.size].ljust(item.size, b"\0"))
-                await stdin.drain()
-            await stdin.drain()
+                channel.write(data[: item.size].ljust(item.size, b"\0"))
+                await channel.drain()
+            await channel.drain()
             if close:
-                stdin.close()
+                channel.close()
         except (BrokenPipeError, ConnectionResetError):
             pass  # the sandbox died early; the outcome explains why
 
@@ -370,6 +394,10 @@ class SandboxProcess:
         if watch.killed_for is ExitCause.TIMEOUT:
             outcome.cause, outcome.return_code = ExitCause.TIMEOUT, -1
             outcome.error = f"Execution timeout after {job.timeout:g} seconds"
+        elif watch.killed_for is ExitCause.PROTOCOL:
+            outcome.cause, outcome.return_code, outcome.files = ExitCause.PROTOCOL, -1, []
+            outcome.error = (f"The run was stopped: its sandbox sent a malformed result ({state.broken}). "
+                             "Its files were not kept")
         elif watch.killed_for is ExitCause.OUTPUT_LIMIT:
             outcome.cause, outcome.return_code = ExitCause.OUTPUT_LIMIT, -1
             outcome.error = (
@@ -432,7 +460,8 @@ class SandboxProcess:
         for task in (self._output_task, self._control_task):
             if task is not None and not task.done():
                 task.cancel()
-        for transport in (getattr(self.proc, "_transport", None), self._control_transport):
+        job_transport = self._job_writer.transport if self._job_writer is not None else None
+        for transport in (getattr(self.proc, "_transport", None), self._control_transport, job_transport):
             if transport is not None:
                 transport.close()
 

@@ -165,6 +165,10 @@ def status_embed(status: dict[str, Any], *, queue: Any, bot_uptime: float, laten
         embed.add_field(name="Runs", value=_lines(runs))
     if isinstance(status.get("sessions"), dict):
         embed.add_field(name="Sessions", value=_sessions_field(status["sessions"]), inline=False)
+    if isinstance(status.get("ask"), dict):
+        ask = status["ask"]
+        embed.add_field(name="/ask", value=_lines(ask) if ask.get("enabled")
+                        else "off (set OPENAI_API_KEY, or OPENAI_BASE_URL for a local model server)")
     for name, value in _runs_fields(status):
         embed.add_field(name=name, value=value, inline=False)
     latency_text = f"{latency * 1000:.0f} ms" if math.isfinite(latency) else "not connected"

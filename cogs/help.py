@@ -13,8 +13,9 @@ from discord import app_commands
 from discord.ext import commands
 
 import interpreter
-from cogs._format import EMBED_FIELD_LIMIT, NO_MENTIONS
+from cogs._format import EMBED_FIELD_LIMIT, NO_MENTIONS, inline
 from config import Settings
+from interpreter.assistant import ask_enabled
 
 if TYPE_CHECKING:
     from bot.client import CodeInterpreterBot
@@ -37,6 +38,19 @@ def run_text() -> str:
             "On any message, **Apps → Run code** runs its code block.\n"
             "Charts (`plt.show()` or any open figure) come back as images, plotly figures as HTML, "
             "files your code writes as attachments, and the value of the last line is shown, as in a notebook.")
+
+
+def ask_text(settings: Settings) -> str:
+    if not ask_enabled(settings):
+        return ("Off on this bot. An admin can turn it on with an OpenAI API key or a local model server "
+                "(`OPENAI_API_KEY` / `OPENAI_BASE_URL`).")
+    per_day = (f"{settings.ask_questions_per_day} questions a day each" if settings.ask_questions_per_day
+               else "no daily limit")
+    return ("`/ask question: which region grew fastest? chart it` — a model writes the Python, runs it in your "
+            "sandbox, fixes its own errors and answers in words, with the charts attached and the code behind "
+            "**Show code**. Add a file with `file:`, or it uses the files you uploaded. **Follow up** continues "
+            f"the conversation. Model: {inline(settings.openai_model, 80)}; {per_day}; up to "
+            f"{settings.ask_max_steps} steps a question.")
 
 
 def files_text(settings: Settings) -> str:
@@ -82,6 +96,7 @@ def help_embed(settings: Settings) -> discord.Embed:
     )
     for name, value in (
         ("▶️ Run code", run_text()),
+        ("💬 Ask in words", ask_text(settings)),
         ("📁 Your data", files_text(settings)),
         ("🧠 Sessions", sessions_text(settings)),
         ("📦 Packages", packages_text(settings)),

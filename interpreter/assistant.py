@@ -338,6 +338,12 @@ def parse_tool_arguments(call: dict[str, Any]) -> tuple[str, tuple[str, ...]] | 
     return code, tuple(p.strip() for p in packages[:10] if p.strip())
 
 
+def ask_enabled(settings: Any) -> bool:
+    """/ask is on when there is somewhere to send questions: a key (OpenAI) or a base URL (a local server)."""
+    key = settings.openai_api_key
+    return bool((key.reveal() if hasattr(key, "reveal") else key) or settings.openai_base_url)
+
+
 class Assistant:
     """Holds the endpoint's client; `ask` answers one question of a conversation."""
 
@@ -347,7 +353,7 @@ class Assistant:
 
     @property
     def enabled(self) -> bool:
-        return bool(self._key() or self.settings.openai_base_url)
+        return ask_enabled(self.settings)
 
     def _key(self) -> str:
         key = self.settings.openai_api_key

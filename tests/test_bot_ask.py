@@ -11,8 +11,9 @@ import logging
 import pytest
 
 from config.settings import Secret
-from tests.discord_harness import attachment_payload
+from tests.discord_harness import admin_permissions, attachment_payload
 from tests.fixtures_discord import start_bot
+from tests.test_bot_help import fields_of
 from tests.openai_script import ScriptedModel, answer, garbage, refusal, status, tool_call
 from tests.test_bot_run import no_pings
 
@@ -223,3 +224,14 @@ async def test_off_without_key_or_url(discord_world):
     w = discord_world
     reply = await w.harness.slash("ask", w.alice, question="hello?")
     assert reply.ephemeral and "`/ask` is off on this bot" in reply.callback.content
+    status = await w.harness.slash("status", w.alice, permissions=admin_permissions())
+    assert fields_of(status)["/ask"].startswith("off (set OPENAI_API_KEY")
+
+
+async def test_help_and_status_say_it_is_on_and_where_questions_go(ask_world, model):
+    w = ask_world
+    help_text = fields_of(await w.harness.slash("help", w.alice))["💬 Ask in words"]
+    assert "`/ask question:" in help_text and "5 questions a day" in help_text and "up to 4 steps" in help_text
+    status = fields_of(await w.harness.slash("status", w.alice, permissions=admin_permissions()))["/ask"]
+    assert "**enabled:** yes" in status and "127.0.0.1:" in status and "**model:** gpt-4o-mini" in status
+    assert API_KEY not in everything_sent(w)

@@ -16,7 +16,9 @@ async def test_help_explains_the_commands_with_the_configured_limits(discord_wor
     assert reply.ephemeral
     no_pings(reply.final)
     fields = fields_of(reply)
-    assert list(fields) == ["▶️ Run code", "📁 Your data", "🧠 Sessions", "📦 Packages", "⏱️ Limits", "🛠️ Admins"]
+    assert list(fields) == ["▶️ Run code", "💬 Ask in words", "📁 Your data", "🧠 Sessions", "📦 Packages",
+                            "⏱️ Limits", "🛠️ Admins"]
+    assert fields["💬 Ask in words"].startswith("Off on this bot")  # no OPENAI_API_KEY / OPENAI_BASE_URL here
     assert "`/run code: print('hi')`" in fields["▶️ Run code"] and "Apps → Run code" in fields["▶️ Run code"]
     assert "Drop a CSV" in fields["📁 Your data"] and "Files expire after 48 hours" in fields["📁 Your data"]
     assert "at most 25 files and 250 MB each" in fields["📁 Your data"]

@@ -97,25 +97,53 @@ class Thread:
 
 
 class ProgressEditor:
-    """Edits the reply with the latest progress, at most once per EDIT_INTERVAL_SECONDS:
-    an update that comes too soon is skipped (a newer one, or the answer, replaces it)."""
+    """Shows the latest progress in the reply without breaking Discord's edit rate limit
+    (interaction edits share a webhook bucket of about 5 per 5 s): at most one edit per
+    `interval`; an update that comes sooner is shown when the interval is over, unless a
+    newer one (or the answer, after `stop()`) replaces it first."""
 
-    def __init__(self, interaction: discord.Interaction, header: str, clock=time.monotonic) -> None:
+    def __init__(self, interaction: discord.Interaction, header: str, *, interval: float | None = None,
+                 clock=time.monotonic) -> None:
         self.interaction = interaction
         self.header = header
+        self.interval = EDIT_INTERVAL_SECONDS if interval is None else interval
         self.clock = clock
         self._last: float | None = None
+        self._pending: str | None = None
+        self._timer: asyncio.Task | None = None
+        self.shown: list[str] = []  # what was shown, in order (tests, logs)
 
     async def show(self, line: str, *, force: bool = False) -> None:
-        now = self.clock()
-        if not force and self._last is not None and now - self._last < EDIT_INTERVAL_SECONDS:
+        self._pending = line
+        wait = 0.0 if self._last is None else self.interval - (self.clock() - self._last)
+        if force or wait <= 0:
+            await self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.create_task(self._flush_after(wait))
+
+    async def _flush_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._timer = None
+        await self._flush()
+
+    async def _flush(self) -> None:
+        line, self._pending = self._pending, None
+        if line is None:
             return
-        self._last = now
+        self._last = self.clock()
+        self.shown.append(line)
         try:
             await self.interaction.edit_original_response(content=f"{self.header}\n{line}"[:MESSAGE_LIMIT],
                                                           allowed_mentions=NO_MENTIONS)
         except discord.HTTPException:
             log.warning("could not show /ask progress")
+
+    def stop(self) -> None:
+        """No more progress: the answer replaces it."""
+        self._pending = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def on_progress(self, update: Progress) -> None:
         if update.stage is Stage.THINKING:
@@ -212,7 +240,10 @@ class AskCog(commands.Cog, name="Ask"):
         editor = ProgressEditor(interaction, asked)
         try:
             async with thread.lock:
-                reply = await self._ask_model(thread, question, editor, interaction)
+                try:
+                    reply = await self._ask_model(thread, question, editor, interaction)
+                finally:
+                    editor.stop()
             if reply.outcome in NOT_CHARGED and reply.steps <= 1 or (reply.outcome is AskOutcome.RUN_REFUSED and not reply.steps):
                 await engine.ask_budget.give_back(allowance)  # nothing was done for this question
             content, files = await self._render(interaction, thread, asked, reply)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 
+import sys
+
+import discord
 import pytest
 
 from config.settings import Secret
@@ -68,8 +71,11 @@ def everything_sent(world) -> str:
     return "\n".join(parts)
 
 
-async def test_failed_run_is_fixed_and_the_answer_comes_with_chart_and_code(ask_world, model, tmp_path):
+async def test_failed_run_is_fixed_and_the_answer_comes_with_chart_and_code(ask_world, model, tmp_path, monkeypatch):
     w = ask_world
+    # Every progress step shows (the throttling is tested below). The bot's extension
+    # loader made its own module object, so patch that one.
+    monkeypatch.setattr(sys.modules["cogs.ask"], "EDIT_INTERVAL_SECONDS", 0.0)
     csv = tmp_path / "sales.csv"
     csv.write_text(SALES_CSV)
     upload = attachment_payload(csv)
@@ -98,6 +104,10 @@ async def test_failed_run_is_fixed_and_the_answer_comes_with_chart_and_code(ask_
     for sent in reply.sent:
         if sent.kind != "callback":
             no_pings(sent)
+    progress = [s.content.split("\n", 1)[1] for s in reply.sent if s.kind == "edit_original"][:-1]
+    assert progress == ["🤔 Looking at your files…", "🤔 Thinking about your question…", "▶️ Running code (run 1)…",
+                        "🔁 Run 1 failed; the model is fixing the code…", "🤔 Reading the result (step 2 of 4)…",
+                        "▶️ Running code (run 2)…", "🤔 Reading the result (step 3 of 4)…"]
 
     # What the model saw: the file by name and shape, then the first run's error, then the second's output.
     system = model.received[0].messages[0]["content"]
@@ -235,3 +245,31 @@ async def test_help_and_status_say_it_is_on_and_where_questions_go(ask_world, mo
     status = fields_of(await w.harness.slash("status", w.alice, permissions=admin_permissions()))["/ask"]
     assert "**enabled:** yes" in status and "127.0.0.1:" in status and "**model:** gpt-4o-mini" in status
     assert API_KEY not in everything_sent(w)
+
+
+class FakeInteraction:
+    def __init__(self) -> None:
+        self.edits: list[str] = []
+
+    async def edit_original_response(self, *, content, allowed_mentions):
+        assert allowed_mentions.to_dict() == discord.AllowedMentions.none().to_dict()
+        self.edits.append(content)
+
+
+async def test_progress_edits_are_throttled_and_the_latest_wins():
+    from cogs.ask import ProgressEditor
+
+    now = [100.0]
+    interaction = FakeInteraction()
+    editor = ProgressEditor(interaction, "❓ q", interval=0.05, clock=lambda: now[0])
+    await editor.show("one")
+    await editor.show("two")  # too soon: waits for the interval...
+    await editor.show("three")  # ...and is replaced by a newer line before it is shown
+    assert interaction.edits == ["❓ q\none"]
+    now[0] += 0.05
+    await editor._timer
+    assert interaction.edits == ["❓ q\none", "❓ q\nthree"]
+
+    await editor.show("four")  # too soon again; the answer arrives first
+    editor.stop()
+    assert editor._timer is None and interaction.edits[-1] == "❓ q\nthree"

@@ -93,6 +93,7 @@ class Thread:
     guild_id: int | None
     channel_id: int | None
     file_ids: list[str]
+    opened_session: bool = False  # /ask opened the member's session (it was not open before)
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
 
@@ -189,8 +190,9 @@ class AskCog(commands.Cog, name="Ask"):
                 await interaction.edit_original_response(content=stored.content, allowed_mentions=NO_MENTIONS)
                 return
             file_ids.append(str(stored.file_id))
-        thread = Thread(Conversation(interaction.user.id, session_id=await self._session_for(interaction)),
-                        interaction.guild_id, interaction.channel_id, file_ids)
+        session_id, opened = await self._session_for(interaction)
+        thread = Thread(Conversation(interaction.user.id, session_id=session_id), interaction.guild_id,
+                        interaction.channel_id, file_ids, opened_session=opened)
         await self.answer(interaction, thread, question, allowance)
 
     # --- gates shared by /ask and Follow up (both before deferring: refusals are ephemeral)
@@ -218,18 +220,19 @@ class AskCog(commands.Cog, name="Ask"):
             return None
         return allowance
 
-    async def _session_for(self, interaction: discord.Interaction) -> str | None:
-        """The member's session in this channel (opened now), or None when sessions are off
-        or none can be opened (then every run starts fresh, and the model is told so)."""
+    async def _session_for(self, interaction: discord.Interaction) -> tuple[str | None, bool]:
+        """The member's session in this channel and whether it was opened now; None when
+        sessions are off or none can be opened (then every run starts fresh, and the model
+        is told so)."""
         if self.settings.max_sessions <= 0:
-            return None
+            return None, False
         session_id = session_id_for(interaction)
         try:
-            await interpreter.start_session(session_id, interaction.user.id)
+            opened = await interpreter.start_session(session_id, interaction.user.id)
         except interpreter.InterpreterError as exc:
             log.info("/ask runs without a session for member %s: %s", interaction.user.id, exc)
-            return None
-        return session_id
+            return None, False
+        return session_id, bool(opened["created"])
 
     # --- one question
 
@@ -318,7 +321,7 @@ class AskCog(commands.Cog, name="Ask"):
             body = clean_text(reply.text)
         else:
             body = OUTCOME_MESSAGES[reply.outcome].format(steps=reply.steps, timeout=self.settings.ask_timeout_seconds,
-                                                          detail=inline(reply.detail or "unknown", 300))
+                                                          detail=clean_text(reply.detail or "unknown")[:300])
             if reply.outcome is AskOutcome.REFUSED and reply.text:
                 body += f"\n> {inline(reply.text, 500)}"
             final = reply.final_run
@@ -330,8 +333,13 @@ class AskCog(commands.Cog, name="Ask"):
             footer.append(f"🐍 {len(reply.runs)} run{'s' if len(reply.runs) != 1 else ''}"
                           + (f" ({failed} failed and fixed)" if failed and reply.outcome is AskOutcome.ANSWERED else ""))
         if thread.conversation.session_id:
-            info = await (await interpreter.get_executor()).get_session(thread.conversation.session_id)
-            if info is not None:
+            executor = await interpreter.get_executor()
+            info = await executor.get_session(thread.conversation.session_id)
+            if info is not None and info.runs == 0 and thread.opened_session:
+                # Opened for this question, which ran nothing: do not keep a sandbox for it.
+                await executor.end_session(thread.conversation.session_id)
+                thread.opened_session = False
+            elif info is not None:
                 footer.append(f"🧠 session: {session_summary(info)}")
         files, not_attached = attach_generated(reply.files, upload_limit(interaction))
         if not_attached:

@@ -81,6 +81,12 @@ class AskOutcome(enum.Enum):
     RUN_REFUSED = "run_refused"  # a run could not start (hourly limit, queue full): `detail` says why
 
 
+# What an HTTP error most likely means, for the member and the admin they tell.
+STATUS_HINTS = {
+    400: "HTTP 400: the request was refused; the model may not support tool calls, or the conversation got too long",
+    404: "HTTP 404: the model name (OPENAI_MODEL) or the URL (OPENAI_BASE_URL) may be wrong",
+}
+
 # Outcomes where the endpoint never did any work for this question: the member's
 # daily budget is given back.
 NOT_CHARGED = frozenset({AskOutcome.ENDPOINT_DOWN, AskOutcome.RATE_LIMITED, AskOutcome.AUTH})
@@ -473,7 +479,7 @@ class Assistant:
             return state.answer(AskOutcome.AUTH)
         except openai.APIStatusError as exc:
             log.warning("ask: the model endpoint answered HTTP %s (%s)", exc.status_code, _error_code(exc))
-            return state.answer(AskOutcome.ENDPOINT_ERROR, detail=f"HTTP {exc.status_code}")
+            return state.answer(AskOutcome.ENDPOINT_ERROR, detail=STATUS_HINTS.get(exc.status_code, f"HTTP {exc.status_code}"))
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:  # timeout is a connection error subclass
             log.warning("ask: the model endpoint cannot be reached (%s)", type(exc).__name__)
             return state.answer(AskOutcome.ENDPOINT_DOWN)

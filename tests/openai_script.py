@@ -11,7 +11,9 @@ llama.cpp server: only the model is scripted.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import inspect
 import itertools
 import json
 from collections.abc import Callable
@@ -63,6 +65,14 @@ def status(code: int, error_code: str = "", message: str = "") -> Callable[[dict
 def garbage(body: str = "<html>502 Bad Gateway</html>", content_type: str = "application/json") -> Callable[[dict[str, Any]], web.Response]:
     def reply(_: dict[str, Any]) -> web.Response:
         return web.Response(text=body, content_type=content_type)
+    return reply
+
+
+def hang() -> Callable[[dict[str, Any]], Any]:
+    """A reply that never comes (a server that accepted the request and stalls)."""
+    async def reply(_: dict[str, Any]) -> web.Response:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
     return reply
 
 
@@ -119,5 +129,6 @@ class ScriptedModel:
         else:
             raise AssertionError(f"the model was asked more often than scripted ({len(self.received)} requests)")
         if callable(reply):
-            return reply(body)
+            response = reply(body)
+            return await response if inspect.isawaitable(response) else response
         return web.json_response(reply)

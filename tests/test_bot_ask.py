@@ -197,7 +197,9 @@ async def test_endpoint_down_says_so_and_costs_nothing(ask_world, model):
     [
         (status(429, "rate_limit_exceeded"), "rate-limiting this bot right now (HTTP 429)"),
         (status(401, "invalid_api_key", f"Incorrect API key provided: {API_KEY}"), "refused the bot's credentials"),
-        (status(404, "model_not_found"), "answered with an error (HTTP 404)"),
+        (status(404, "model_not_found"), "answered with an error (HTTP 404: the model name (OPENAI_MODEL)"),
+        (status(400, "invalid_request_error"), "the model may not support tool calls"),
+        (status(503), "answered with an error (HTTP 503)"),
         (garbage(), "a reply I can't use"),
         (refusal("I can't help with that."), "declined to answer"),
     ],
@@ -209,6 +211,9 @@ async def test_endpoint_errors_become_clear_messages(ask_world, model, reply, ex
     assert expected in answer_.content, answer_.content
     assert API_KEY not in everything_sent(w)
     assert "Follow up" in answer_.buttons()
+    # The session opened for the question ran nothing: no sandbox is kept for it.
+    import interpreter
+    assert await (await interpreter.get_executor()).list_sessions(w.alice.id) == []
 
 
 async def test_follow_up_continues_the_conversation_in_a_session(ask_world, model):

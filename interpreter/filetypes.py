@@ -6,6 +6,7 @@ Discord side when it attaches files.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import os
 import re
@@ -113,7 +114,8 @@ _CENTRAL_DIRECTORY_SIGNATURE = b"PK\x01\x02"
 # declared sizes bounds what openpyxl/pandas will inflate later.
 ARCHIVE_MAX_MEMBERS = 10_000
 ARCHIVE_MAX_EXPANDED_BYTES = 1024 * 1024 * 1024
-ARCHIVE_MAX_RATIO = 200  # real spreadsheets compress 5-20x; repetitive CSV inside a zip maybe 100x
+ARCHIVE_MAX_RATIO = 200
+_DECODE_CHUNK_BYTES = 1024 * 1024  # real spreadsheets compress 5-20x; repetitive CSV inside a zip maybe 100x
 
 
 class UnsupportedContent(ValueError):
@@ -143,19 +145,26 @@ def _text_encoding(data: bytes) -> str | None:
     head = data[:65536]
     if b"\x00" in head:
         return None
-    try:
-        data.decode("utf-8")
+    if _decodes(data, "utf-8"):
         return "utf-8-sig" if data.startswith(b"\xef\xbb\xbf") else "utf-8"
-    except UnicodeDecodeError:
-        pass
     controls = sum(1 for byte in head if byte < 0x20 and byte not in b"\t\n\r\f\v")
     if controls > len(head) // 100:
         return None
+    return "cp1252" if _decodes(data, "cp1252") else "latin-1"
+
+
+def _decodes(data: bytes, encoding: str) -> bool:
+    """True when all of `data` decodes, checked a chunk at a time: a 50 MB upload never
+    becomes a whole-file string (up to four times its size) just to be classified."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    view = memoryview(data)
     try:
-        data.decode("cp1252")
-        return "cp1252"
+        for start in range(0, len(view), _DECODE_CHUNK_BYTES):
+            decoder.decode(view[start:start + _DECODE_CHUNK_BYTES])
+        decoder.decode(b"", final=True)
     except UnicodeDecodeError:
-        return "latin-1"
+        return False
+    return True
 
 
 def _guess_text_type(text: str) -> str:

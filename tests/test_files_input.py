@@ -164,6 +164,20 @@ async def test_a_huge_archive_listing_costs_bounded_memory(manager):
     assert peak < 4 * 1024 * 1024, f"refusing the listing took {peak / 2**20:.0f} MB"
 
 
+async def test_classifying_a_large_text_upload_costs_bounded_memory(manager):
+    """The encoding check decodes a chunk at a time: a 16 MB CSV of emoji used to become a
+    whole-file string (4 bytes a character) on the way to being classified."""
+    data = b"name,n\n" + "\U0001f600,1\n".encode() * (16 * 1024 * 1024 // 7)
+    tracemalloc.start()
+    try:
+        result = await manager.upload(USER, data, "emoji.csv")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result["success"] and result["file_type"] == "csv", result
+    assert peak < 12 * 1024 * 1024, f"classifying a {len(data) / 2**20:.0f} MB file took {peak / 2**20:.0f} MB"
+
+
 @pytest.mark.parametrize("data, message", [
     (os.urandom(4096).replace(b"PK", b"pk"), "This file is not an Excel workbook: its content is binary data"),
     (b"PK\x03\x04" + os.urandom(512), "This is not a usable Excel workbook: it is a damaged zip archive"),

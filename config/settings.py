@@ -129,6 +129,16 @@ def _number_list(raw: str) -> tuple[int, ...]:
 _number_list.accepts = "a comma-separated list of distinct numbers >= 0"  # type: ignore[attr-defined]
 
 
+def _url_list(raw: str) -> tuple[str, ...]:
+    urls = tuple(url.rstrip("/") for url in _name_list(raw))
+    if any(not url.startswith(("http://", "https://")) or "@" in url for url in urls):
+        raise ValueError  # no credentials in a URL: the token travels in EXECUTOR_TOKEN
+    return urls
+
+
+_url_list.accepts = "a comma-separated list of http:// or https:// base URLs"  # type: ignore[attr-defined]
+
+
 def _name_list_or_none(raw: str) -> tuple[str, ...]:
     # "none" says "empty" for lists whose empty value would otherwise mean "the default"
     return () if raw.strip().lower() == "none" else _name_list(raw)
@@ -207,6 +217,12 @@ FIELDS: tuple[Field, ...] = (
     Field("ask_questions_per_day", "ASK_QUESTIONS_PER_DAY", "30", _int_range(0, 100_000), "/ask questions (follow-ups included) one member may ask per UTC day, counted in the database so it holds across restarts and processes. 0: unlimited."),
     Field("ask_timeout_seconds", "ASK_TIMEOUT_SECONDS", "300", _int_range(10, 3600), "Longest one /ask question may take, model replies and runs together."),
     Field("ask_max_reply_tokens", "ASK_MAX_REPLY_TOKENS", "1500", _int_range(64, 100_000), "Tokens one model reply may use (the code it writes or its answer)."),
+    # Execution workers (python -m interpreter.service) and the bot's client of them
+    Field("executor_urls", "EXECUTOR_URLS", "", _url_list, "Execution workers' base URLs, comma-separated; one name that resolves to several addresses (a headless Kubernetes Service) counts as each of them. Empty: runs execute in this process."),
+    Field("executor_token", "EXECUTOR_TOKEN", "", _secret, "Shared secret between the bot and its execution workers (sent as a bearer token). A worker refuses to start without it unless it listens on loopback only."),
+    Field("executor_host", "EXECUTOR_HOST", "127.0.0.1", _text, "Address an execution worker listens on (0.0.0.0: every interface, needs EXECUTOR_TOKEN)."),
+    Field("executor_port", "EXECUTOR_PORT", "8790", _int_range(1, 65535), "Port an execution worker listens on."),
+    Field("executor_max_request_mb", "EXECUTOR_MAX_REQUEST_MB", "256", _int_range(1, 10_000), "Largest request a worker accepts and largest answer the bot reads from one, in MB (input files travel in the request, generated files in the answer)."),
     # Sandbox
     Field("sandbox_uid", "SANDBOX_UID", "65534", _int_range(1, 2**32 - 2), "Unprivileged uid that runs execute as when the bot runs as root."),
     Field("sandbox_gid", "SANDBOX_GID", "65534", _int_range(1, 2**32 - 2), "Unprivileged gid that runs execute as when the bot runs as root."),
@@ -274,6 +290,11 @@ class Settings:
     ask_questions_per_day: int
     ask_timeout_seconds: int
     ask_max_reply_tokens: int
+    executor_urls: tuple[str, ...]
+    executor_token: Secret
+    executor_host: str
+    executor_port: int
+    executor_max_request_mb: int
     sandbox_uid: int
     sandbox_gid: int
     bwrap_path: str

@@ -64,15 +64,15 @@ class Engine:
         from interpreter.store import open_store
 
         self.settings = settings
+        self.store = store if store is not None else open_store(settings)
         if executor is None:
-            executor = make_executor(settings, packages=packages, runner=runner, sessions=sessions)
+            executor = make_executor(settings, self.store, packages=packages, runner=runner, sessions=sessions)
         self.executor = executor
         # The in-process parts when execution is local (tests and the seed's get_package_manager
         # reach them); a remote executor has no runner or sessions in this process.
         self.packages = getattr(executor, "packages", None) or packages or PackageManager(settings)
         self.runner = getattr(executor, "runner", None)
         self.sessions = getattr(executor, "sessions", None)
-        self.store = store if store is not None else open_store(settings)
         self.files = FileManager(settings, self.store, clock=clock)
         self.audit = RunAudit(settings, self.store, clock=clock)
         self.access = RunAccess(settings, self.audit)
@@ -250,8 +250,13 @@ class Engine:
         return status
 
 
-def make_executor(settings: Settings, **local_parts: Any) -> Executor:
-    """The remote client when EXECUTOR_URLS is set, else the in-process executor."""
+def make_executor(settings: Settings, store: Any, **local_parts: Any) -> Executor:
+    """The remote client when EXECUTOR_URLS is set (session placement kept in `store`),
+    else the in-process executor."""
+    if settings.executor_urls:
+        from interpreter.remote import RemoteExecutor
+
+        return RemoteExecutor(settings, store)
     return LocalExecutor(settings, **local_parts)
 
 

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures_sandbox",
     "tests.fixtures_mongo",
     "tests.fixtures_discord",
+    "tests.fixtures_executor",
 ]

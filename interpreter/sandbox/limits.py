@@ -115,6 +115,9 @@ class CgroupManager:
     version: int
     parents: list[Path]  # v1: [memory parent, pids parent]; v2: [parent]
     reason: str = ""  # why cgroups are unavailable (when parents is empty)
+    # Groups this process created, so a shutdown removes its own leftovers and never an
+    # empty group another process (a second worker on the host) is about to fill.
+    created: list[RunCgroup] = dataclasses.field(default_factory=list, repr=False)
 
     @property
     def available(self) -> bool:
@@ -190,7 +193,20 @@ class CgroupManager:
             log.warning("could not create a run cgroup (%s); using rlimit fallbacks for this run", exc)
             RunCgroup(dirs, self.version).remove()
             return None
-        return RunCgroup(dirs, self.version)
+        group = RunCgroup(dirs, self.version)
+        self.forget_removed()
+        self.created.append(group)
+        return group
+
+    def forget_removed(self) -> None:
+        self.created = [group for group in self.created if any(d.exists() for d in group.dirs)]
+
+    def remove_own_leftovers(self) -> int:
+        """Remove this process's groups that are still there (emptied by now); how many remain."""
+        for group in self.created:
+            group.remove()
+        self.forget_removed()
+        return len(self.created)
 
     def sweep(self) -> None:
         """Remove run groups left behind (processes were still exiting at removal)."""

@@ -76,6 +76,18 @@ class RunRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class Lease:
+    """A named claim held by one holder until `expires_at`: the atomic document every
+    process sharing the store agrees on (session placement, per-member locks, cooldowns,
+    the sweep). An expired lease is free whether or not the database has removed it yet."""
+
+    key: str
+    holder: str
+    expires_at: datetime  # aware, UTC
+    data: dict  # small JSON-able values the holder keeps with it
+
+
+@dataclasses.dataclass(frozen=True)
 class Usage:
     files: int
     bytes: int
@@ -181,6 +193,26 @@ class FileStore(abc.ABC):
     @abc.abstractmethod
     async def delete_expired_counters(self, now: datetime) -> int:
         """Delete counters expired at `now`; returns how many went."""
+    # --- leases (atomic across every process sharing the store)
+
+    @abc.abstractmethod
+    async def acquire_lease(self, key: str, holder: str, expires_at: datetime, now: datetime,
+                            data: dict | None = None) -> Lease:
+        """Take the lease `key` for `holder` when it is free (absent or expired at `now`) or
+        already theirs (then renewed, with `data`), in one atomic step. Returns the lease as
+        it stands afterwards: its holder is someone else when they hold it."""
+
+    @abc.abstractmethod
+    async def read_lease(self, key: str, now: datetime) -> Lease | None:
+        """The unexpired lease `key`, or None."""
+
+    @abc.abstractmethod
+    async def release_lease(self, key: str, holder: str) -> bool:
+        """Give the lease up, only if `holder` holds it; True when it was released."""
+
+    @abc.abstractmethod
+    async def delete_expired_leases(self, now: datetime) -> int:
+        """Remove leases expired at `now` (the TTL index does it lazily on MongoDB)."""
 
     async def close(self) -> None:
         """Release connections. Stores reconnect by themselves when used again."""

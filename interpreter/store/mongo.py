@@ -40,13 +40,14 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import ConfigurationError, ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
-from interpreter.store.base import RUN_REFUSED, FileRecord, FileStore, RunRecord, StoreUnavailable, Usage, scrub
+from interpreter.store.base import RUN_REFUSED, FileRecord, FileStore, Lease, RunRecord, StoreUnavailable, Usage, scrub
 
 log = logging.getLogger("interpreter.store")
 
 COLLECTION = "user_files"
 RUN_AUDIT_COLLECTION = "run_audit"
 COUNTERS_COLLECTION = "counters"
+LEASES_COLLECTION = "leases"
 _INDEX_CONFLICT_CODES = {85, 86}  # IndexOptionsConflict, IndexKeySpecsConflict
 _AUTH_FAILURE_CODES = {13, 18}  # Unauthorized, AuthenticationFailed: as good as down for us
 _DEFAULT_SERVER_SELECTION_MS = 5000  # fail a call in seconds, not PyMongo's default 30 s
@@ -142,7 +143,7 @@ class MongoStore(FileStore):
                 if collection_name not in self._indexes_ready:
                     if collection_name == RUN_AUDIT_COLLECTION:
                         await self._ensure_run_audit_indexes(collection)
-                    elif collection_name == COUNTERS_COLLECTION:
+                    elif collection_name in (COUNTERS_COLLECTION, LEASES_COLLECTION):
                         await collection.create_index("expires_at", expireAfterSeconds=0)
                     else:
                         await self._ensure_indexes(collection)
@@ -336,6 +337,43 @@ class MongoStore(FileStore):
     async def delete_expired_counters(self, now: datetime) -> int:
         result = await self._call(lambda c: c.delete_many({"expires_at": {"$lte": now}}), COUNTERS_COLLECTION)
         return result.deleted_count
+
+
+    # --- leases: one document per key (_id), taken with a conditional upsert
+
+    async def acquire_lease(self, key: str, holder: str, expires_at: datetime, now: datetime,
+                            data: dict | None = None) -> Lease:
+        async def op(collection):
+            try:
+                # Matches only a free (expired) or own lease; when someone else holds it the
+                # upsert's insert collides with their _id, which is the refusal.
+                return await collection.find_one_and_update(
+                    {"_id": key, "$or": [{"expires_at": {"$lte": now}}, {"holder": holder}]},
+                    {"$set": {"holder": holder, "expires_at": expires_at, "data": data or {}}},
+                    upsert=True, return_document=ReturnDocument.AFTER)
+            except DuplicateKeyError:
+                return await collection.find_one({"_id": key})
+
+        doc = await self._call(op, LEASES_COLLECTION)
+        if doc is None:  # released between the two calls: try once more
+            doc = await self._call(op, LEASES_COLLECTION)
+        return _lease(doc)
+
+    async def read_lease(self, key: str, now: datetime) -> Lease | None:
+        doc = await self._call(lambda c: c.find_one({"_id": key, "expires_at": {"$gt": now}}), LEASES_COLLECTION)
+        return _lease(doc) if doc else None
+
+    async def release_lease(self, key: str, holder: str) -> bool:
+        result = await self._call(lambda c: c.delete_one({"_id": key, "holder": holder}), LEASES_COLLECTION)
+        return result.deleted_count > 0
+
+    async def delete_expired_leases(self, now: datetime) -> int:
+        result = await self._call(lambda c: c.delete_many({"expires_at": {"$lte": now}}), LEASES_COLLECTION)
+        return result.deleted_count
+
+
+def _lease(doc: dict[str, Any]) -> Lease:
+    return Lease(key=doc["_id"], holder=doc["holder"], expires_at=_utc(doc["expires_at"]), data=dict(doc.get("data") or {}))
 
 
 __all__ = ["MongoStore", "StoreUnavailable"]

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from interpreter.store.base import RUN_REFUSED, FileRecord, FileStore, RunRecord, Usage
+from interpreter.store.base import RUN_REFUSED, FileRecord, FileStore, Lease, RunRecord, Usage
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS user_files (
@@ -61,6 +61,13 @@ CREATE TABLE IF NOT EXISTS counters (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS counters_expiry ON counters (expires_at);
+CREATE TABLE IF NOT EXISTS leases (
+    key        TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    data       TEXT NOT NULL           -- JSON object
+);
+CREATE INDEX IF NOT EXISTS leases_expiry ON leases (expires_at);
 """
 
 _COLUMNS = "file_id, user_id, filename, file_path, file_size, file_type, uploaded_at, expires_at"
@@ -134,6 +141,25 @@ class SQLiteStore(FileStore):
                 # moved, the disk remounted, or the directory fixed meanwhile.
                 self._close_sync()
                 raise
+
+    def _transaction_sync(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
+        """Run statements in one write transaction (BEGIN IMMEDIATE: other processes wait
+        for it); returns the last statement's rows."""
+        with self._lock:
+            connection = self._connect()
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                rows: list[tuple[Any, ...]] = []
+                for sql, params in statements:
+                    rows = connection.execute(sql, params).fetchall()
+                connection.execute("COMMIT")
+                return rows
+            except sqlite3.Error:
+                self._close_sync()  # rolls the transaction back
+                raise
+
+    async def _transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
+        return await self._guarded(asyncio.to_thread(self._transaction_sync, statements), (sqlite3.Error, OSError))
 
     async def _run(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[tuple[Any, ...]], int]:
         # sqlite3.Error covers "unable to open database file", "disk I/O error",
@@ -269,3 +295,33 @@ class SQLiteStore(FileStore):
     async def delete_expired_counters(self, now: datetime) -> int:
         _, count = await self._run("DELETE FROM counters WHERE expires_at <= ?", (_to_epoch(now),))
         return max(count, 0)
+    # --- leases
+
+    async def acquire_lease(self, key: str, holder: str, expires_at: datetime, now: datetime,
+                            data: dict | None = None) -> Lease:
+        rows = await self._transaction([
+            ("INSERT INTO leases (key, holder, expires_at, data) VALUES (?, ?, ?, ?) "
+             "ON CONFLICT(key) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, "
+             "data = excluded.data WHERE leases.expires_at <= ? OR leases.holder = excluded.holder",
+             (key, holder, _to_epoch(expires_at), json.dumps(data or {}), _to_epoch(now))),
+            ("SELECT key, holder, expires_at, data FROM leases WHERE key = ?", (key,)),
+        ])
+        return _lease(rows[0])
+
+    async def read_lease(self, key: str, now: datetime) -> Lease | None:
+        rows, _ = await self._run("SELECT key, holder, expires_at, data FROM leases WHERE key = ? AND expires_at > ?",
+                                  (key, _to_epoch(now)))
+        return _lease(rows[0]) if rows else None
+
+    async def release_lease(self, key: str, holder: str) -> bool:
+        _, count = await self._run("DELETE FROM leases WHERE key = ? AND holder = ?", (key, holder))
+        return count > 0
+
+    async def delete_expired_leases(self, now: datetime) -> int:
+        _, count = await self._run("DELETE FROM leases WHERE expires_at <= ?", (_to_epoch(now),))
+        return max(count, 0)
+
+
+def _lease(row: tuple[Any, ...]) -> Lease:
+    key, holder, expires_at, data = row
+    return Lease(key=key, holder=holder, expires_at=_from_epoch(expires_at), data=json.loads(data))

@@ -191,6 +191,7 @@ FIELDS: tuple[Field, ...] = (
     Field("output_kill_bytes", "OUTPUT_KILL_BYTES", "10000000", _int_range(1000), "A run that prints more than this is stopped ('output limit')."),
     Field("run_memory_mb", "RUN_MEMORY_MB", "1024", _int_range(64), "Memory one run may use (cgroup limit), in MB."),
     Field("run_max_processes", "RUN_MAX_PROCESSES", "64", _int_range(4), "Processes and threads one run may have at once (cgroup pids limit)."),
+    Field("run_cpu_cores", "RUN_CPU_CORES", "1", _float_range(0), "CPU one run (or session) may use at once, in cores (cgroup CPU quota); every run weighs the same in the scheduler however many processes it starts. 0: no quota."),
     Field("run_workdir_mb", "RUN_WORKDIR_MB", "200", _int_range(1), "Size of a run's writable work dir (and, separately, of its /tmp), in MB."),
     Field("run_max_open_files", "RUN_MAX_OPEN_FILES", "256", _int_range(16), "Open files per process inside a run (RLIMIT_NOFILE)."),
     Field("max_generated_files", "MAX_GENERATED_FILES", "20", _int_range(0), "Files returned from one run; more are listed as skipped."),
@@ -267,6 +268,7 @@ class Settings:
     output_kill_bytes: int
     run_memory_mb: int
     run_max_processes: int
+    run_cpu_cores: float
     run_workdir_mb: int
     run_max_open_files: int
     max_generated_files: int

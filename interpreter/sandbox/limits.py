@@ -1,19 +1,32 @@
-"""Per-run resource limits: cgroups (memory, pids) where the host allows, rlimits always.
+"""Per-run resource limits: cgroups (memory, pids, cpu) where the host allows, rlimits always.
 
-cgroup v1 (separate memory/ and pids/ hierarchies) and v2 (one unified tree) are both
-handled. Each run gets its own child group, so one run's fork bomb or memory bomb
-cannot starve another run, and the whole group can be killed at once. Where no cgroup
-can be created (no root, no delegation), rlimit fallbacks apply: RLIMIT_AS for memory
-and RLIMIT_NPROC for processes (the latter counts every process of the sandbox uid, so
-concurrent runs share it; the status report says so).
+cgroup v1 (separate memory/, pids/ and cpu/ hierarchies) and v2 (one unified tree) are
+both handled. Each run gets its own child group, so one run's fork bomb or memory bomb
+cannot starve another run, and the whole group can be killed at once. CPU: every run's
+group has the same weight however many processes it starts, and a quota of
+RUN_CPU_CORES, so no run takes more than its slot. The cpu controller is optional: a
+host without it keeps memory and pids (the status report says so).
+
+Where no cgroup can be created (no root, no delegation), rlimit fallbacks apply:
+RLIMIT_AS for memory and RLIMIT_NPROC for processes (the latter counts every process of
+the sandbox uid, so concurrent runs share it; the status report says so).
+
+A run's group is removed only once its last process has left (`remove_when_empty`):
+the kernel tears a killed sandbox down for a while after bwrap itself has exited.
+Groups left behind anyway (a crash of the bot) are swept at start-up and then at most
+every SWEEP_INTERVAL_SECONDS, once they are older than STALE_AFTER_SECONDS (a fresh
+group is empty for a moment before its launcher joins it, and other processes of the
+host may share the parent).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -23,6 +36,12 @@ log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 GROUP_NAME = "code-interpreter"
+CPU_PERIOD_US = 100_000
+DEFAULT_SHARES = 1024  # cgroup v1 cpu.shares of a nice-0 task, and of a run's group
+REMOVE_TIMEOUT_SECONDS = 10.0  # a killed sandbox leaves its group in ms; bounded all the same
+REMOVE_POLL_SECONDS = 0.005
+STALE_AFTER_SECONDS = 60.0
+SWEEP_INTERVAL_SECONDS = 300.0
 
 
 def _own_cgroup_paths() -> dict[str, str]:
@@ -43,12 +62,18 @@ def _write(path: Path, value: str) -> None:
     path.write_text(value)
 
 
+def nice_to_weight(nice: int) -> int:
+    """The scheduler's weight for a nice value (1024 at 0, x1.25 per step), as a cgroup v1 cpu.shares."""
+    return max(2, round(DEFAULT_SHARES / 1.25 ** nice))
+
+
 @dataclasses.dataclass
 class RunCgroup:
     """The cgroup directories of one run (one per v1 hierarchy, or one v2 dir)."""
 
     dirs: list[Path]
     version: int
+    cpu_dir: Path | None = None  # where the cpu controller's files are (None: no CPU control)
 
     @property
     def procs_files(self) -> list[Path]:
@@ -99,13 +124,43 @@ class RunCgroup:
                 except ProcessLookupError:
                     pass
 
-    def remove(self) -> None:
+    def set_cpu_weight(self, nice: int) -> None:
+        """Weigh the whole run like one task of this nice value (the warm pool lowers a warming sandbox)."""
+        if self.cpu_dir is None:
+            return
+        weight = nice_to_weight(nice)
+        try:
+            if self.version == 1:
+                _write(self.cpu_dir / "cpu.shares", str(weight))
+            else:  # cpu.weight: 1..10000, 100 for nice 0
+                _write(self.cpu_dir / "cpu.weight", str(max(1, min(10_000, weight * 100 // DEFAULT_SHARES))))
+        except OSError:
+            pass  # gone already, or not permitted: priority is best effort
+
+    def remove(self) -> bool:
+        """rmdir every directory now; True when none is left. Fails while processes remain."""
+        left = False
         for d in self.dirs:
             try:
                 d.rmdir()
-            except OSError:
-                # Still emptying (processes being reaped); the next sweep removes it.
+            except FileNotFoundError:
                 pass
+            except OSError:
+                left = True
+        return not left
+
+    async def remove_when_empty(self, timeout: float = REMOVE_TIMEOUT_SECONDS) -> bool:
+        """Kill what is left and remove the group once its last process has gone. False: timed out
+        (logged; the periodic sweep removes it later)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.kill_all()
+            if not self.pids() and self.remove():
+                return True
+            if time.monotonic() >= deadline:
+                log.warning("run cgroup %s still busy after %ss; left for the sweep", self.dirs[0].name, timeout)
+                return False
+            await asyncio.sleep(REMOVE_POLL_SECONDS)
 
 
 @dataclasses.dataclass
@@ -113,29 +168,42 @@ class CgroupManager:
     """Creates per-run groups under one parent group of ours."""
 
     version: int
-    parents: list[Path]  # v1: [memory parent, pids parent]; v2: [parent]
+    parents: list[Path]  # v1: [memory parent, pids parent(, cpu parent)]; v2: [parent]
     reason: str = ""  # why cgroups are unavailable (when parents is empty)
+    cpu: bool = False  # runs get a CPU weight and quota
+    cpu_reason: str = ""  # why not, when cpu is False
     # Groups this process created, so a shutdown removes its own leftovers and never an
     # empty group another process (a second worker on the host) is about to fill.
     created: list[RunCgroup] = dataclasses.field(default_factory=list, repr=False)
+    _last_sweep: float = dataclasses.field(default=0.0, repr=False)
 
     @property
     def available(self) -> bool:
         return bool(self.parents)
 
-    @classmethod
-    def detect(cls) -> "CgroupManager":
-        own = _own_cgroup_paths()
-        if (CGROUP_ROOT / "cgroup.controllers").exists():
-            return cls._detect_v2(own.get("", "/"))
-        return cls._detect_v1(own)
+    @property
+    def controllers(self) -> str:
+        return "memory, pids, cpu" if self.cpu else "memory, pids"
 
     @classmethod
-    def _detect_v1(cls, own: dict[str, str]) -> "CgroupManager":
+    def detect(cls, settings: Settings | None = None) -> "CgroupManager":
+        """Find or make our parent group; sweep run groups a previous process left behind."""
+        own = _own_cgroup_paths()
+        if (CGROUP_ROOT / "cgroup.controllers").exists():
+            manager = cls._detect_v2(own.get("", "/"))
+        else:
+            manager = cls._detect_v1(own, settings)
+        manager.sweep()
+        return manager
+
+    @classmethod
+    def _detect_v1(cls, own: dict[str, str], settings: Settings | None) -> "CgroupManager":
         parents = []
-        for controller in ("memory", "pids"):
+        for controller in ("memory", "pids", "cpu"):
             base = CGROUP_ROOT / controller
             if not base.is_dir():
+                if controller == "cpu":
+                    return cls(1, parents, cpu_reason="cgroup v1 cpu controller not mounted")
                 return cls(1, [], f"cgroup v1 {controller} controller not mounted")
             parent = base / own.get(controller, "/").lstrip("/") / GROUP_NAME
             try:
@@ -146,10 +214,17 @@ class CgroupManager:
                         _write(parent / "memory.use_hierarchy", "1")
                     except OSError:
                         pass
+                if controller == "cpu":
+                    # All runs together weigh like MAX_CONCURRENT_RUNS busy tasks against the rest
+                    # of the host (one group would otherwise weigh like a single task).
+                    slots = settings.max_concurrent_runs if settings is not None else 1
+                    _write(parent / "cpu.shares", str(DEFAULT_SHARES * max(1, slots)))
             except OSError as exc:
+                if controller == "cpu":
+                    return cls(1, parents, cpu_reason=f"cannot create cgroups in {base} ({exc.strerror})")
                 return cls(1, [], f"cannot create cgroups in {base} ({exc.strerror})")
             parents.append(parent)
-        return cls(1, parents)
+        return cls(1, parents, cpu=True)
 
     @classmethod
     def _detect_v2(cls, own: str) -> "CgroupManager":
@@ -161,7 +236,12 @@ class CgroupManager:
             _write(parent / "cgroup.subtree_control", "+memory +pids")
         except OSError as exc:
             return cls(2, [], f"cannot delegate memory/pids controllers under {own_dir} ({exc.strerror})")
-        return cls(2, [parent])
+        try:
+            _write(own_dir / "cgroup.subtree_control", "+cpu")
+            _write(parent / "cgroup.subtree_control", "+cpu")
+        except OSError as exc:
+            return cls(2, [parent], cpu_reason=f"cannot delegate the cpu controller under {own_dir} ({exc.strerror})")
+        return cls(2, [parent], cpu=True)
 
     def create(self, settings: Settings) -> RunCgroup | None:
         if not self.available:
@@ -169,18 +249,25 @@ class CgroupManager:
         name = f"run-{uuid.uuid4().hex[:12]}"
         memory = settings.run_memory_mb * 1024 * 1024
         dirs: list[Path] = []
+        quota = round(settings.run_cpu_cores * CPU_PERIOD_US) if settings.run_cpu_cores > 0 else 0
+        cpu_dir: Path | None = None
         try:
             if self.version == 1:
-                mem_dir, pids_dir = self.parents[0] / name, self.parents[1] / name
-                mem_dir.mkdir()
-                dirs.append(mem_dir)
-                pids_dir.mkdir()
-                dirs.append(pids_dir)
+                for parent in self.parents:
+                    (parent / name).mkdir()
+                    dirs.append(parent / name)
+                mem_dir, pids_dir = dirs[0], dirs[1]
                 _write(mem_dir / "memory.limit_in_bytes", str(memory))
                 swap_limit = mem_dir / "memory.memsw.limit_in_bytes"
                 if swap_limit.exists():  # no escaping the limit into swap
                     _write(swap_limit, str(memory))
                 _write(pids_dir / "pids.max", str(settings.run_max_processes))
+                if self.cpu:
+                    cpu_dir = dirs[2]
+                    _write(cpu_dir / "cpu.shares", str(DEFAULT_SHARES))
+                    if quota:
+                        _write(cpu_dir / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+                        _write(cpu_dir / "cpu.cfs_quota_us", str(max(1000, quota)))
             else:
                 run_dir = self.parents[0] / name
                 run_dir.mkdir()
@@ -189,13 +276,17 @@ class CgroupManager:
                 if (run_dir / "memory.swap.max").exists():
                     _write(run_dir / "memory.swap.max", "0")
                 _write(run_dir / "pids.max", str(settings.run_max_processes))
+                if self.cpu:
+                    cpu_dir = run_dir
+                    _write(run_dir / "cpu.max", f"{max(1000, quota)} {CPU_PERIOD_US}" if quota else "max")
         except OSError as exc:
             log.warning("could not create a run cgroup (%s); using rlimit fallbacks for this run", exc)
             RunCgroup(dirs, self.version).remove()
             return None
-        group = RunCgroup(dirs, self.version)
+        group = RunCgroup(dirs, self.version, cpu_dir)
         self.forget_removed()
         self.created.append(group)
+        self.maybe_sweep()
         return group
 
     def forget_removed(self) -> None:
@@ -208,14 +299,33 @@ class CgroupManager:
         self.forget_removed()
         return len(self.created)
 
-    def sweep(self) -> None:
-        """Remove run groups left behind (processes were still exiting at removal)."""
+    def sweep(self, stale_after: float = STALE_AFTER_SECONDS) -> int:
+        """Remove empty run groups older than `stale_after` seconds; returns how many.
+
+        Non-empty groups refuse rmdir, so a live run (or a session between its runs) is
+        never touched; the age spares a group created a moment ago that its launcher has
+        not joined yet, here or in another process sharing the parent.
+        """
+        self._last_sweep = time.monotonic()
+        removed = 0
+        now = time.time()
         for parent in self.parents:
             for child in parent.glob("run-*"):
                 try:
+                    if now - child.stat().st_mtime < stale_after:
+                        continue
                     child.rmdir()
+                    removed += 1
                 except OSError:
                     pass
+        if removed:
+            log.info("removed %d stale run cgroups", removed)
+        return removed
+
+    def maybe_sweep(self) -> None:
+        """A sweep at most every SWEEP_INTERVAL_SECONDS (called as runs start)."""
+        if time.monotonic() - self._last_sweep >= SWEEP_INTERVAL_SECONDS:
+            self.sweep()
 
 
 def prlimit_args(settings: Settings, timeout: float, *, with_fallbacks: bool) -> list[str]:

@@ -364,6 +364,10 @@ class SandboxPool:
         """
         if self.warming_nice == 0:
             return
+        if sandbox.cgroup is not None:
+            # With a cpu cgroup per run, nice values only order the threads inside it:
+            # the group's own weight is what other runs compete with.
+            sandbox.cgroup.set_cpu_weight(nice)
         for _ in range(2):  # a process forked during the first pass inherits, or is seen in the second
             for pid in sandbox_pids(sandbox):
                 _renice_process(pid, nice)

@@ -478,8 +478,7 @@ class SandboxProcess:
                 await self.proc.wait()
         self._close_channels()
         if self.cgroup is not None:
-            self.cgroup.kill_all()
-            self.cgroup.remove()
+            await self.cgroup.remove_when_empty()  # its processes may still be leaving: wait for the last
 
 
 class SandboxRunner:
@@ -489,7 +488,7 @@ class SandboxRunner:
         self.settings = settings
         self.packages = packages
         self.running_as_root = os.geteuid() == 0
-        self.cgroups = CgroupManager.detect() if self.running_as_root else CgroupManager(0, [], "the bot is not root")
+        self.cgroups = CgroupManager.detect(settings) if self.running_as_root else CgroupManager(0, [], "the bot is not root")
         self.seccomp_program, self.seccomp_reason = _load_seccomp()
         self._bwrap: BwrapBinary | None = None
         self._gate: AdmissionGate | None = None
@@ -651,7 +650,7 @@ class SandboxRunner:
             "unavailable_reason": self.unavailable_reason,
             "bwrap": bwrap,
             "unprivileged_uid": s.sandbox_uid if self.running_as_root else os.geteuid(),
-            "cgroups": f"v{self.cgroups.version} (memory, pids per run)" if self.cgroups.available else f"off: {self.cgroups.reason}",
+            "cgroups": self._describe_cgroups(),
             "seccomp": "on" if self.seccomp_program is not None else f"off: {self.seccomp_reason}",
             "network": "none (private loopback only)",
             "pool": self.pool.describe() if self.pool is not None else {
@@ -668,6 +667,17 @@ class SandboxRunner:
                 "max_file_size_mb": s.max_file_size_mb,
             },
         }
+
+    def _describe_cgroups(self) -> str:
+        cgroups = self.cgroups
+        if not cgroups.available:
+            return f"off: {cgroups.reason}"
+        text = f"v{cgroups.version} ({cgroups.controllers} per run)"
+        if cgroups.cpu and self.settings.run_cpu_cores > 0:
+            text += f", CPU quota {self.settings.run_cpu_cores:g} cores per run"
+        elif not cgroups.cpu:
+            text += f"; no CPU control: {cgroups.cpu_reason}"
+        return text
 
     def load(self) -> dict:
         return {

@@ -6,6 +6,7 @@ and the store are real.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import sys
@@ -60,6 +61,16 @@ async def ask_world(bot_settings, model, monkeypatch, tmp_path):
     yield world
     world.bot.expiry_sweep.cancel()
     await (await interpreter.get_engine()).close()
+
+
+async def eventually(condition, seconds: float = 60.0) -> None:
+    """Wait for `condition()` (the model answers over real loopback HTTP, so event-loop turns
+    alone are not enough); fails after `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition():
+        assert loop.time() < deadline, "condition never became true"
+        await asyncio.sleep(0.01)
 
 
 def everything_sent(world) -> str:
@@ -278,3 +289,48 @@ async def test_progress_edits_are_throttled_and_the_latest_wins():
     await editor.show("four")  # too soon again; the answer arrives first
     editor.stop()
     assert editor._timer is None and interaction.edits[-1] == "❓ q\nthree"
+
+
+async def test_the_models_runs_wait_their_turn_in_the_fair_queue(ask_world, model):
+    w = ask_world
+    holders = [w.bot.scheduler.submit(10_000 + i) for i in range(w.bot.scheduler.capacity)]  # others' runs
+    model.script = [tool_call("print('my turn')"), answer("Done: my turn came.")]
+    asked = w.harness.start_slash("ask", w.alice, question="run something")
+    await eventually(lambda: "number 1 in line" in asked.content if asked.message_id else False)
+    assert len(model.received) == 1  # the model asked for a run, which waits in line
+    for holder in holders:
+        holder.release()
+    await asked.wait()
+    assert "Done: my turn came." in asked.content
+    assert "my turn" in model.received[1].last_tool_result
+
+
+async def test_the_hourly_run_limit_stops_the_question_between_runs(bot_settings, model, monkeypatch, tmp_path):
+    import interpreter
+
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    settings = bot_settings.replace(openai_base_url=model.url, openai_api_key=Secret(API_KEY),
+                                    runs_per_member_per_hour=1)
+    w = await start_bot(settings, monkeypatch, tmp_path)
+    try:
+        model.script = [tool_call("print(1)"), tool_call("print(2)")]
+        reply = await w.harness.slash("ask", w.alice, question="two runs please")
+        assert "⛔ The code could not run: ⏳ You've used your 1 run for this hour" in reply.content, reply.content
+        assert len(model.received) == 2  # not asked again after the refusal
+        assert len(await interpreter.recent_runs(10, user_id=w.alice.id)) == 1
+        refused = await w.harness.slash("ask", w.alice, question="and now?")
+        assert refused.ephemeral and "1 run for this hour" in refused.callback.content  # checked before any model call
+        assert len(model.received) == 2
+    finally:
+        w.bot.expiry_sweep.cancel()
+        await (await interpreter.get_engine()).close()
+
+
+async def test_the_answer_is_posted_cleaned_and_without_pings(ask_world, model):
+    w = ask_world
+    model.script = [answer("@everyone <@&123> look\u202e: ``` not a fence")]
+    reply = await w.harness.slash("ask", w.alice, question="ping them")
+    assert "@everyone <@&123> look:" in reply.content and "\u202e" not in reply.content
+    for sent in reply.sent:
+        if sent.kind != "callback":
+            no_pings(sent)

@@ -169,19 +169,10 @@ class AskCog(commands.Cog, name="Ask"):
     )
     async def ask(self, interaction: discord.Interaction, question: app_commands.Range[str, 1, MAX_QUESTION_CHARS],
                   file: discord.Attachment | None = None) -> None:
-        engine = await interpreter.get_engine()
-        if not engine.assistant.enabled:
-            await interaction.response.send_message(OFF_MESSAGE, ephemeral=True, allowed_mentions=NO_MENTIONS)
-            return
-        if not question.strip():
-            await interaction.response.send_message("Ask a question in words.", ephemeral=True)
-            return
-        if not await self._admitted(interaction):
-            return
-        allowance = await self._take_question(interaction)
+        allowance = await self._admit_question(interaction, question)
         if allowance is None:
             return
-        await interaction.response.defer(thinking=True)
+        engine = await interpreter.get_engine()
         file_ids: list[str] = []
         if file is not None:
             stored = await store_attachment(interaction.user.id, file, self.settings, preview_tables=False)
@@ -196,6 +187,22 @@ class AskCog(commands.Cog, name="Ask"):
         await self.answer(interaction, thread, question, allowance)
 
     # --- gates shared by /ask and Follow up (both before deferring: refusals are ephemeral)
+
+    async def _admit_question(self, interaction: discord.Interaction, question: str) -> Allowance | None:
+        """/ask on, a question in words, the run rules, one question of the daily budget;
+        then the reply is deferred. None (the member was told why) when any fails."""
+        if not (await interpreter.get_engine()).assistant.enabled:
+            await interaction.response.send_message(OFF_MESSAGE, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            return None
+        if not question.strip():
+            await interaction.response.send_message("Ask a question in words.", ephemeral=True)
+            return None
+        if not await self._admitted(interaction):
+            return None
+        allowance = await self._take_question(interaction)
+        if allowance is not None:
+            await interaction.response.defer(thinking=True)
+        return allowance
 
     async def _admitted(self, interaction: discord.Interaction) -> bool:
         """The /run rules (denied members/roles, run channels, hourly limit), without counting a run."""
@@ -275,20 +282,13 @@ class AskCog(commands.Cog, name="Ask"):
                                           run_code=runner.run, progress=editor.on_progress)
 
     async def follow_up(self, interaction: discord.Interaction, thread: Thread, question: str) -> None:
-        if not (await interpreter.get_engine()).assistant.enabled:
-            await interaction.response.send_message(OFF_MESSAGE, ephemeral=True, allowed_mentions=NO_MENTIONS)
-            return
         if thread.lock.locked():
             await interaction.response.send_message("⏳ The last question of this conversation is still being answered.",
                                                     ephemeral=True)
             return
-        if not await self._admitted(interaction):
-            return
-        allowance = await self._take_question(interaction)
-        if allowance is None:
-            return
-        await interaction.response.defer(thinking=True)
-        await self.answer(interaction, thread, question, allowance)
+        allowance = await self._admit_question(interaction, question)
+        if allowance is not None:
+            await self.answer(interaction, thread, question, allowance)
 
     async def _files_in_reach(self, thread: Thread) -> list[dict]:
         """The member's most recent files (the attached one first), as list_user_files gives them."""

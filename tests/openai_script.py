@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 _ids = itertools.count(1)
@@ -132,3 +133,11 @@ class ScriptedModel:
             response = reply(body)
             return await response if inspect.isawaitable(response) else response
         return web.json_response(reply)
+
+
+@pytest.fixture
+async def model():
+    """A scripted model server for one test (set `.script` / `.then`); import this fixture to use it."""
+    server = await ScriptedModel.start([])
+    yield server
+    await server.close()

@@ -15,16 +15,9 @@ from interpreter.assistant import (
     tool_result_text,
     CodeRun,
 )
-from tests.openai_script import ScriptedModel, answer, completion, hang, tool_call
+from tests.openai_script import answer, completion, hang, model, tool_call  # noqa: F401 (model: fixture)
 
 MEMBER = 424242424242424242
-
-
-@pytest.fixture
-async def model():
-    server = await ScriptedModel.start([])
-    yield server
-    await server.close()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from config.settings import Secret
 from tests.discord_harness import admin_permissions, attachment_payload
 from tests.fixtures_discord import start_bot
 from tests.test_bot_help import fields_of
-from tests.openai_script import ScriptedModel, answer, garbage, refusal, status, tool_call
+from tests.openai_script import answer, garbage, model, refusal, status, tool_call  # noqa: F401 (model: fixture)
 from tests.test_bot_run import no_pings
 
 API_KEY = "sk-test-0123456789-very-secret-key"
@@ -40,13 +40,6 @@ print(growth["growth"].idxmax(), round(growth["growth"].max(), 2))
 growth["growth"].plot.bar(title="Growth 2023-2024")
 plt.savefig("growth.png")
 """
-
-
-@pytest.fixture
-async def model():
-    server = await ScriptedModel.start([])
-    yield server
-    await server.close()
 
 
 @pytest.fixture

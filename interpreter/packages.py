@@ -317,7 +317,7 @@ class PackageManager:
         """pip constraints for an install into `venv`: every installed distribution pinned at its
         version (nothing installed moves), and the operator's policy for the rest."""
         installed = self.installed_distributions(venv)
-        pins = [f"{name}=={version}" for name, version in sorted(installed.items())]
+        pins = [f"{name}{_pin_operator(version)}{version}" for name, version in sorted(installed.items())]
         return pins + [entry for entry in self.approved.policy_fingerprint() if _requirement_name(entry) not in installed]
 
     def _base_python(self) -> str:
@@ -497,7 +497,11 @@ class PackageManager:
         staged = _files_by_distribution(staged_site)
         if not staged:
             return None
-        return _intrusion(staged_site[0], staged, _files_by_distribution(self.site_packages(venv)))
+        # Any file that already exists in the venv, owned by a distribution or not (bin/python is not).
+        clashes = sorted(str(path.relative_to(staging)) for dirpath, _dirs, names in os.walk(staging)
+                         for path in (Path(dirpath) / name for name in names)
+                         if os.path.lexists(venv / path.relative_to(staging)))
+        return _intrusion(staged_site[0], staged, _files_by_distribution(self.site_packages(venv)), clashes)
 
     async def _move_staged(self, staging: Path, venv: Path) -> None:
         """Move what pip staged into the venv (same layout: lib/pythonX.Y/site-packages, bin), then
@@ -666,6 +670,15 @@ def _requirement_name(requirement: str) -> str:
     return canonicalize_name(re.match(r"[A-Za-z0-9._-]*", requirement).group())
 
 
+def _pin_operator(version: str) -> str:
+    """`==` for a PEP 440 version; `===` (exact string) for a legacy one, which `==` cannot express."""
+    try:
+        Version(version)
+    except InvalidVersion:
+        return "==="
+    return "=="
+
+
 def _satisfies(version: str, request: PackageRequest) -> bool:
     if not request.specifier:
         return True
@@ -699,20 +712,25 @@ def _files_by_distribution(site_packages: Sequence[Path]) -> dict[str, set[str]]
     return found
 
 
-def _intrusion(staged_site: Path, staged: dict[str, set[str]], installed: dict[str, set[str]]) -> str | None:
+def _intrusion(staged_site: Path, staged: dict[str, set[str]], installed: dict[str, set[str]],
+               clashes: Sequence[str]) -> str | None:
     """Why new distributions would change what other members import, or None when they only add.
 
     Pins already stop installed versions from moving; what is left is a new distribution
-    that runs code at every interpreter start (a .pth line starting with `import`, a
-    sitecustomize), overwrites a file of an installed distribution, or provides a
-    top-level module an installed distribution provides (and so shadows it).
+    that overwrites a file the venv holds (`clashes`: paths relative to the venv; a
+    distribution's or the venv's own, like bin/python), runs code at every interpreter
+    start (a .pth line starting with `import`, a sitecustomize), or provides a top-level
+    module an installed distribution provides (and so shadows it).
     """
-    owner_of = {path: name for name, files in installed.items() for path in files if not path.endswith(".pyc")}
+    if clashes:
+        site_prefix = os.path.relpath(staged_site, staged_site.parents[2])  # lib/pythonX.Y/site-packages
+        as_recorded = [os.path.normpath(os.path.relpath(clash, site_prefix)) for clash in clashes]  # RECORD's form
+        culprit = {path: name for name, files in staged.items() for path in files}.get(as_recorded[0], "it")
+        owner_of = {path: name for name, files in installed.items() for path in files}
+        victims = sorted({owner_of.get(recorded, clash) for recorded, clash in zip(as_recorded, clashes)})
+        return f"{culprit} would overwrite files of {', '.join(victims[:3])}, which everyone uses"
     provided = {module: name for name, files in installed.items() for module in map(_top_level_module, files) if module}
     for name, files in sorted(staged.items()):
-        overwritten = sorted({owner_of[path] for path in files if path in owner_of})
-        if overwritten:
-            return f"{name} would overwrite files of {', '.join(overwritten)}, which everyone imports"
         for path in sorted(files):
             module = _top_level_module(path)
             if module in _STARTUP_MODULES or ("/" not in path and path.endswith(".pth")

@@ -470,13 +470,17 @@ async def test_an_extra_package_that_hooks_every_run_is_refused(manager: Package
     assert manager.marker()["requested"] == ["tinywheel"] and manager.generation == generation
 
 
-async def test_an_extra_package_that_overwrites_anothers_files_is_refused(
-        manager: PackageManager, wheelhouse: Path) -> None:
+@pytest.mark.parametrize("path, victim", [
+    ("tinywheel/__init__.py", "tinywheel"),  # another distribution's module
+    ("tinyshadow-1.0.data/scripts/python", "bin/python"),  # the venv's own interpreter, in no RECORD
+])
+async def test_an_extra_package_that_overwrites_a_file_of_the_venv_is_refused(
+        manager: PackageManager, wheelhouse: Path, path: str, victim: str) -> None:
     await manager.ensure_packages(["tinywheel"])
-    make_wheel(wheelhouse, "tinyshadow", "1.0", "", extra_files={"tinywheel/__init__.py": "VALUE = 'owned'\n"})
+    make_wheel(wheelhouse, "tinyshadow", "1.0", "", extra_files={path: "VALUE = 'owned'\n"})
     report = await manager.ensure_packages(["tinyshadow"])
     assert report.error_message() == (
-        "Package 'tinyshadow' was not added: tinyshadow would overwrite files of tinywheel, which everyone imports")
+        f"Package 'tinyshadow' was not added: tinyshadow would overwrite files of {victim}, which everyone uses")
     assert installed_version(manager, "tinyshadow") is None
     assert run_in_venv(manager, "import tinywheel; print(tinywheel.VALUE)") == "tiny 1.0"
 

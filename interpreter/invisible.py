@@ -68,7 +68,3 @@ def strip_invisible(text: str) -> str:
     """`text` with zero-width characters removed and blank ones turned into spaces (newlines and tabs kept)."""
     return _BLANK.sub(" ", _ZERO_WIDTH.sub("", text))
 
-
-def is_invisible(ch: str) -> bool:
-    """True for a character `strip_invisible` removes or blanks (tests enumerate the class with it)."""
-    return bool(_ZERO_WIDTH.match(ch) or _BLANK.match(ch))

@@ -25,7 +25,7 @@ from discord import app_commands
 from discord.ext import commands
 
 import interpreter
-from cogs._access import denial_message, run_context
+from cogs._access import denial_message, precheck_run, refuse_after_defer, run_context
 from cogs._format import (
     MAX_ATTACHMENTS,
     MESSAGE_LIMIT,
@@ -124,8 +124,10 @@ class ProgressEditor:
 
     async def _flush_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
-        self._timer = None
-        await self._flush()
+        try:
+            await self._flush()
+        finally:  # until the edit is done, stop() can still cancel it: it must not land after the answer
+            self._timer = None
 
     async def _flush(self) -> None:
         line, self._pending = self._pending, None
@@ -189,41 +191,33 @@ class AskCog(commands.Cog, name="Ask"):
     # --- gates shared by /ask and Follow up (both before deferring: refusals are ephemeral)
 
     async def _admit_question(self, interaction: discord.Interaction, question: str) -> Allowance | None:
-        """/ask on, a question in words, the run rules, one question of the daily budget;
-        then the reply is deferred. None (the member was told why) when any fails."""
+        """/ask on, a question in words, the run rules, one question of the daily budget.
+
+        Like /run, nothing touches the database before the interaction is acknowledged
+        (Discord allows 3 s): the rules that need none first, then the (public) deferral,
+        then the stored rules and the budget, whose refusals the member alone reads.
+        Returns None (the member was told why) when any fails."""
         if not (await interpreter.get_engine()).assistant.enabled:
             await interaction.response.send_message(OFF_MESSAGE, ephemeral=True, allowed_mentions=NO_MENTIONS)
             return None
         if not question.strip():
             await interaction.response.send_message("Ask a question in words.", ephemeral=True)
             return None
-        if not await self._admitted(interaction):
+        if not await precheck_run(interaction):
             return None
-        allowance = await self._take_question(interaction)
-        if allowance is not None:
-            await interaction.response.defer(thinking=True)
-        return allowance
-
-    async def _admitted(self, interaction: discord.Interaction) -> bool:
-        """The /run rules (denied members/roles, run channels, hourly limit), without counting a run."""
-        outcome = await interpreter.check_run(run_context(interaction))
-        if isinstance(outcome, Denial):
-            await interaction.response.send_message(denial_message(outcome), ephemeral=True, allowed_mentions=NO_MENTIONS)
-            return False
-        return True
-
-    async def _take_question(self, interaction: discord.Interaction) -> Allowance | None:
-        budget = (await interpreter.get_engine()).ask_budget
+        await interaction.response.defer(thinking=True)
+        denial = await interpreter.check_run(run_context(interaction))
+        if denial is not None:
+            await refuse_after_defer(interaction, denial_message(denial))
+            return None
         try:
-            allowance = await budget.take(interaction.user.id)
+            allowance = await (await interpreter.get_engine()).ask_budget.take(interaction.user.id)
         except StoreUnavailable as exc:
-            await interaction.response.send_message(f"⚠️ {exc}", ephemeral=True, allowed_mentions=NO_MENTIONS)
+            await refuse_after_defer(interaction, f"⚠️ {exc}")
             return None
         if not allowance.granted:
             when = discord.utils.format_dt(allowance.resets_at, "R")
-            await interaction.response.send_message(
-                f"⏳ You've asked your {allowance.limit} questions for today; more {when}.",
-                ephemeral=True, allowed_mentions=NO_MENTIONS)
+            await refuse_after_defer(interaction, f"⏳ You've asked your {allowance.limit} questions for today; more {when}.")
             return None
         return allowance
 

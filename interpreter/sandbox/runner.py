@@ -36,6 +36,7 @@ from interpreter.sandbox.admission import AdmissionGate
 from interpreter.sandbox.job import SandboxJob, SandboxOutcome
 from interpreter.sandbox.limits import CgroupManager, RunCgroup, prlimit_args
 from interpreter.sandbox.pool import SandboxPool
+from interpreter.sandbox.uids import UidLeases
 from interpreter.sandbox.protocol import ControlState, FrameLimits, ProtocolError, consume
 from interpreter.sandbox.workload import Workload, classify
 from interpreter.types import ExitCause
@@ -83,6 +84,7 @@ class SandboxProcess:
         self.cpu_seconds = cpu_seconds
         self.proc: asyncio.subprocess.Process | None = None
         self.cgroup: RunCgroup | None = None
+        self.uid: int | None = None  # the host uid leased for this sandbox (when the bot is root)
         self.state = ControlState()
         self._control_reader: asyncio.StreamReader | None = None
         self._control_transport: asyncio.BaseTransport | None = None
@@ -100,6 +102,8 @@ class SandboxProcess:
     async def start(self) -> None:
         runner, settings = self.runner, self.settings
         self.cgroup = runner.cgroups.create(settings) if runner.cgroups.available else None
+        if runner.running_as_root:
+            self.uid = runner.uids.acquire()
         control_r, control_w = os.pipe()
         job_r, job_w = os.pipe()
         bootstrap_r, bootstrap_w = os.pipe()
@@ -119,7 +123,7 @@ class SandboxProcess:
                 bootstrap_fd=bootstrap_r, control_fd=control_w, job_fd=job_r, seccomp_fd=seccomp_r,
                 env=sandbox_env(self.preload),
             )
-            argv = runner.launch_prefix(self.cgroup, self.cpu_seconds) + bwrap_args
+            argv = runner.launch_prefix(self.cgroup, self.cpu_seconds, self.uid) + bwrap_args
             self.proc = await asyncio.create_subprocess_exec(
                 *argv,
                 # Not the job channel: bwrap's pid 1 keeps its stdin, and any process of the run
@@ -477,8 +481,12 @@ class SandboxProcess:
             with contextlib.suppress(ProcessLookupError):
                 await self.proc.wait()
         self._close_channels()
+        gone = True
         if self.cgroup is not None:
-            await self.cgroup.remove_when_empty()  # its processes may still be leaving: wait for the last
+            gone = await self.cgroup.remove_when_empty()  # its processes may still be leaving: wait for the last
+        if gone:  # a uid is reused only once nothing of this sandbox is left
+            self.runner.uids.release(self.uid)
+            self.uid = None
 
 
 class SandboxRunner:
@@ -490,6 +498,7 @@ class SandboxRunner:
         self.running_as_root = os.geteuid() == 0
         self.cgroups = CgroupManager.detect(settings) if self.running_as_root else CgroupManager(0, [], "the bot is not root")
         self.seccomp_program, self.seccomp_reason = _load_seccomp()
+        self.uids = UidLeases(settings.sandbox_uid, settings.sandbox_uid_count)
         self._bwrap: BwrapBinary | None = None
         self._gate: AdmissionGate | None = None
         self._gate_loop: asyncio.AbstractEventLoop | None = None
@@ -507,7 +516,7 @@ class SandboxRunner:
             self._bwrap = find_bwrap(self.settings)
         return self._bwrap
 
-    def launch_prefix(self, cgroup: RunCgroup | None, cpu_seconds: float) -> list[str]:
+    def launch_prefix(self, cgroup: RunCgroup | None, cpu_seconds: float, uid: int | None = None) -> list[str]:
         prefix: list[str] = []
         if cgroup is not None:
             joins = "".join(f"echo $$ > {shlex.quote(str(p))} && " for p in cgroup.procs_files)
@@ -515,7 +524,7 @@ class SandboxRunner:
         if self.running_as_root:
             prefix += [
                 _tool("setpriv"),
-                f"--reuid={self.settings.sandbox_uid}",
+                f"--reuid={uid if uid is not None else self.settings.sandbox_uid}",
                 f"--regid={self.settings.sandbox_gid}",
                 "--clear-groups",
             ]
@@ -650,6 +659,7 @@ class SandboxRunner:
             "unavailable_reason": self.unavailable_reason,
             "bwrap": bwrap,
             "unprivileged_uid": s.sandbox_uid if self.running_as_root else os.geteuid(),
+            "uids": self.uids.description if self.running_as_root else f"{os.geteuid()} (the bot's own)",
             "cgroups": self._describe_cgroups(),
             "seccomp": "on" if self.seccomp_program is not None else f"off: {self.seccomp_reason}",
             "network": "none (private loopback only)",

@@ -158,7 +158,7 @@ def status_embed(status: dict[str, Any], *, queue: Any, bot_uptime: float, laten
                                                           "file_expiration_hours", "max_file_size_mb"]))
     if isinstance(status.get("limits"), dict):
         embed.add_field(name="Limits", value=_limits_text(status["limits"]))
-    queue_info = {"running": queue.running, "waiting": queue.waiting, "capacity": queue.capacity,
+    queue_info = {"in progress": queue.in_progress, "capacity": queue.capacity,
                   "started": queue.started_total, "refused": queue.refused_total}
     embed.add_field(name="Queue", value=_lines(queue_info))
     if runs:

@@ -405,15 +405,23 @@ class QueuedRunner:
                 admission.cancel()
             raise RunNotStarted(str(refusal)) from None
         self.submitted = True
+        shown: list[asyncio.Task] = []
+
+        def queued(position: int) -> None:  # the engine's queue says where the run stands
+            if position:
+                shown.append(asyncio.get_running_loop().create_task(
+                    self.editor.show(f"⏳ Queued: number {position} in line…", force=True)))
+
         async with ticket:
-            if not ticket.started:
-                await self.editor.show(f"⏳ Queued: number {ticket.position} in line…", force=True)
-                await ticket.wait_until_started()
-            return await interpreter.run_code(
-                code, user_id=self.interaction.user.id, user_files=self.file_ids or None,
-                install_packages=list(packages) or None, timeout=PREVIEW_TIMEOUT_SECONDS if preview else None,
-                session_id=None if preview else self.thread.conversation.session_id,
-                guild_id=self.thread.guild_id, channel_id=self.thread.channel_id)
+            with interpreter.observe_queue(queued):
+                result = await interpreter.run_code(
+                    code, user_id=self.interaction.user.id, user_files=self.file_ids or None,
+                    install_packages=list(packages) or None, timeout=PREVIEW_TIMEOUT_SECONDS if preview else None,
+                    session_id=None if preview else self.thread.conversation.session_id,
+                    guild_id=self.thread.guild_id, channel_id=self.thread.channel_id)
+            if shown:
+                await asyncio.wait(shown)  # the queue line never lands after what follows the run
+            return result
 
 
 class FollowUpModal(discord.ui.Modal, title="Follow up"):

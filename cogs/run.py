@@ -141,29 +141,27 @@ class RunCog(commands.Cog, name="Run"):
             admission = await admit_run(interaction)  # the hourly limit may read the run history
             if admission is None:
                 return
-            if not ticket.started:
-                await interaction.edit_original_response(
-                    content=f"⏳ Queued: your run is number {ticket.position} in line. It starts as soon as a slot is free.",
-                    allowed_mentions=NO_MENTIONS)
-                await ticket.wait_until_started()
-                await interaction.edit_original_response(content="▶️ Your run has started…", allowed_mentions=NO_MENTIONS)
-            session_id = session_id_for(interaction)  # asked once the run starts: the member may have ended it meanwhile
+            session_id = session_id_for(interaction)
             in_session = not request.fresh_sandbox and await (await interpreter.get_executor()).session_continues(session_id)
+            notices = QueueNotices(interaction)
             try:
-                result = await interpreter.run_code(
-                    request.code,
-                    user_id=request.author_id,
-                    user_files=list(request.files) or None,
-                    install_packages=list(request.packages) or None,
-                    timeout=request.timeout,
-                    guild_id=interaction.guild_id,
-                    channel_id=interaction.channel_id,
-                    session_id=session_id if in_session else None,
-                )
+                with interpreter.observe_queue(notices.report):  # the engine's queue says where the run stands
+                    result = await interpreter.run_code(
+                        request.code,
+                        user_id=request.author_id,
+                        user_files=list(request.files) or None,
+                        install_packages=list(request.packages) or None,
+                        timeout=request.timeout,
+                        guild_id=interaction.guild_id,
+                        channel_id=interaction.channel_id,
+                        session_id=session_id if in_session else None,
+                    )
             except Exception:
                 log.exception("execute_code failed for member %s", request.author_id)
+                await notices.settle()
                 await interaction.edit_original_response(content=SOMETHING_WENT_WRONG, allowed_mentions=NO_MENTIONS)
                 return
+            await notices.settle()
 
         header = "\n".join(line for line in (request.header, session_header(result.session)) if line)
         rendered = render_result(result, upload_limit=upload_limit(interaction), header=header)
@@ -172,6 +170,35 @@ class RunCog(commands.Cog, name="Run"):
             content=rendered.content, attachments=rendered.files, view=view, allowed_mentions=NO_MENTIONS)
         if admission.note:
             await tell_privately(interaction, f"ℹ️ {admission.note}")
+
+
+class QueueNotices:
+    """Tells the member where their run stands while it waits in the engine's queue.
+
+    The queue reports synchronously (a position, then 0 when the run starts); the edits
+    go out in that order, one after another, and `settle()` waits for them so the
+    result is always the last edit."""
+
+    def __init__(self, interaction: discord.Interaction) -> None:
+        self.interaction = interaction
+        self._last: asyncio.Task | None = None
+
+    def report(self, position: int) -> None:
+        content = (f"⏳ Queued: your run is number {position} in line. It starts as soon as a slot is free."
+                   if position else "▶️ Your run has started…")
+        self._last = asyncio.get_running_loop().create_task(self._edit(self._last, content))
+
+    async def _edit(self, previous: asyncio.Task | None, content: str) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        try:
+            await self.interaction.edit_original_response(content=content, allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException:
+            log.warning("could not show the queue position to member %s", self.interaction.user.id)
+
+    async def settle(self) -> None:
+        if self._last is not None:
+            await asyncio.wait([self._last])
 
 
 def upload_limit(interaction: discord.Interaction) -> int:

@@ -27,6 +27,7 @@ from interpreter.access import Admission, Denial, RunContext
 from interpreter.engine import Engine, configure, get_engine
 from interpreter.executor import ExecutionRequest, Executor, SessionOpened
 from interpreter.result import RunResult, SessionState
+from interpreter.sandbox.admission import observe_queue
 from interpreter.sessions import EndReason, SessionInfo
 from interpreter.types import ExitCause, GeneratedFile, InputFile, InterpreterError
 
@@ -60,6 +61,7 @@ __all__ = [
     "get_package_manager",
     "get_session",
     "list_user_files",
+    "observe_queue",
     "recent_runs",
     "run_code",
     "shutdown",

@@ -117,7 +117,8 @@ class LocalExecutor:
             installed, failed = tuple(report.installed), tuple(report.failed)
             if report.failed:
                 return RunResult.refusal(report.error_message(), installed_packages=installed, failed_packages=failed)
-        job = SandboxJob(code=request.code, timeout=request.timeout, input_files=request.input_files)
+        job = SandboxJob(code=request.code, timeout=request.timeout, input_files=request.input_files,
+                         owner=request.user_id)
         if request.session_id is None:
             outcome = await self.runner.run(job)
             return RunResult.from_outcome(outcome, request.timeout, installed_packages=installed,

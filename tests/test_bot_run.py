@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+from interpreter.engine import default_engine
 from tests.discord_harness import admin_permissions
 
 CHART_CODE = """
@@ -155,15 +156,21 @@ async def test_packages_option_autocompletes_the_approved_list(discord_world):
     assert await w.harness.autocomplete("run", w.alice, "packages", packages="requests") == []
 
 
+async def occupy_every_slot(capacity: int) -> list:
+    """Other members' runs holding every slot of the engine's queue (the one queue)."""
+    gate = default_engine().runner._admission()
+    return [await gate.acquire(light=True, member=10_000 + i) for i in range(capacity)]
+
+
 async def test_queue_position_is_told_and_the_run_starts_later(discord_world):
     w = discord_world
-    capacity = w.bot.scheduler.capacity
-    holders = [w.bot.scheduler.submit(10_000 + i) for i in range(capacity)]  # other members' runs
+    gate = default_engine().runner._admission()
+    holders = await occupy_every_slot(gate.capacity)
     queued = w.harness.start_slash("run", w.alice, code="print('my turn')")
     await until(lambda: any(s.kind == "edit_original" for s in queued.sent))
     assert "number 1 in line" in queued.content and not queued.ephemeral
     for holder in holders:
-        holder.release()
+        gate.release(holder)
     await queued.wait()
     contents = [s.content for s in queued.sent if s.kind == "edit_original"]
     assert any("has started" in c for c in contents)
@@ -172,8 +179,10 @@ async def test_queue_position_is_told_and_the_run_starts_later(discord_world):
 
 async def test_refusals_under_load_are_ephemeral(discord_world):
     w = discord_world
+    gate = default_engine().runner._admission()
     w.bot.scheduler.per_member_queued = 1
     running = w.bot.scheduler.submit(w.alice.id)  # alice already has a run going
+    holders = await occupy_every_slot(gate.capacity)
     waiting = w.harness.start_slash("run", w.alice, code="print(1)")
     await until(lambda: any(s.kind == "edit_original" for s in waiting.sent))
 
@@ -181,10 +190,12 @@ async def test_refusals_under_load_are_ephemeral(discord_world):
     assert refused.callback.payload["type"] == 4 and refused.ephemeral
     assert "limit is 2" in refused.callback.content
 
-    w.bot.scheduler.max_waiting = 1
+    w.bot.scheduler.max_waiting = 0
     busy = await w.harness.slash("run", w.bob, code="print(3)")
     assert busy.ephemeral and "busy" in busy.callback.content
     running.release()
+    for holder in holders:
+        gate.release(holder)
     await waiting.wait()
     assert waiting.content.startswith("✅")
 

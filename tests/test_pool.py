@@ -116,13 +116,12 @@ class GateScene:
         self.gate = AdmissionGate(capacity, heavy_max_wait=5.0, clock=lambda: self.now)
         self.order: list[str] = []
         self.tasks: list[asyncio.Task] = []
-        self.holders: list[str] = []  # who holds a slot, oldest first
+        self.holders: list[tuple[str, object]] = []  # (who, grant) holding a slot, oldest first
         self.heavy_holding_while_light_waited: list[int] = []
 
     async def occupy(self, count: int = 1) -> None:
         for n in range(count):
-            await self.gate.acquire(light=False)
-            self.holders.append(f"heavy-occupant-{n}")
+            self.holders.append((f"heavy-occupant-{n}", await self.gate.acquire(light=False)))
 
     async def queue(self, *names: str) -> None:
         """Queue waiters in this order ('light-…' names are light runs)."""
@@ -131,16 +130,16 @@ class GateScene:
         await asyncio.sleep(0)
 
     async def _wait(self, name: str, light: bool) -> None:
-        await self.gate.acquire(light=light)
+        grant = await self.gate.acquire(light=light)
         self.order.append(name)
-        self.holders.append(name)
-        if self.gate._light:  # light runs still wait: how many slots do heavy runs hold?
-            self.heavy_holding_while_light_waited.append(sum(not h.startswith("light") for h in self.holders))
+        self.holders.append((name, grant))
+        if any(g.light for g in self.gate._waiting):  # light runs still wait: how many slots do heavy runs hold?
+            self.heavy_holding_while_light_waited.append(sum(not h.startswith("light") for h, _ in self.holders))
 
     async def release(self) -> None:
         """The oldest holder finishes."""
-        holder = self.holders.pop(0)
-        self.gate.release(light=holder.startswith("light"))
+        _, grant = self.holders.pop(0)
+        self.gate.release(grant)
         await asyncio.sleep(0)
 
 
@@ -189,16 +188,16 @@ async def test_overdue_heavy_runs_never_take_the_last_slot_from_light_ones():
     await scene.release()
     await scene.release()
     await asyncio.gather(*scene.tasks)
-    assert scene.order[-2:] == ["heavy-4", "heavy-5"] and all(h.startswith("heavy") for h in scene.holders)
+    assert scene.order[-2:] == ["heavy-4", "heavy-5"] and all(h.startswith("heavy") for h, _ in scene.holders)
 
 
 async def test_gate_passes_on_a_slot_granted_to_a_cancelled_waiter():
     gate = AdmissionGate(1)
-    await gate.acquire(light=True)
+    holder = await gate.acquire(light=True)
     first = asyncio.create_task(gate.acquire(light=True))
     second = asyncio.create_task(gate.acquire(light=True))
     await asyncio.sleep(0)
-    gate.release(light=True)  # granted to `first`...
+    gate.release(holder)  # granted to `first`...
     first.cancel()  # ...which is cancelled before it runs: `second` must get the slot
     await asyncio.wait_for(second, 5)
 

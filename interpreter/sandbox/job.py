@@ -12,6 +12,7 @@ class SandboxJob:
     code: str
     timeout: float
     input_files: tuple[InputFile, ...] = ()
+    owner: int | None = None  # the member it runs for: the queue keeps members fair (admission.py)
 
 
 @dataclasses.dataclass

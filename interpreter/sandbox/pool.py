@@ -364,13 +364,7 @@ class SandboxPool:
         """
         if self.warming_nice == 0:
             return
-        if sandbox.cgroup is not None:
-            # With a cpu cgroup per run, nice values only order the threads inside it:
-            # the group's own weight is what other runs compete with.
-            sandbox.cgroup.set_cpu_weight(nice)
-        for _ in range(2):  # a process forked during the first pass inherits, or is seen in the second
-            for pid in sandbox_pids(sandbox):
-                _renice_process(pid, nice)
+        renice_sandbox(sandbox, nice)
 
     # ------------------------------------------------------------------ reporting
 
@@ -489,6 +483,18 @@ def _descendants(root: int) -> set[int]:
         found.add(pid)
         stack.extend(children.get(pid, ()))
     return found
+
+
+def renice_sandbox(sandbox: "SandboxProcess", nice: int) -> None:
+    """The sandbox's cpu cgroup weight, every thread and their autogroups (see
+    SandboxPool._set_priority). Blocking (/proc, cgroup files)."""
+    if sandbox.cgroup is not None:
+        # With a cpu cgroup per run, nice values only order the threads inside it:
+        # the group's own weight is what other runs compete with.
+        sandbox.cgroup.set_cpu_weight(nice)
+    for _ in range(2):  # a process forked during the first pass inherits, or is seen in the second
+        for pid in sandbox_pids(sandbox):
+            _renice_process(pid, nice)
 
 
 def _renice_process(pid: int, nice: int) -> None:

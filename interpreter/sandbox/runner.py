@@ -32,10 +32,10 @@ from pathlib import Path
 
 from config import Settings
 from interpreter.sandbox.bwrap import BwrapBinary, BwrapNotFound, build_bwrap_args, find_bwrap, sandbox_env
-from interpreter.sandbox.admission import AdmissionGate
+from interpreter.sandbox.admission import AdmissionGate, Grant
 from interpreter.sandbox.job import SandboxJob, SandboxOutcome
 from interpreter.sandbox.limits import CgroupManager, RunCgroup, prlimit_args
-from interpreter.sandbox.pool import SandboxPool
+from interpreter.sandbox.pool import SandboxPool, renice_sandbox
 from interpreter.sandbox.uids import UidLeases
 from interpreter.sandbox.protocol import ControlState, FrameLimits, ProtocolError, consume
 from interpreter.sandbox.workload import Workload, classify
@@ -489,6 +489,10 @@ class SandboxProcess:
             self.uid = None
 
 
+LONG_RUN_NICE = 19  # a run moved to the long lane (admission.py)
+NORMAL_NICE = 0
+
+
 class SandboxRunner:
     """Starts sandboxes and limits how many run at once."""
 
@@ -508,6 +512,7 @@ class SandboxRunner:
         self.completed = 0
         self.failures_by_cause: dict[str, int] = {}
         self._reaping: set[asyncio.Task] = set()  # destroy_later(): sandboxes killed, being reaped
+        self._renicing: set[asyncio.Task] = set()  # long runs whose priority is being lowered
         self.unavailable_reason: str | None = None  # set when the last sandbox could not start
 
     @property
@@ -533,33 +538,36 @@ class SandboxRunner:
 
     async def run(self, job: SandboxJob) -> SandboxOutcome:
         workload = classify(job.code)
-        async with self.slot(light=workload is Workload.LIGHT):  # light runs go first
-            outcome = await self._run_pooled_or_cold(job, workload)
+        async with self.slot(light=workload is Workload.LIGHT, member=job.owner) as grant:  # light runs go first
+            outcome = await self._run_pooled_or_cold(job, workload, grant)
         self._count(outcome)
         return outcome
 
     async def run_in(self, sandbox: SandboxProcess, job: SandboxJob) -> SandboxOutcome:
         """One job of a session, in its long-lived sandbox: admitted and counted like any run."""
-        async with self.slot(light=classify(job.code) is Workload.LIGHT):
+        async with self.slot(light=classify(job.code) is Workload.LIGHT, member=job.owner) as grant:
+            self._lower_priority_when_long(grant, sandbox)
             outcome = await sandbox.run_job(job)
+            if grant.long:  # the session's next job starts at normal priority again
+                await self._set_priority(sandbox, NORMAL_NICE)
         self._count(outcome)
         return outcome
 
     @contextlib.asynccontextmanager
-    async def slot(self, *, light: bool) -> AsyncIterator[None]:
-        """Hold one of the MAX_CONCURRENT_RUNS slots, waiting in the admission queue first."""
+    async def slot(self, *, light: bool, member: int | None = None) -> AsyncIterator[Grant]:
+        """Hold a place in the one admission queue (admission.py) until the block ends."""
         gate = self._admission()
         self.queued += 1
         try:
-            await gate.acquire(light=light)
+            grant = await gate.acquire(light=light, member=member)
         finally:
             self.queued -= 1
         self.in_flight += 1
         try:
-            yield
+            yield grant
         finally:
             self.in_flight -= 1
-            gate.release(light=light)
+            gate.release(grant)
             if (pool := self.pool_of_this_loop()) is not None:
                 pool.run_ended()  # refills wait for runs in flight (pool.py)
 
@@ -573,9 +581,25 @@ class SandboxRunner:
     def _admission(self) -> AdmissionGate:
         loop = asyncio.get_running_loop()
         if self._gate is None or self._gate_loop is not loop:  # a new event loop (tests): fresh state
-            self._gate = AdmissionGate(self.settings.max_concurrent_runs)
+            s = self.settings
+            # Moving a run aside is only safe when its priority can be lowered: per-run cgroups list its processes.
+            long_capacity = s.max_long_runs if self.cgroups.available else 0
+            self._gate = AdmissionGate(s.max_concurrent_runs, long_capacity=long_capacity,
+                                       long_after=s.run_long_after_seconds)
             self._gate_loop = loop
         return self._gate
+
+    def _lower_priority_when_long(self, grant: Grant, sandbox: SandboxProcess) -> None:
+        """A long run uses only the CPU short runs leave (admission.py); the sandbox cannot undo it."""
+        def lower() -> None:
+            task = asyncio.get_running_loop().create_task(self._set_priority(sandbox, LONG_RUN_NICE))
+            self._renicing.add(task)  # a reference until done (the loop keeps only a weak one)
+            task.add_done_callback(self._renicing.discard)
+        grant.on_long(lower)
+
+    @staticmethod
+    async def _set_priority(sandbox: SandboxProcess, nice: int) -> None:
+        await asyncio.to_thread(renice_sandbox, sandbox, nice)
 
     async def start_pool(self) -> SandboxPool | None:
         """Start keeping warm sandboxes (SANDBOX_POOL_SIZE, SANDBOX_LIGHT_POOL_SIZE). None: configured off.
@@ -627,15 +651,16 @@ class SandboxRunner:
             await self.pool.close()
         await self.wait_reaped()
 
-    async def _run_pooled_or_cold(self, job: SandboxJob, workload: Workload) -> SandboxOutcome:
+    async def _run_pooled_or_cold(self, job: SandboxJob, workload: Workload, grant: Grant) -> SandboxOutcome:
         pool = self.pool_of_this_loop()  # started by start_pool() (the bot at start-up); None: every run starts cold
         if pool is not None:
             sandbox = await pool.acquire(workload)
             if sandbox is not None:
+                self._lower_priority_when_long(grant, sandbox)
                 return await sandbox.execute(job)  # runs once, then destroyed with its cgroup
-        return await self._run_cold(job)
+        return await self._run_cold(job, grant)
 
-    async def _run_cold(self, job: SandboxJob) -> SandboxOutcome:
+    async def _run_cold(self, job: SandboxJob, grant: Grant) -> SandboxOutcome:
         try:
             venv_dir = await self.packages.ensure_venv()
             sandbox = SandboxProcess(self, venv_dir, cpu_seconds=job.timeout)
@@ -644,6 +669,7 @@ class SandboxRunner:
             log.error("cannot start a sandbox: %s", exc)
             self.unavailable_reason = str(exc)
             return SandboxOutcome(cause=ExitCause.SANDBOX, error=SANDBOX_UNAVAILABLE, return_code=-1)
+        self._lower_priority_when_long(grant, sandbox)
         return await sandbox.execute(job)
 
     def describe(self) -> dict:
@@ -693,6 +719,7 @@ class SandboxRunner:
         return {
             "in_flight": self.in_flight,
             "queued": self.queued,
+            "long": self._gate.long_running if self._gate is not None else 0,
             "completed": self.completed,
             "max_concurrent": self.settings.max_concurrent_runs,
             "pool_idle": {

@@ -51,14 +51,6 @@ class InterpreterTree(app_commands.CommandTree):
             log.warning("could not report a command error to user %s", interaction.user.id)
 
 
-def engine_queue_waiting() -> int | None:
-    """Runs waiting in this process's engine queue; None when runs execute on remote workers."""
-    from interpreter.engine import default_engine
-
-    runner = getattr(default_engine(), "runner", None)
-    return runner.queued if runner is not None else None
-
-
 class CodeInterpreterBot(commands.Bot):
     def __init__(self, settings: Settings, *, sync_commands: bool | None = None,
                  shards: ShardPlan = ShardPlan(None, None)) -> None:
@@ -86,7 +78,7 @@ class CodeInterpreterBot(commands.Bot):
             per_member_queued=settings.run_queue_per_member,
             max_waiting=settings.run_queue_max,
             cooldown_seconds=settings.run_cooldown_seconds,
-            queue_waiting=engine_queue_waiting,
+            queue_waiting=interpreter.queued_runs,
         )
 
     async def setup_hook(self) -> None:

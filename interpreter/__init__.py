@@ -62,6 +62,7 @@ __all__ = [
     "get_session",
     "list_user_files",
     "observe_queue",
+    "queued_runs",
     "recent_runs",
     "run_code",
     "shutdown",
@@ -129,6 +130,14 @@ async def admit_run(context: RunContext, *, count: bool = True) -> Admission | D
     if count:
         return await access.admit(context)
     return await access.check(context) or Admission()
+
+
+def queued_runs() -> int | None:
+    """Runs waiting in this process's queue right now; None when runs execute on remote workers."""
+    from interpreter.engine import default_engine
+
+    runner = getattr(default_engine(), "runner", None)
+    return runner.queued if runner is not None else None
 
 
 async def check_run(context: RunContext, *, use_store: bool = True) -> Denial | None:

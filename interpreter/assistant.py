@@ -9,6 +9,9 @@ words or the step limit (ASK_MAX_STEPS model calls) is reached. On the last step
 model is told to answer without tools, so a model that keeps calling tools ends with
 what it has instead of looping.
 
+Replies are not streamed: Discord allows only a few message edits per second, and the
+words come after the runs anyway; the member sees each stage instead (`Progress`).
+
 What can go wrong ends in an `AskOutcome`, never in an exception: endpoint down,
 429, key refused, a reply that is not a chat completion, a refusal, the wall-clock
 limit (ASK_TIMEOUT_SECONDS). Every failure costs at most the limits.
@@ -41,6 +44,8 @@ MAX_CODE_CHARS = 100_000  # as /run
 OUTPUT_HEAD_CHARS = 2500  # of a run's output the model sees: the start...
 OUTPUT_TAIL_CHARS = 1000  # ... and the end, where totals usually are
 ERROR_TAIL_CHARS = 2500  # tracebacks matter at their end
+MAX_ANSWER_CHARS = 20_000  # of a reply's words; an endpoint that ignores max_tokens cannot flood Discord
+MAX_CALLS_PER_REPLY = 5  # tool calls read from one reply; more are dropped (each run is also a step)
 HISTORY_CHARS = 60_000  # a conversation kept for follow-ups; older turns are dropped first
 REQUEST_TIMEOUT_CAP = 120.0  # one model request never waits longer than this
 NO_KEY_PLACEHOLDER = "not-needed"  # local servers accept any key; the SDK insists on one
@@ -309,7 +314,7 @@ def read_turn(response: Any) -> ModelTurn:
     if getattr(choice, "finish_reason", None) == "content_filter":
         return ModelTurn(refusal="the endpoint's content filter stopped the reply")
     calls = []
-    for index, call in enumerate(getattr(message, "tool_calls", None) or ()):
+    for index, call in enumerate((getattr(message, "tool_calls", None) or ())[:MAX_CALLS_PER_REPLY]):
         function = getattr(call, "function", None)
         calls.append({
             "id": str(getattr(call, "id", None) or f"call_{index}")[:100],
@@ -318,7 +323,7 @@ def read_turn(response: Any) -> ModelTurn:
                          "arguments": str(getattr(function, "arguments", "") or "")},
         })
     content = getattr(message, "content", None)
-    text = content.strip() if isinstance(content, str) else ""
+    text = content.strip()[:MAX_ANSWER_CHARS] if isinstance(content, str) else ""
     if not calls and not text:
         return ModelTurn(problem="an empty reply")
     return ModelTurn(text=text, tool_calls=tuple(calls))
@@ -467,7 +472,9 @@ class Assistant:
             # On the last step the model must answer with what it has.
             "tool_choice": "none" if last else "auto",
             ("max_completion_tokens" if self.official else "max_tokens"): self.settings.ask_max_reply_tokens,
-            "timeout": max(1.0, min(REQUEST_TIMEOUT_CAP, deadline - time.monotonic())),
+            # A little past the question's own deadline, so that deadline (TIMEOUT) fires first
+            # and a stalled request is not mistaken for an unreachable endpoint.
+            "timeout": min(REQUEST_TIMEOUT_CAP, max(0.0, deadline - time.monotonic()) + 5.0),
         }
         try:
             response = await self.client().chat.completions.create(**request)

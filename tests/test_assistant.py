@@ -114,3 +114,14 @@ def test_history_drops_the_oldest_turns_first_and_keeps_the_latest():
     conversation.messages.append({"role": "user", "content": "y" * 50_000})
     conversation.trim(30_000)
     assert [m["content"][:1] for m in conversation.messages] == ["y"]
+
+
+async def test_a_flood_of_tool_calls_runs_only_within_the_limits(assistant, model):
+    calls = [tool_call(f"print({n})")["choices"][0]["message"]["tool_calls"][0] for n in range(50)]
+    model.script = [completion({"content": None, "tool_calls": calls}, "tool_calls"), answer("x" * 100_000)]
+    reply, conversation = await ask(assistant)
+    assert len(reply.runs) <= assistant.settings.ask_max_steps
+    assert len(reply.text) == 20_000  # an endpoint ignoring max_tokens cannot flood the reply
+    stored_calls = [c for m in conversation.messages if m.get("tool_calls") for c in m["tool_calls"]]
+    answered = [m for m in conversation.messages if m["role"] == "tool"]
+    assert len(stored_calls) == len(answered) == 5

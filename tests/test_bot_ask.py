@@ -340,3 +340,12 @@ async def test_the_answer_is_posted_cleaned_and_without_pings(ask_world, model):
     for sent in reply.sent:
         if sent.kind != "callback":
             no_pings(sent)
+
+
+async def test_a_long_answer_is_cut_to_one_message_and_attached_whole(ask_world, model):
+    w = ask_world
+    words = "".join(f"Paragraph {n}: the numbers say something.\n" for n in range(200))
+    model.script = [answer(words)]
+    reply = await w.harness.slash("ask", w.alice, question="tell me everything")
+    assert len(reply.content) <= 2000 and "the whole answer is in answer.md" in reply.content
+    assert reply.final.files["answer.md"].decode() == words.strip()

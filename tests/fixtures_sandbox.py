@@ -51,8 +51,14 @@ def sandbox_venv() -> Path:
 
     settings = make_settings(Path("/nonexistent-unused"))
     manager = PackageManager(settings)
+
+    async def ready() -> Path:
+        await manager.ensure_venv()
+        await manager.wait_for_rebuild()  # a venv of an older build recipe is rebuilt first
+        return manager.venv_dir
+
     try:
-        return asyncio.run(manager.ensure_venv())
+        return asyncio.run(ready())
     except Exception as exc:  # fail loudly: a missing venv must not turn into skipped tests
         pytest.fail(f"could not build the sandbox venv at {settings.venv_dir}: {exc}", pytrace=False)
 

@@ -52,9 +52,15 @@ import time
 import traceback
 import types
 
+# The companion modules are bound beside this file (-I leaves the script's folder off sys.path).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import display  # noqa: E402 - what members see of their results
+import errors  # noqa: E402 - how their exceptions are told
+import offline  # noqa: E402 - no internet, no keyboard: said plainly
+
 WORK_DIR = "/work"
 DATA_DIR = "/data"
-CODE_FILENAME = "<code>"
+CODE_FILENAME = errors.CODE_FILENAME
 MAX_WALK_ENTRIES = 5000  # a run that makes 10,000 files must not stall collection
 MAX_WALK_DEPTH = 8
 MAX_SKIPPED_SENT = 50  # skipped files named one by one (the host lists as many)
@@ -65,7 +71,6 @@ PAUSE_PASSES = 200
 PR_SET_DUMPABLE = 4
 
 _control = None
-_figure_counter = 0
 
 
 # ----------------------------------------------------------------------- control channel (supervisor)
@@ -182,43 +187,7 @@ class FileRegistry:
             return fh.read()
 
 
-# ----------------------------------------------------------------------- charts
-
-
-def _unique_name(stem: str, ext: str) -> str:
-    candidate = f"{stem}.{ext}"
-    counter = 1
-    while os.path.lexists(os.path.join(WORK_DIR, candidate)):
-        counter += 1
-        candidate = f"{stem}_{counter}.{ext}"
-    return candidate
-
-
-def save_open_figures() -> None:
-    """Save every open matplotlib figure as a PNG in the work dir, then close it.
-
-    Called by plt.show() (patched on import) and once after the code ends,
-    so charts appear the way ChatGPT shows them, with or without savefig().
-    """
-    global _figure_counter
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is None:
-        return
-    for number in list(pyplot.get_fignums()):
-        figure = pyplot.figure(number)
-        if getattr(figure, "_saved_by_member", False):
-            pyplot.close(figure)  # already saved with savefig(): don't send it twice
-            continue
-        if not figure.get_axes() and not figure.texts and not figure.images:
-            pyplot.close(figure)
-            continue
-        _figure_counter += 1
-        name = _unique_name(f"figure_{_figure_counter}", "png")
-        try:
-            figure.savefig(os.path.join(WORK_DIR, name), dpi=110, bbox_inches="tight")
-        except Exception as exc:  # a broken figure must not hide the others
-            print(f"[could not save a figure: {exc}]", file=sys.stderr)
-        pyplot.close(figure)
+# ----------------------------------------------------------------------- library patches
 
 
 def after_import(module_name: str, patch) -> None:
@@ -246,33 +215,6 @@ def after_import(module_name: str, patch) -> None:
     sys.meta_path.insert(0, Finder())
 
 
-def _patch_pyplot(pyplot) -> None:
-    # Agg cannot show anything: plt.show() saves the open figures instead.
-    pyplot.show = lambda *args, **kwargs: save_open_figures()
-
-
-def _patch_figure(figure_module) -> None:
-    original = figure_module.Figure.savefig
-
-    def savefig(self, *args, **kwargs):
-        self._saved_by_member = True
-        return original(self, *args, **kwargs)
-
-    figure_module.Figure.savefig = savefig
-
-
-def _patch_plotly(basedatatypes) -> None:
-    # fig.show() would try to open a browser: write an interactive HTML file instead.
-    counter = {"n": 0}
-
-    def show(fig, *args, **kwargs):
-        counter["n"] += 1
-        name = _unique_name(f"plotly_figure_{counter['n']}", "html")
-        fig.write_html(os.path.join(WORK_DIR, name), include_plotlyjs="cdn", full_html=True)
-
-    basedatatypes.BaseFigure.show = show
-
-
 def prepare_matplotlib_cache() -> None:
     """Copy the font cache built with the venv into a writable config dir (saves ~60 ms a run)."""
     target = os.environ.get("MPLCONFIGDIR")
@@ -289,38 +231,18 @@ def prepare_matplotlib_cache() -> None:
 # ----------------------------------------------------------------------- running the code
 
 
-def _display(value) -> None:
-    """Show the value of a final expression, as a notebook cell would."""
-    if value is None:
-        return
-    module = type(value).__module__ or ""
-    if module.startswith("matplotlib") or (
-        isinstance(value, (list, tuple)) and value and (type(value[0]).__module__ or "").startswith("matplotlib")
-    ):
-        return  # the figure itself is returned as an image
-    if module.startswith("plotly"):
-        value.show()
-        return
-    if module.startswith("pandas"):
-        import pandas
-
-        with pandas.option_context("display.max_rows", 30, "display.max_columns", 12, "display.width", 120):
-            print(value.to_string(max_rows=30, max_cols=12) if hasattr(value, "to_string") else repr(value))
-        return
-    print(repr(value))
-
-
 def run_code(code: str, namespace: dict) -> tuple[str, int, str]:
     """Execute the member's code. Returns (status, exit_code, error_text)."""
     linecache.cache[CODE_FILENAME] = (len(code), None, code.splitlines(True), CODE_FILENAME)
     try:
         tree = ast.parse(code, CODE_FILENAME)
         last_expr = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
+        # The last line's value is shown, as in a notebook (a trailing ';' hides it there too).
+        if tree.body and isinstance(tree.body[-1], ast.Expr) and not code.rstrip().endswith(";"):
             last_expr = ast.Expression(tree.body.pop().value)
         exec(compile(tree, CODE_FILENAME, "exec"), namespace)
         if last_expr is not None:
-            _display(eval(compile(last_expr, CODE_FILENAME, "eval"), namespace))
+            display.show(eval(compile(last_expr, CODE_FILENAME, "eval"), namespace))
         return "ok", 0, ""
     except SystemExit as exc:
         code_value = exc.code
@@ -333,12 +255,10 @@ def run_code(code: str, namespace: dict) -> tuple[str, int, str]:
         # Only reachable without cgroups (RLIMIT_AS fallback): same cause as a cgroup OOM kill.
         return "memory", 1, "MemoryError"
     except BaseException as exc:  # noqa: BLE001 - everything the member raises is reported
-        tb = exc.__traceback__
-        # Drop this file's frames so the traceback starts in the member's code.
-        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-            tb = tb.tb_next
-        text = "".join(traceback.format_exception(type(exc), exc, tb))
-        return "exception", 1, text
+        try:
+            return "exception", 1, errors.format_member_exception(exc)
+        except Exception:  # noqa: BLE001 - never lose the error over the way it is told
+            return "exception", 1, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 # ----------------------------------------------------------------------- collecting files
@@ -396,15 +316,20 @@ class _Skips:
             send("skipped_more", count=self.more)
 
 
+_IMAGE_SUFFIXES = tuple(f".{ext}" for ext in _IMAGES)
+
+
 def collect(before: dict, limits: dict) -> None:
+    """Send the files this job made or changed: charts first, each kind in creation order
+    (so with more charts than fit, the first ones are sent); what is left is announced."""
     max_files = int(limits.get("max_files", 20))
     max_size = int(limits.get("max_file_size", 50 << 20))
     max_total = int(limits.get("max_total", 200 << 20))
     sent = total = 0
     skips = _Skips()
-    for rel, st in walk(WORK_DIR):
-        if before.get(rel) == (st.st_size, st.st_mtime_ns):
-            continue
+    changed = [(rel, st) for rel, st in walk(WORK_DIR) if before.get(rel) != (st.st_size, st.st_mtime_ns)]
+    changed.sort(key=lambda item: (not item[0].lower().endswith(_IMAGE_SUFFIXES), item[1].st_mtime_ns, item[0]))
+    for rel, st in changed:
         if sent >= max_files:
             skips.add(rel, "too many files")
             continue
@@ -445,11 +370,12 @@ def member_main(orders_fd: int, reports_fd: int) -> None:
     def report(kind: str, payload: bytes = b"", **fields) -> None:
         reports.write(json.dumps(dict(fields, kind=kind, size=len(payload))).encode() + b"\n" + payload)
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     prepare_matplotlib_cache()
-    after_import("matplotlib.pyplot", _patch_pyplot)
-    after_import("matplotlib.figure", _patch_figure)
-    after_import("plotly.basedatatypes", _patch_plotly)
+    offline.install()
+    after_import("matplotlib.pyplot", display.patch_pyplot)
+    after_import("matplotlib.figure", display.patch_figure)
+    after_import("plotly.basedatatypes", display.patch_plotly)
+    after_import("seaborn.utils", offline.patch_seaborn_utils)
     for name in os.environ.get("SANDBOX_PRELOAD", "").split(","):
         if name:
             __import__(name)  # pooled sandboxes import the heavy libraries before the job arrives
@@ -482,7 +408,7 @@ def member_main(orders_fd: int, reports_fd: int) -> None:
         registry.add(order["files"])
         status, exit_code, error = run_code(order["code"], main_module.__dict__)
         try:
-            save_open_figures()
+            display.save_open_figures()
         except Exception as exc:  # noqa: BLE001
             print(f"[could not save figures: {exc}]", file=sys.stderr)
         sys.stdout.flush()

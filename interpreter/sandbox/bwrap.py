@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from config import Settings
@@ -78,7 +79,9 @@ def build_bwrap_args(
     job_fd: int,
     seccomp_fd: int | None,
     env: dict[str, str],
+    module_fds: Mapping[str, int] | None = None,
 ) -> list[str]:
+    """`module_fds`: file name -> read end of a pipe holding a runtime module, bound beside the bootstrap."""
     args = [
         bwrap.path,
         "--unshare-all",  # user, ipc, pid, net, uts, cgroup namespaces
@@ -93,6 +96,7 @@ def build_bwrap_args(
         *_merged_usr_links(),
         "--ro-bind", str(venv_dir), VENV_MOUNT,
         "--ro-bind-data", str(bootstrap_fd), BOOTSTRAP_PATH,
+        *[arg for name, fd in (module_fds or {}).items() for arg in ("--ro-bind-data", str(fd), f"{RUNTIME_MOUNT}/{name}")],
         "--proc", "/proc",
         "--dev", "/dev",
         "--size", str(settings.run_workdir_mb * MB), "--tmpfs", "/tmp",

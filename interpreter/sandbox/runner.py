@@ -43,7 +43,13 @@ from interpreter.types import ExitCause
 
 log = logging.getLogger(__name__)
 
-BOOTSTRAP_SOURCE = (Path(__file__).resolve().parent.parent / "runtime" / "bootstrap.py").read_bytes()
+_RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
+BOOTSTRAP_SOURCE = (_RUNTIME_DIR / "bootstrap.py").read_bytes()
+# The bootstrap's companion modules (display, errors, offline), bound beside it at /opt/runtime.
+RUNTIME_MODULES = {path.name: path.read_bytes() for path in sorted(_RUNTIME_DIR.glob("*.py"))
+                   if path.name not in {"bootstrap.py", "__init__.py"}}
+PIPE_BUFFER = 65536  # each file is written whole into its pipe before bwrap starts
+assert all(len(source) < PIPE_BUFFER for source in [BOOTSTRAP_SOURCE, *RUNTIME_MODULES.values()])
 COLLECT_GRACE_SECONDS = 15.0  # after the code ends, time to save figures and send files
 READ_CHUNK = 64 * 1024
 CONTROL_READER_LIMIT = 64 * 1024  # StreamReader buffer; protocol.py bounds headers itself
@@ -112,6 +118,13 @@ class SandboxProcess:
         try:
             os.write(bootstrap_w, BOOTSTRAP_SOURCE)  # < pipe buffer; bwrap copies it in
             os.close(bootstrap_w)
+            module_fds = {}
+            for name, source in RUNTIME_MODULES.items():
+                module_r, module_w = os.pipe()
+                fds.append(module_r)
+                os.write(module_w, source)
+                os.close(module_w)
+                module_fds[name] = module_r
             program = runner.seccomp_program
             if program is not None:
                 seccomp_r, seccomp_w = os.pipe()
@@ -121,7 +134,7 @@ class SandboxProcess:
             bwrap_args = build_bwrap_args(
                 settings, runner.bwrap, self.venv_dir,
                 bootstrap_fd=bootstrap_r, control_fd=control_w, job_fd=job_r, seccomp_fd=seccomp_r,
-                env=sandbox_env(self.preload),
+                env=sandbox_env(self.preload), module_fds=module_fds,
             )
             argv = runner.launch_prefix(self.cgroup, self.cpu_seconds, self.uid) + bwrap_args
             self.proc = await asyncio.create_subprocess_exec(

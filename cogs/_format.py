@@ -16,9 +16,11 @@ Mentions are handled by the callers with `discord.AllowedMentions.none()`.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import io
 import re
+import textwrap
 
 import discord
 
@@ -40,17 +42,35 @@ _ZWSP = "\u200b"
 
 
 def extract_code(text: str) -> str:
-    """The code in `text`: the first fenced block if there is one, else the text itself.
+    """The code in `text`: the first fenced block if there is one, else the text itself,
+    dedented (code pasted from inside a function or a notebook keeps its common indent).
 
     Accepts ```py ...```, ```python ...```, ``` ...``` and `single backticks`.
     """
     match = _FENCE.search(text)
     if match:
-        return match.group(2).strip("\n")
-    stripped = text.strip()
-    if len(stripped) >= 2 and stripped.startswith("`") and stripped.endswith("`") and "\n" not in stripped:
-        return stripped.strip("`")
-    return text.strip("\n")
+        code = match.group(2)
+    else:
+        stripped = text.strip()
+        if len(stripped) >= 2 and stripped.startswith("`") and stripped.endswith("`") and "\n" not in stripped:
+            code = stripped.strip("`")
+        else:
+            code = text
+    return textwrap.dedent(code).strip("\n")
+
+
+def looks_like_code(text: str) -> bool:
+    """Text without a code block that is Python worth running: it parses, and it is not
+    just words (a sentence like `thanks` or `hello world` parses as names or fails)."""
+    code = extract_code(text)
+    if len(code) > 100_000:
+        return False
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    trivial = (ast.Name, ast.Constant)
+    return any(not (isinstance(node, ast.Expr) and isinstance(node.value, trivial)) for node in tree.body)
 
 
 def has_code_block(text: str) -> bool:
@@ -141,11 +161,43 @@ def _unique_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def render_result(result: RunResult, *, upload_limit: int, header: str = "") -> RenderedResult:
+CODE_PREVIEW_LINES = 6
+CODE_PREVIEW_CHARS = 500
+CODE_FILE = "code.py"  # the whole code, attached when the preview shows only its start
+
+
+def code_preview(code: str) -> tuple[str, bool]:
+    """The code block shown at the top of a public result; True when it holds the whole code.
+
+    Members expect to see what ran (as under an `!eval`); long code shows its first lines and
+    comes whole as code.py, so the buttons can find it again after a restart."""
+    lines = code.strip("\n").splitlines()
+    if len(lines) <= CODE_PREVIEW_LINES and len(code) <= CODE_PREVIEW_CHARS:
+        return code_block(code.strip("\n"), "py"), True
+    shown = "\n".join(lines[:CODE_PREVIEW_LINES - 1])[:CODE_PREVIEW_CHARS]
+    rest = len(lines) - shown.count("\n") - 1
+    return code_block(f"{shown}\n# … {rest} more line{'s' if rest != 1 else ''}: whole code in {CODE_FILE}", "py"), False
+
+
+def code_from_message(content: str) -> str | None:
+    """The code of a result message whose preview held all of it (see code_preview)."""
+    match = _FENCE.search(content or "")
+    if match is None or match.group(1) != "py":
+        return None
+    code = match.group(2).replace(_ZWSP, "").strip("\n")
+    if f"whole code in {CODE_FILE}" in code.rsplit("\n", 1)[-1]:
+        return None
+    return code
+
+
+def render_result(result: RunResult, *, upload_limit: int, header: str = "", code: str | None = None,
+                  hints: tuple[str, ...] = ()) -> RenderedResult:
     """The Discord message for one run's result.
 
     `upload_limit`: largest total of attachment bytes the destination accepts.
     `header`: first line (e.g. who ran it), already safe.
+    `code`: what ran, previewed under the header (and attached whole when long).
+    `hints`: lines that help with a failure (already safe), shown under the status line.
     """
     success = result.success
     output = result.output
@@ -160,46 +212,63 @@ def render_result(result: RunResult, *, upload_limit: int, header: str = "") -> 
         one_line = error and "\n" not in error.strip() and len(error) <= 300
         lines.append(f"❌ {inline(error.strip(), 300)}" if one_line else f"❌ Failed{took}")
         block_text = output if one_line else (output + ("\n" if output and error else "") + error)
+    lines.extend(f"💡 {hint}" for hint in hints)
 
     if result.installed_packages:
         lines.append("📦 Installed: " + inline(", ".join(map(str, result.installed_packages)), 300))
     if result.output_truncated:
-        lines.append("✂️ The output was longer than the interpreter keeps; the end was cut.")
+        lines.append("✂️ The output was longer than the interpreter keeps: the end was cut.")
 
-    # Attachments: images first so Discord shows them inline, then other files.
+    preview_whole = True
+    if code is not None and code.strip():
+        preview, preview_whole = code_preview(code)
+        lines.append(preview)
+
+    # Attachments: images first so Discord shows them inline (each kind in creation order), then other files.
     generated = sorted(result.generated_files, key=lambda f: 0 if f.type == "image" else 1)
     files: list[discord.File] = []
     taken: set[str] = set()
     not_attached: list[str] = []
     total = 0
+    reserved = 0 if preview_whole else 1  # code.py goes last, but its place is kept
 
-    def attach(name: str, data: bytes) -> bool:
+    def attach(name: str, data: bytes, *, room: int = 0) -> bool:
         nonlocal total
-        if len(files) >= MAX_ATTACHMENTS or total + len(data) > upload_limit:
+        if len(files) + room >= MAX_ATTACHMENTS or total + len(data) > upload_limit:
             return False
         files.append(discord.File(io.BytesIO(data), filename=_unique_name(name, taken)))
         total += len(data)
         return True
 
     # Output block sized to what remains of the 2,000 characters; the rest goes as output.txt.
-    footer_reserve = 350 if generated else 0
+    listed = len(generated) + len(result.skipped_files)
+    footer_reserve = min(350 + 40 * listed, 900) if listed else 0
     budget = MESSAGE_LIMIT - len("\n".join(lines)) - 1 - footer_reserve
     block = ""
     if block_text.strip():
-        block, cut = fit_block(block_text, budget, "… (full output in output.txt)")
-        if cut and not attach("output.txt", block_text.encode("utf-8", "replace")):
+        kept = ("… (output.txt has all that was kept; the end was cut)"
+                if result.output_truncated else "… (full output in output.txt)")
+        block, cut = fit_block(block_text, budget, kept)
+        if cut and not attach("output.txt", block_text.encode("utf-8", "replace"), room=reserved):
             block, _ = fit_block(block_text, budget, "… (output cut: too long to attach)")
-    elif success:
+    elif success and not generated:
         block = "*(no output)*"
 
     for item in generated:
         data = item.data
         size = item.size or len(data)
         name = sanitize_filename(item.filename or "file")
-        if len(files) >= MAX_ATTACHMENTS:
+        if len(files) + reserved >= MAX_ATTACHMENTS:
             not_attached.append(f"{display_filename(name)} ({human_size(size)}): more than {MAX_ATTACHMENTS} files")
-        elif not attach(name, data):
+        elif not attach(name, data, room=reserved):
             not_attached.append(f"{display_filename(name)} ({human_size(size)}): over this server's upload limit")
+    if not preview_whole and code is not None:
+        attach(CODE_FILE, code.encode("utf-8", "replace"))
+    # Files the sandbox itself did not return (too many, too large): never dropped without a word.
+    for skipped in result.skipped_files:
+        name, _, reason = str(skipped).rpartition(" (")
+        shown = display_filename(name or str(skipped))
+        not_attached.append(f"{shown}: {inline(reason.rstrip(')'), 60)}" if reason else shown)
 
     content = "\n".join(lines)
     if block:
@@ -208,6 +277,21 @@ def render_result(result: RunResult, *, upload_limit: int, header: str = "") -> 
         listing = "\n".join(f"• {line}" for line in not_attached)
         extra = "\n📎 Not attached:\n" + listing
         if len(content) + len(extra) > MESSAGE_LIMIT:
-            extra = extra[: MESSAGE_LIMIT - len(content) - 2] + "…"
+            shown_lines, more = _fit_lines(not_attached, MESSAGE_LIMIT - len(content) - 40)
+            extra = "\n📎 Not attached:\n" + "\n".join(f"• {line}" for line in shown_lines)
+            if more:
+                extra += f"\n• … and {more} more"
         content += extra
     return RenderedResult(content=content[:MESSAGE_LIMIT], files=files, not_attached=not_attached)
+
+
+def _fit_lines(lines: list[str], budget: int) -> tuple[list[str], int]:
+    """The lines that fit in `budget` characters (each with its bullet), and how many did not."""
+    shown: list[str] = []
+    used = 0
+    for line in lines:
+        if used + len(line) + 3 > budget:
+            break
+        shown.append(line)
+        used += len(line) + 3
+    return shown, len(lines) - len(shown)

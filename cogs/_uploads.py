@@ -34,6 +34,7 @@ class UploadReply:
     ok: bool
     content: str
     file_id: str | None = None
+    table: bool = False  # stored as a table (by its content): it gets the "Analyse in /run" button
 
 
 def _expires_timestamp(value: Any) -> str:
@@ -81,11 +82,14 @@ async def store_bytes(user_id: int, data: bytes, filename: str, settings: Settin
     ]
     if stored.get("note"):
         lines.append(f"ℹ️ {inline(str(stored['note']), 300)}")
-    if preview_tables and extension(name) in PREVIEW_EXTENSIONS:
+    # The stored type is the content's: a binary file renamed .csv gets no table preview.
+    if preview_tables and str(kind) in PREVIEW_EXTENSIONS:
         lines.append(await preview(file_id, user_id))
-    lines.append(f"Use it: `/run files:{file_id} code:df = load_file('{file_id}')`")
+    table = str(kind) in PREVIEW_EXTENSIONS
+    lines.append(f"Use it: **Analyse in /run** below, or `/run code:df = load_file('{file_id}')`" if table
+                 else f"Use it: `/run code:data = load_file('{file_id}')`")
     content = "\n".join(line for line in lines if line)
-    return UploadReply(True, content[:2000], file_id)
+    return UploadReply(True, content[:2000], file_id, table)
 
 
 async def preview(file_id: str, user_id: int) -> str:

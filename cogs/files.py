@@ -13,7 +13,7 @@ from discord.ext import commands
 import interpreter
 from cogs._format import NO_MENTIONS, display_filename, human_size, inline
 from cogs._uploads import AUTO_UPLOAD_EXTENSIONS, _expires_timestamp, store_attachment
-from cogs.run import own_file_choices, report_error
+from cogs.run import analyse_view, own_file_choices, report_error
 from interpreter.filetypes import extension
 
 if TYPE_CHECKING:
@@ -46,7 +46,8 @@ class FilesCog(commands.Cog, name="Files"):
     async def upload(self, interaction: discord.Interaction, file: discord.Attachment) -> None:
         await interaction.response.defer(thinking=True)
         reply = await store_attachment(interaction.user.id, file, self.settings)
-        await interaction.edit_original_response(content=reply.content, allowed_mentions=NO_MENTIONS)
+        await interaction.edit_original_response(content=reply.content, allowed_mentions=NO_MENTIONS,
+                                                 view=analyse_view(interaction.user.id, reply.file_id if reply.table else None))
 
     async def upload_from_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """Message menu: store the attachments of any message as the member's own files."""
@@ -69,7 +70,8 @@ class FilesCog(commands.Cog, name="Files"):
         for attachment in data_files[:5]:
             try:
                 reply = await store_attachment(message.author.id, attachment, self.settings)
-                await message.reply(reply.content, allowed_mentions=NO_MENTIONS, mention_author=False)
+                await message.reply(reply.content, allowed_mentions=NO_MENTIONS, mention_author=False,
+                                    view=analyse_view(message.author.id, reply.file_id if reply.table else None))
             except Exception:  # one bad file must not stop the listener or the others
                 log.exception("auto-upload of attachment %s failed", attachment.id)
 

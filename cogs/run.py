@@ -10,8 +10,10 @@ channel (cogs/session.py), the run continues it and the reply says so.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
+import re
 from typing import TYPE_CHECKING
 
 import discord
@@ -20,7 +22,8 @@ from discord.ext import commands
 
 import interpreter
 from cogs._access import admit_run, is_bot_admin, precheck_run, tell_privately
-from cogs._format import NO_MENTIONS, code_block, extract_code, has_code_block, render_result, split_list
+from cogs._format import (CODE_FILE, NO_MENTIONS, code_block, code_from_message, extract_code, has_code_block,
+                          looks_like_code, render_result, split_list)
 from cogs._queue import RunRefused
 from cogs.session import session_header, session_id_for
 
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESULT_BUTTONS_SECONDS = 600  # interaction tokens live 15 minutes; buttons act through them
+RECENT_REQUESTS = 500  # results whose full request (files, packages, timeout) is remembered in memory
 MAX_CODE_CHARS = 4000  # a modal text input holds at most 4,000 characters
 AUTOCOMPLETE_CHOICES = 25
 SOMETHING_WENT_WRONG = "⚠️ Something went wrong on our side while running this. The error was logged; please try again."
@@ -55,12 +58,17 @@ class RunCog(commands.Cog, name="Run"):
         # Discord enforces the bound in the client, so members see the configured maximum.
         self.run_command._params["timeout"].max_value = self.settings.max_run_timeout
         self.run_message_menu = app_commands.ContextMenu(name="Run code", callback=self.run_message)
+        # message id -> the request behind that result. A cache only: after a restart, or on
+        # another shard, the buttons find the code in the message itself (see request_behind).
+        self.recent: collections.OrderedDict[int, RunRequest] = collections.OrderedDict()
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.run_message_menu)
+        self.bot.add_dynamic_items(*RESULT_BUTTONS, AnalyseFileButton)
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.run_message_menu.name, type=self.run_message_menu.type)
+        self.bot.remove_dynamic_items(*RESULT_BUTTONS, AnalyseFileButton)
 
     # --- entry points
 
@@ -107,8 +115,10 @@ class RunCog(commands.Cog, name="Run"):
         Another member's code runs in a fresh sandbox with none of the clicker's session or
         files, whatever it does; to use it in their session they paste it into /run themselves.
         """
-        if not message.content.strip():
-            await interaction.response.send_message("That message has no code to run.", ephemeral=True)
+        if not message.content.strip() or not (has_code_block(message.content) or looks_like_code(message.content)):
+            await interaction.response.send_message(
+                "That message has no code to run (no ```py code block, and its text is not Python). Nothing was run.",
+                ephemeral=True)
             return
         code = extract_code(message.content)
         source = "code block" if has_code_block(message.content) else "message"
@@ -155,6 +165,7 @@ class RunCog(commands.Cog, name="Run"):
                         guild_id=interaction.guild_id,
                         channel_id=interaction.channel_id,
                         session_id=session_id if in_session else None,
+                        attach_named_files=not request.fresh_sandbox,
                     )
             except Exception:
                 log.exception("execute_code failed for member %s", request.author_id)
@@ -164,12 +175,19 @@ class RunCog(commands.Cog, name="Run"):
             await notices.settle()
 
         header = "\n".join(line for line in (request.header, session_header(result.session)) if line)
-        rendered = render_result(result, upload_limit=upload_limit(interaction), header=header)
-        view = ResultView(self, request, interaction)
-        await interaction.edit_original_response(
-            content=rendered.content, attachments=rendered.files, view=view, allowed_mentions=NO_MENTIONS)
+        rendered = render_result(result, upload_limit=upload_limit(interaction), header=header, code=request.code,
+                                 hints=failure_hints(result))
+        message = await interaction.edit_original_response(
+            content=rendered.content, attachments=rendered.files, view=result_view(request),
+            allowed_mentions=NO_MENTIONS)
+        self.remember(message.id, request)
         if admission.note:
             await tell_privately(interaction, f"ℹ️ {admission.note}")
+
+    def remember(self, message_id: int, request: RunRequest) -> None:
+        self.recent[message_id] = request
+        while len(self.recent) > RECENT_REQUESTS:
+            self.recent.popitem(last=False)
 
 
 class QueueNotices:
@@ -199,6 +217,16 @@ class QueueNotices:
     async def settle(self) -> None:
         if self._last is not None:
             await asyncio.wait([self._last])
+
+
+def failure_hints(result: interpreter.RunResult) -> tuple[str, ...]:
+    """What helps with a failed run that the sandbox cannot know: an approved package to ask for."""
+    if result.success or "ModuleNotFoundError" not in result.error:
+        return ()
+    package = interpreter.get_package_manager().approved.for_missing_module(result.error)
+    if package is None:
+        return ()
+    return (f"**{package}** is an approved package that is not installed yet: run again with `packages: {package}`.",)
 
 
 def upload_limit(interaction: discord.Interaction) -> int:
@@ -264,8 +292,10 @@ class RunModal(discord.ui.Modal, title="Run Python"):
         placeholder="import pandas as pd\nprint(pd.__version__)")
 
     def __init__(self, cog: RunCog, author_id: int, files: tuple[str, ...], packages: tuple[str, ...],
-                 timeout: int | None) -> None:
+                 timeout: int | None, *, code: str = "") -> None:
         super().__init__(timeout=900)
+        if code:
+            self.code.default = code[:MAX_CODE_CHARS]
         self.cog = cog
         self.author_id = author_id
         self.files = files
@@ -280,51 +310,198 @@ class RunModal(discord.ui.Modal, title="Run Python"):
         await report_error(interaction, error, "the code box")
 
 
-class ResultView(discord.ui.View):
-    """Buttons under a result. They act through the original interaction, so they live
-    for RESULT_BUTTONS_SECONDS (well inside the 15-minute token lifetime)."""
+# --- buttons under a result: persistent (discord.ui.DynamicItem). Their custom ids carry what
+# they need (whose run it was, whether it was someone else's code), and the code is read back
+# from the message, so they keep working after a restart and on any shard.
 
-    def __init__(self, cog: RunCog, request: RunRequest, origin: discord.Interaction) -> None:
-        super().__init__(timeout=RESULT_BUTTONS_SECONDS)
-        self.cog = cog
-        self.request = request
-        self.origin = origin
 
-    def _may_manage(self, interaction: discord.Interaction) -> bool:
-        return interaction.user.id == self.request.author_id or is_bot_admin(interaction, self.cog.settings.owner_ids)
+def result_view(request: RunRequest) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    fresh = int(request.fresh_sandbox)
+    view.add_item(RunAgainButton(request.author_id, fresh))
+    view.add_item(EditRunButton())
+    view.add_item(ShowCodeButton())
+    view.add_item(DeleteButton(request.author_id))
+    return view
 
-    @discord.ui.button(label="Run again", emoji="🔁", style=discord.ButtonStyle.primary)
-    async def run_again(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        if interaction.user.id != self.request.author_id:
-            await interaction.response.send_message("Only the member who ran this can run it again. "
-                                                    "Use **Show code** and run your own copy.", ephemeral=True)
-            return
-        await self.cog.execute(interaction, dataclasses.replace(self.request, header=""))  # keeps fresh_sandbox
 
-    @discord.ui.button(label="Show code", emoji="📄", style=discord.ButtonStyle.secondary)
-    async def show_code(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        shown = code_block(self.request.code[:1900], "py")
-        if len(shown) > 1990:
-            shown = code_block(self.request.code[:1800] + "\n# … (cut)", "py")
-        await interaction.response.send_message(shown, ephemeral=True, allowed_mentions=NO_MENTIONS)
+def _cog(interaction: discord.Interaction) -> RunCog:
+    return interaction.client.get_cog("Run")  # type: ignore[return-value]
 
-    @discord.ui.button(label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger)
-    async def delete(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        if not self._may_manage(interaction):
-            await interaction.response.send_message("Only the member who ran this, or an admin, can delete it.", ephemeral=True)
-            return
-        await interaction.response.defer()
-        self.stop()
-        await self.origin.delete_original_response()
 
-    async def on_timeout(self) -> None:
-        try:  # drop the buttons; the token may already be gone, which is fine
-            await self.origin.edit_original_response(view=None)
-        except discord.HTTPException:
-            pass
+async def request_behind(interaction: discord.Interaction, author_id: int, fresh_sandbox: bool = False) -> RunRequest | None:
+    """The request whose result carries this button: remembered, else read from the message
+    (its code preview when whole, else its code.py attachment)."""
+    message = interaction.message
+    if message is None:
+        return None
+    remembered = _cog(interaction).recent.get(message.id)
+    if remembered is not None:
+        return remembered
+    code = code_from_message(message.content)
+    if code is None:
+        attached = next((a for a in message.attachments if a.filename == CODE_FILE), None)
+        if attached is not None and attached.size <= 200_000:
+            try:
+                code = (await attached.read()).decode("utf-8", "replace")
+            except (discord.HTTPException, OSError):
+                log.warning("could not read %s of message %s", CODE_FILE, message.id)
+    if code is None:
+        return None
+    return RunRequest(code, author_id, fresh_sandbox=fresh_sandbox)
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item) -> None:
-        await report_error(interaction, error, f"the {getattr(item, 'label', 'button')} button")
+
+CODE_GONE = "I can no longer find the code of this result. Run it again with /run."
+
+
+async def _guarded(interaction: discord.Interaction, where: str, action) -> None:
+    """Dynamic items' errors are only logged by discord.py: tell the member too."""
+    try:
+        await action()
+    except Exception as error:  # noqa: BLE001
+        await report_error(interaction, error, where)
+
+
+class RunAgainButton(discord.ui.DynamicItem[discord.ui.Button], template=r"run:again:(?P<author>[0-9]{1,20}):(?P<fresh>[01])"):
+    def __init__(self, author_id: int, fresh: int) -> None:
+        super().__init__(discord.ui.Button(label="Run again", emoji="🔁", style=discord.ButtonStyle.primary,
+                                           custom_id=f"run:again:{author_id}:{fresh}"))
+        self.author_id = author_id
+        self.fresh = bool(fresh)
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]) -> "RunAgainButton":
+        return cls(int(match["author"]), int(match["fresh"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        async def act() -> None:
+            if interaction.user.id != self.author_id:
+                await interaction.response.send_message("Only the member who ran this can run it again. "
+                                                        "Use **Edit & run** to run your own copy.", ephemeral=True)
+                return
+            request = await request_behind(interaction, self.author_id, self.fresh)
+            if request is None:
+                await interaction.response.send_message(CODE_GONE, ephemeral=True)
+                return
+            await _cog(interaction).execute(interaction, dataclasses.replace(request, header=""))  # keeps fresh_sandbox
+        await _guarded(interaction, "the Run again button", act)
+
+
+class EditRunButton(discord.ui.DynamicItem[discord.ui.Button], template=r"run:edit"):
+    """Opens the code box prefilled with this result's code; whoever submits it runs it as theirs."""
+
+    def __init__(self) -> None:
+        super().__init__(discord.ui.Button(label="Edit & run", emoji="✏️", style=discord.ButtonStyle.secondary,
+                                           custom_id="run:edit"))
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]) -> "EditRunButton":
+        return cls()
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        async def act() -> None:
+            request = await request_behind(interaction, interaction.user.id)
+            if request is None:
+                await interaction.response.send_message(CODE_GONE, ephemeral=True)
+                return
+            if len(request.code) > MAX_CODE_CHARS:
+                await interaction.response.send_message(
+                    f"This code is longer than the {MAX_CODE_CHARS:,} characters a code box holds: "
+                    f"download {CODE_FILE} or use **Show code**, edit it, and run it with /run.", ephemeral=True)
+                return
+            if not await precheck_run(interaction):
+                return
+            mine = request.author_id == interaction.user.id and not request.fresh_sandbox
+            await interaction.response.send_modal(RunModal(
+                _cog(interaction), interaction.user.id, request.files if mine else (), request.packages,
+                request.timeout, code=request.code))
+        await _guarded(interaction, "the Edit & run button", act)
+
+
+class ShowCodeButton(discord.ui.DynamicItem[discord.ui.Button], template=r"run:code"):
+    def __init__(self) -> None:
+        super().__init__(discord.ui.Button(label="Show code", emoji="📄", style=discord.ButtonStyle.secondary,
+                                           custom_id="run:code"))
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]) -> "ShowCodeButton":
+        return cls()
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        async def act() -> None:
+            request = await request_behind(interaction, interaction.user.id)
+            if request is None:
+                await interaction.response.send_message(CODE_GONE, ephemeral=True)
+                return
+            shown = code_block(request.code[:1900], "py")
+            if len(shown) > 1990:
+                shown = code_block(request.code[:1800] + "\n# … (cut)", "py")
+            await interaction.response.send_message(shown, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await _guarded(interaction, "the Show code button", act)
+
+
+class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"run:delete:(?P<author>[0-9]{1,20})"):
+    def __init__(self, author_id: int) -> None:
+        super().__init__(discord.ui.Button(label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger,
+                                           custom_id=f"run:delete:{author_id}"))
+        self.author_id = author_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]) -> "DeleteButton":
+        return cls(int(match["author"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        async def act() -> None:
+            cog = _cog(interaction)
+            if interaction.user.id != self.author_id and not is_bot_admin(interaction, cog.settings.owner_ids):
+                await interaction.response.send_message("Only the member who ran this, or an admin, can delete it.",
+                                                        ephemeral=True)
+                return
+            await interaction.response.defer()
+            await interaction.delete_original_response()  # the message this button is on
+            if interaction.message is not None:
+                cog.recent.pop(interaction.message.id, None)
+        await _guarded(interaction, "the Delete button", act)
+
+
+RESULT_BUTTONS = (RunAgainButton, EditRunButton, ShowCodeButton, DeleteButton)
+
+
+class AnalyseFileButton(discord.ui.DynamicItem[discord.ui.Button],
+                        template=r"run:load:(?P<owner>[0-9]{1,20}):(?P<file_id>[0-9a-f]{32})"):
+    """Under a stored table: opens the code box with `df = load_file('<id>')` already written."""
+
+    def __init__(self, owner_id: int, file_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Analyse in /run", emoji="📊", style=discord.ButtonStyle.primary,
+                                           custom_id=f"run:load:{owner_id}:{file_id}"))
+        self.owner_id = owner_id
+        self.file_id = file_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]) -> "AnalyseFileButton":
+        return cls(int(match["owner"]), match["file_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        async def act() -> None:
+            if interaction.user.id != self.owner_id:
+                await interaction.response.send_message(
+                    "This file belongs to the member who uploaded it: drop your own copy to analyse it.", ephemeral=True)
+                return
+            if not await precheck_run(interaction):
+                return
+            code = f"df = load_file('{self.file_id}')\ndf.describe()"
+            await interaction.response.send_modal(RunModal(_cog(interaction), interaction.user.id, (), (), None,
+                                                           code=code))
+        await _guarded(interaction, "the Analyse button", act)
+
+
+def analyse_view(owner_id: int, file_id: str | None) -> discord.ui.View | discord.utils._MissingSentinel:
+    """The button under a stored table (nothing for other files)."""
+    if not file_id:
+        return discord.utils.MISSING
+    view = discord.ui.View(timeout=None)
+    view.add_item(AnalyseFileButton(owner_id, file_id))
+    return view
 
 
 async def report_error(interaction: discord.Interaction, error: Exception, where: str) -> None:

@@ -107,11 +107,14 @@ async def run_code(
     guild_id: int | None = None,
     channel_id: int | None = None,
     keep_generated_files: bool = False,
+    attach_named_files: bool = True,
 ) -> RunResult:
-    """`execute_code` with a typed result: what the bot uses."""
+    """`execute_code` with a typed result: what the bot uses. `attach_named_files=False` for
+    code someone else wrote: the member's files its text names are then not made available."""
     engine = await get_engine()
     return await engine.run(code, user_id, user_files, install_packages, timeout, session_id=session_id,
-                            guild_id=guild_id, channel_id=channel_id, keep_generated_files=keep_generated_files)
+                            guild_id=guild_id, channel_id=channel_id, keep_generated_files=keep_generated_files,
+                            attach_named_files=attach_named_files)
 
 
 async def get_executor() -> Executor:

@@ -48,6 +48,7 @@ ALIASES: Mapping[str, tuple[str, ...]] = {
 }
 
 MAX_REQUEST_LENGTH = 100
+_MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([A-Za-z0-9_.]{1,100})'")
 # Name: what PyPI accepts. Specifier: operators, versions, wildcards, commas, spaces.
 _REQUEST = re.compile(r"^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?) *(.*)$", re.DOTALL)
 _SPECIFIER_CHARS = re.compile(r"^[0-9A-Za-z<>=!~,.*+ ]*$")
@@ -163,6 +164,12 @@ class ApprovedPackages:
             if target in self._category_of:
                 return target
         return None
+
+    def for_missing_module(self, error: str) -> str | None:
+        """The approved package that provides the module a run's ModuleNotFoundError names
+        (`sklearn` -> scikit-learn), so the member can be told to ask for it; else None."""
+        found = _MISSING_MODULE.findall(error or "")
+        return self.resolve_name(found[-1].split(".")[0]) if found else None
 
     def parse(self, request: str) -> PackageRequest:
         """Read one request, or raise PackageRequestError with the member-facing reason."""

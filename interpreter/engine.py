@@ -113,8 +113,13 @@ class Engine:
         guild_id: int | None = None,
         channel_id: int | None = None,
         session_id: str | None = None,
+        attach_named_files: bool = True,
     ) -> RunResult:
         """Run one snippet for a member; never raises for the member's errors.
+
+        The member's live files whose ids the code names (`load_file('<id>')`) are made
+        available without listing them in `user_files` (ownership checked), unless
+        `attach_named_files` is off: the bot turns it off for code written by someone else.
 
         With `session_id` the snippet runs in the member's session of that id (opened
         if needed; see interpreter/sessions.py): globals, imports and work-dir files
@@ -134,7 +139,8 @@ class Engine:
         started_at = self.audit.now()
         began = time.monotonic()
         result = await self._run(code, user_id, user_files, install_packages, timeout,
-                                 keep_generated_files=keep_generated_files, session_id=session_id)
+                                 keep_generated_files=keep_generated_files, session_id=session_id,
+                                 attach_named_files=attach_named_files)
         member = user_id if _is_int(user_id) else UNKNOWN_MEMBER_ID
         record = self.audit.build_record(
             result.to_dict(), user_id=member, code=code, started_at=started_at,
@@ -145,14 +151,15 @@ class Engine:
 
     async def _run(self, code: Any, user_id: int, user_files: list[str] | None,
                    install_packages: list[str] | None, timeout: float | None, *,
-                   keep_generated_files: bool, session_id: str | None = None) -> RunResult:
+                   keep_generated_files: bool, session_id: str | None = None,
+                   attach_named_files: bool = True) -> RunResult:
         checked = self._check(code, timeout, user_id=user_id, user_files=user_files,
                               install_packages=install_packages, session_id=session_id)
         if checked.refusal:
             return RunResult.refusal(checked.refusal)
         try:
             inputs = await self.files.resolve_for_run(user_id, list(user_files or ()))
-            if session_id is not None:
+            if attach_named_files:
                 inputs += await self._files_named_in(code, user_id, inputs)
         except InterpreterError as exc:
             result = RunResult.refusal(str(exc))
@@ -174,9 +181,9 @@ class Engine:
                                                         input_files=tuple(inputs)))
 
     async def _files_named_in(self, code: str, user_id: int, given: list[InputFile]) -> list[InputFile]:
-        """In a session, the member's live files whose ids the code names (`load_file('<id>')`),
-        so a file uploaded mid-session is there without listing it. Unknown ids are left
-        to load_file's own message."""
+        """The member's live files whose ids the code names (`load_file('<id>')`), so a file
+        uploaded a moment ago (or mid-session) is there without listing it. Unknown ids and
+        other members' ids are left to load_file's own message."""
         named = set(_FILE_ID_IN_CODE.findall(code)) - {f.file_id for f in given}
         if not named:
             return []

@@ -325,7 +325,8 @@ class InteractionHarness:
         before = asyncio.all_tasks()
         self.bot._connection.parse_interaction_create(payload)
         handlers = [t for t in asyncio.all_tasks() - before
-                    if t.get_name().startswith(("CommandTree-invoker", "discord-ui-view-dispatch", "discord-ui-modal-dispatch"))]
+                    if t.get_name().startswith(("CommandTree-invoker", "discord-ui-view-dispatch", "discord-ui-modal-dispatch",
+                                                "discord-ui-dynamic-item"))]
         task = None
         if handlers:
             task = asyncio.ensure_future(asyncio.gather(*handlers))

@@ -41,7 +41,7 @@ async def test_run_prints_output_with_status_and_time(discord_world):
     assert reply.content.startswith("✅ Finished in ")
     assert "```\n42\n```" in reply.content
     no_pings(reply.final)
-    assert set(reply.buttons()) == {"Run again", "Show code", "Delete"}
+    assert set(reply.buttons()) == {"Run again", "Edit & run", "Show code", "Delete"}
 
 
 async def test_chart_arrives_as_png_attachment(discord_world):
@@ -67,7 +67,7 @@ async def test_everyone_in_output_does_not_ping(discord_world):
     w = discord_world
     reply = await w.harness.slash("run", w.alice, code="print('@everyone @here <@&123> ``` escaped?')")
     assert "@everyone" in reply.content
-    assert reply.content.count("```") == 2
+    assert reply.content.count("```") == 4  # the code preview's block and the output's: none escaped
     for sent in reply.sent:
         if sent.kind != "callback":
             no_pings(sent)

@@ -128,6 +128,7 @@ _READERS = {
     "feather": ("read_feather", {}),
 }
 _TEXT = {"txt", "md", "log", "rst", "py", "html", "htm", "xml", "yaml", "yml", "ini", "cfg", "toml"}
+_NOT_TABLES = {"binary", "image", "pdf", "zip", "gzip", "sqlite", "npy", "npz", "hdf5", "pickle"}
 _IMAGES = {"png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff"}
 
 
@@ -160,7 +161,8 @@ class FileRegistry:
         path = entry["path"]
         ext = entry["filename"].rpartition(".")[2].lower() if "." in entry["filename"] else ""
         kind = entry.get("file_type") or ext
-        reader = _READERS.get(ext) or _READERS.get(kind)
+        # The stored type comes from the content: a binary file renamed .csv is not a table.
+        reader = None if kind in _NOT_TABLES else (_READERS.get(ext) or _READERS.get(kind))
         if reader is not None:
             import pandas
 

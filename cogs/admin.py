@@ -43,6 +43,10 @@ def format_duration(seconds: float) -> str:
     return " ".join(parts)
 
 
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, (list, tuple, set, dict, str)) and not value)
+
+
 def _value(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -52,16 +56,54 @@ def _value(value: Any) -> str:
         items = [str(v) for v in value]
         shown = ", ".join(items[:15])
         return shown + (f", … {len(items) - 15} more" if len(items) > 15 else "")
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_value(v)}" for k, v in list(value.items())[:8])
+    if isinstance(value, dict):  # in words, not as a raw mapping: "heavy 1, light 2"
+        return ", ".join(f"{str(k).replace('_', ' ')} {_value(v)}" for k, v in list(value.items())[:8]
+                         if not _empty(v)) or "none"
     return str(value)
 
 
 def _lines(mapping: dict[str, Any], keys: list[str] | None = None) -> str:
+    """`**key:** value` lines; keys without a value (None, empty) are left out, not shown as 'None'."""
     keys = keys if keys is not None else list(mapping)
-    lines = [f"**{k.replace('_', ' ')}:** {_value(mapping[k])}" for k in keys if k in mapping][:MAX_FIELD_LINES]
+    lines = [f"**{k.replace('_', ' ')}:** {_value(mapping[k])}" for k in keys
+             if k in mapping and not _empty(mapping[k])][:MAX_FIELD_LINES]
     text = clean_text("\n".join(lines)) or "—"
     return text if len(text) <= EMBED_FIELD_LIMIT else text[: EMBED_FIELD_LIMIT - 1] + "…"
+
+
+# Exit causes of the member's own code (and refused requests): their errors, not the bot's. The rest (the sandbox did not
+# start, a crash, a signal nobody sent) are failures an admin should look at.
+MEMBER_CAUSES = frozenset({"exception", "timeout", "memory", "cpu", "output_limit", "exit", "refused"})
+
+
+def failures_text(counts: dict[str, Any]) -> str:
+    """Failures split into the members' code errors and the interpreter's own failures."""
+    member = {k: v for k, v in counts.items() if k in MEMBER_CAUSES}
+    ours = {k: v for k, v in counts.items() if k not in MEMBER_CAUSES}
+
+    def listed(group: dict[str, Any]) -> str:
+        return ", ".join(f"{inline(str(cause).replace('_', ' '), 30)} {count}" for cause, count in group.items()) or "none"
+
+    return f"**members' errors:** {listed(member)}\n**interpreter failures:** {listed(ours)}"
+
+
+def _sandbox_text(sandbox: dict[str, Any]) -> str:
+    """The sandbox layers in words (limits and warm pool summarised, nothing raw)."""
+    shown = {key: sandbox.get(key) for key in ("backend", "bwrap", "unprivileged_uid", "cgroups", "seccomp", "network")}
+    if sandbox.get("available") is False:
+        shown["unavailable"] = sandbox.get("unavailable_reason") or "yes"
+    pool = sandbox.get("pool")
+    if isinstance(pool, dict):
+        kinds = ", ".join(f"{kind} {info.get('size')}" for kind, info in pool.items() if isinstance(info, dict))
+        shown["warm pool"] = f"{kinds or 'off'}{'' if pool.get('started') else ' (not started yet)'}"
+    limits = sandbox.get("limits")
+    if isinstance(limits, dict):
+        parts = [f"{limits.get('timeout_s')} s (max {limits.get('max_timeout_s')} s)",
+                 f"{limits.get('memory_mb')} MB memory", f"{limits.get('processes')} processes",
+                 f"{limits.get('workdir_mb')} MB work dir", f"{limits.get('output_kb')} KB output",
+                 f"{limits.get('max_file_size_mb')} MB a file"]
+        shown["limits"] = ", ".join(part for part in parts if "None" not in part)
+    return _lines({key.replace(" ", "_"): value for key, value in shown.items()})
 
 
 def _fit(lines: list[str], limit: int) -> str:
@@ -130,8 +172,7 @@ def _runs_fields(status: dict[str, Any]) -> list[tuple[str, str]]:
     fields = []
     counts = status.get("failure_causes")
     if isinstance(counts, dict):
-        causes = ", ".join(f"{inline(str(cause), 30)} {count}" for cause, count in counts.items()) or "none"
-        fields.append(("Runs (24 h)", f"**runs:** {status.get('runs_last_24h', 0)}\n**failures:** {causes}"))
+        fields.append(("Runs (24 h)", f"**runs:** {status.get('runs_last_24h', 0)}\n{failures_text(counts)}"))
     recent = status.get("recent_runs")
     if isinstance(recent, list):
         fields.append(("Recent runs", _fit([run_line(run, show_member=True) for run in recent], EMBED_FIELD_LIMIT)))
@@ -152,7 +193,7 @@ def status_embed(status: dict[str, Any], *, queue: Any, bot_uptime: float, laten
     healthy = bool(status.get("venv_exists", True)) and sandbox.get("available", True) is not False
     embed = discord.Embed(title="Code interpreter status",
                           colour=discord.Colour.green() if healthy else discord.Colour.orange())
-    embed.add_field(name="Sandbox", value=_lines(sandbox), inline=False)
+    embed.add_field(name="Sandbox", value=_sandbox_text(sandbox), inline=False)
     embed.add_field(name="Packages", value=_lines(status, ["venv_exists", "package_count", "python_path", "last_cleanup"]), inline=False)
     embed.add_field(name="Storage", value=_lines(status, ["total_user_files", "total_file_size_mb",
                                                           "file_expiration_hours", "max_file_size_mb"]))
@@ -162,7 +203,11 @@ def status_embed(status: dict[str, Any], *, queue: Any, bot_uptime: float, laten
                   "started": queue.started_total, "refused": queue.refused_total}
     embed.add_field(name="Queue", value=_lines(queue_info))
     if runs:
-        embed.add_field(name="Runs", value=_lines(runs))
+        load = {key: value for key, value in runs.items() if key != "failures_by_cause"}
+        text = _lines(load)
+        if isinstance(runs.get("failures_by_cause"), dict):
+            text += "\n" + failures_text(runs["failures_by_cause"])
+        embed.add_field(name="Runs", value=text)
     if isinstance(status.get("sessions"), dict):
         embed.add_field(name="Sessions", value=_sessions_field(status["sessions"]), inline=False)
     if isinstance(status.get("ask"), dict):

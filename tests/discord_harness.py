@@ -20,6 +20,8 @@ import dataclasses
 import datetime as dt
 import itertools
 import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import discord
@@ -94,6 +96,7 @@ class Recorder:
         self.deleted: set[int] = set()
         self.interactions: dict[str, dict[str, Any]] = {}  # token -> INTERACTION_CREATE payload
         self._original: dict[str, int] = {}  # token -> message id of @original
+        self._files_dir = tempfile.TemporaryDirectory(prefix="harness-attachments-")
 
     # --- what the bot sent
 
@@ -156,6 +159,15 @@ class Recorder:
             return None
         return self._store(message_id, sent) if sent.kind == "edit_followup" else self.messages[message_id]
 
+    def _attachment(self, filename: str, files: dict[str, bytes]) -> dict[str, Any]:
+        """An attachment as Discord's CDN would serve it: here a file:// url, so the bot can
+        read back what it sent (Attachment.read goes through dpytest's get_from_cdn)."""
+        attachment_id = snowflake()
+        path = Path(self._files_dir.name) / str(attachment_id)
+        path.write_bytes(files.get(filename, b""))
+        return {"id": str(attachment_id), "filename": filename, "size": path.stat().st_size,
+                "url": path.as_uri(), "proxy_url": path.as_uri()}
+
     def _store(self, message_id: int, sent: Sent, *, thinking: bool = False) -> dict[str, Any]:
         sent.message_id = message_id
         interaction = self.interactions.get(sent.token or "", {})
@@ -186,12 +198,7 @@ class Recorder:
             if key in data:
                 message[key] = data[key] if data[key] is not None else ([] if key != "content" else "")
         if "attachments" in data:
-            message["attachments"] = [
-                {"id": str(snowflake()), "filename": a.get("filename", "file"),
-                 "size": len(sent.files.get(a.get("filename", ""), b"")),
-                 "url": f"https://cdn.invalid/{a.get('filename')}", "proxy_url": ""}
-                for a in data["attachments"]
-            ]
+            message["attachments"] = [self._attachment(a.get("filename", "file"), sent.files) for a in data["attachments"]]
         if thinking:
             message["flags"] = message["flags"] | 128  # LOADING
         message["edited_timestamp"] = None if thinking else now_iso()

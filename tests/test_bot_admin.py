@@ -57,3 +57,17 @@ async def test_hourly_sweep_is_running_and_deletes_expired_files(discord_world):
     assert w.bot.expiry_sweep.is_running()
     assert w.bot.expiry_sweep.hours == 1
     assert await interpreter.cleanup_expired_files() == 0
+
+
+async def test_status_has_no_noise_and_a_members_error_is_not_a_failure_of_the_bot(discord_world):
+    w = discord_world
+    await w.harness.slash("run", w.bob, code="print(nme)")  # the member's NameError
+    reply = await w.harness.slash("status", w.carol, permissions=admin_permissions())
+    embed = reply.message["embeds"][0]
+    text = "\n".join(f"{f['name']}\n{f['value']}" for f in embed["fields"])
+    for noise in ("None", "=", "{", "pool idle:", "unavailable reason"):
+        assert noise not in text, f"{noise!r} in /status:\n{text}"
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert "**members' errors:** exception 1" in fields["Runs (24 h)"]
+    assert "**interpreter failures:** none" in fields["Runs (24 h)"]
+    assert "**limits:** 60 s (max" in fields["Sandbox"]

@@ -182,7 +182,7 @@ async def test_status_shows_recent_runs_failure_causes_and_limits(discord_world,
     assert len(recent) == 2
     assert f"<@{w.bob.id}> · ❌ exception" in recent[0] and f"<#{w.channel.id}>" in recent[0]
     assert f"<@{w.alice.id}> · ✅ ok" in recent[1]
-    assert "**runs:** 2" in fields["Runs (24 h)"] and "**failures:** exception 1" in fields["Runs (24 h)"]
+    assert "**runs:** 2" in fields["Runs (24 h)"] and "**members' errors:** exception 1" in fields["Runs (24 h)"]
     assert "**files per member:** 25" in fields["Limits"] and "**storage per member:** 250 MB" in fields["Limits"]
     assert "**run channels:** everywhere" in fields["Limits"]
     assert "print(" not in str(reply.message)  # hashes, never code

@@ -331,9 +331,11 @@ def _cog(interaction: discord.Interaction) -> RunCog:
 
 async def request_behind(interaction: discord.Interaction, author_id: int, fresh_sandbox: bool = False) -> RunRequest | None:
     """The request whose result carries this button: remembered, else read from the message
-    (its code preview when whole, else its code.py attachment)."""
+    (its code preview when whole, else its code.py attachment). None, after telling the
+    member, when neither has it."""
     message = interaction.message
     if message is None:
+        await interaction.response.send_message(CODE_GONE, ephemeral=True)
         return None
     remembered = _cog(interaction).recent.get(message.id)
     if remembered is not None:
@@ -347,6 +349,7 @@ async def request_behind(interaction: discord.Interaction, author_id: int, fresh
             except (discord.HTTPException, OSError):
                 log.warning("could not read %s of message %s", CODE_FILE, message.id)
     if code is None:
+        await interaction.response.send_message(CODE_GONE, ephemeral=True)
         return None
     return RunRequest(code, author_id, fresh_sandbox=fresh_sandbox)
 
@@ -381,63 +384,62 @@ class RunAgainButton(discord.ui.DynamicItem[discord.ui.Button], template=r"run:a
                 return
             request = await request_behind(interaction, self.author_id, self.fresh)
             if request is None:
-                await interaction.response.send_message(CODE_GONE, ephemeral=True)
                 return
             await _cog(interaction).execute(interaction, dataclasses.replace(request, header=""))  # keeps fresh_sandbox
         await _guarded(interaction, "the Run again button", act)
 
 
-class EditRunButton(discord.ui.DynamicItem[discord.ui.Button], template=r"run:edit"):
+class _CodeButton(discord.ui.DynamicItem[discord.ui.Button], template=r"(?!)"):
+    """A button with a fixed custom id that acts on the code of the result it is under."""
+
+    LABEL = EMOJI = CUSTOM_ID = ""
+
+    def __init__(self) -> None:
+        super().__init__(discord.ui.Button(label=self.LABEL, emoji=self.EMOJI, style=discord.ButtonStyle.secondary,
+                                           custom_id=self.CUSTOM_ID))
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str]) -> "_CodeButton":
+        return cls()
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        async def act() -> None:
+            request = await request_behind(interaction, interaction.user.id)
+            if request is not None:
+                await self.use(interaction, request)
+        await _guarded(interaction, f"the {self.LABEL} button", act)
+
+    async def use(self, interaction: discord.Interaction, request: RunRequest) -> None:
+        raise NotImplementedError
+
+
+class EditRunButton(_CodeButton, template=r"run:edit"):
     """Opens the code box prefilled with this result's code; whoever submits it runs it as theirs."""
 
-    def __init__(self) -> None:
-        super().__init__(discord.ui.Button(label="Edit & run", emoji="✏️", style=discord.ButtonStyle.secondary,
-                                           custom_id="run:edit"))
+    LABEL, EMOJI, CUSTOM_ID = "Edit & run", "✏️", "run:edit"
 
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]) -> "EditRunButton":
-        return cls()
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        async def act() -> None:
-            request = await request_behind(interaction, interaction.user.id)
-            if request is None:
-                await interaction.response.send_message(CODE_GONE, ephemeral=True)
-                return
-            if len(request.code) > MAX_CODE_CHARS:
-                await interaction.response.send_message(
-                    f"This code is longer than the {MAX_CODE_CHARS:,} characters a code box holds: "
-                    f"download {CODE_FILE} or use **Show code**, edit it, and run it with /run.", ephemeral=True)
-                return
-            if not await precheck_run(interaction):
-                return
-            mine = request.author_id == interaction.user.id and not request.fresh_sandbox
-            await interaction.response.send_modal(RunModal(
-                _cog(interaction), interaction.user.id, request.files if mine else (), request.packages,
-                request.timeout, code=request.code))
-        await _guarded(interaction, "the Edit & run button", act)
+    async def use(self, interaction: discord.Interaction, request: RunRequest) -> None:
+        if len(request.code) > MAX_CODE_CHARS:
+            await interaction.response.send_message(
+                f"This code is longer than the {MAX_CODE_CHARS:,} characters a code box holds: "
+                f"download {CODE_FILE} or use **Show code**, edit it, and run it with /run.", ephemeral=True)
+            return
+        if not await precheck_run(interaction):
+            return
+        mine = request.author_id == interaction.user.id and not request.fresh_sandbox
+        await interaction.response.send_modal(RunModal(
+            _cog(interaction), interaction.user.id, request.files if mine else (), request.packages,
+            request.timeout, code=request.code))
 
 
-class ShowCodeButton(discord.ui.DynamicItem[discord.ui.Button], template=r"run:code"):
-    def __init__(self) -> None:
-        super().__init__(discord.ui.Button(label="Show code", emoji="📄", style=discord.ButtonStyle.secondary,
-                                           custom_id="run:code"))
+class ShowCodeButton(_CodeButton, template=r"run:code"):
+    LABEL, EMOJI, CUSTOM_ID = "Show code", "📄", "run:code"
 
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str]) -> "ShowCodeButton":
-        return cls()
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        async def act() -> None:
-            request = await request_behind(interaction, interaction.user.id)
-            if request is None:
-                await interaction.response.send_message(CODE_GONE, ephemeral=True)
-                return
-            shown = code_block(request.code[:1900], "py")
-            if len(shown) > 1990:
-                shown = code_block(request.code[:1800] + "\n# … (cut)", "py")
-            await interaction.response.send_message(shown, ephemeral=True, allowed_mentions=NO_MENTIONS)
-        await _guarded(interaction, "the Show code button", act)
+    async def use(self, interaction: discord.Interaction, request: RunRequest) -> None:
+        shown = code_block(request.code[:1900], "py")
+        if len(shown) > 1990:
+            shown = code_block(request.code[:1800] + "\n# … (cut)", "py")
+        await interaction.response.send_message(shown, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
 class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"run:delete:(?P<author>[0-9]{1,20})"):

@@ -156,7 +156,7 @@ def show_plotly(figure) -> None:
     (plotly.js inlined: ~4.6 MB, but neither the run nor the member's viewer may have internet).
 
     No PNG: kaleido drives a Chromium, which inside a run's limits (64 processes and
-    threads) does not start, and with more did not render offline (README, "Charts")."""
+    threads) does not start, and with more did not render offline (README, "What a run shows")."""
     name = unique_name("plotly_figure", "html")
     figure.write_html(os.path.join(WORK_DIR, name), include_plotlyjs=True, full_html=True)
 

@@ -195,7 +195,7 @@ def status_embed(status: dict[str, Any], *, queue: Any, bot_uptime: float, laten
                           colour=discord.Colour.green() if healthy else discord.Colour.orange())
     embed.add_field(name="Sandbox", value=_sandbox_text(sandbox), inline=False)
     embed.add_field(name="Packages", value=_lines(status, ["venv_exists", "package_count", "python_path", "last_cleanup"]), inline=False)
-    embed.add_field(name="Storage", value=_lines(status, ["total_user_files", "total_file_size_mb",
+    embed.add_field(name="Storage", value=_lines(status, ["total_user_files", "total_file_size_mb", "disk_free_mb",
                                                           "file_expiration_hours", "max_file_size_mb"]))
     if isinstance(status.get("limits"), dict):
         embed.add_field(name="Limits", value=_limits_text(status["limits"]))

@@ -184,6 +184,8 @@ FIELDS: tuple[Field, ...] = (
     Field("file_expiry_hours", "FILE_EXPIRY_HOURS", "48", _float_range(0), "Hours an uploaded file lives. 0: files never expire."),
     Field("user_max_files", "USER_MAX_FILES", "25", _int_range(1), "Files one member may keep at once; further uploads are refused until some expire or are deleted."),
     Field("user_max_storage_mb", "USER_MAX_STORAGE_MB", "250", _int_range(1), "Total MB one member may keep at once."),
+    Field("disk_free_floor_mb", "DISK_FREE_FLOOR_MB", "100", _int_range(0), "Uploads (and files kept from runs) are refused while less than this many MB would be left free on DATA_DIR's disk, so the bot never fills it."),
+    Field("disk_reserve_mb", "DISK_RESERVE_MB", "16", _int_range(0), "MB set aside in DATA_DIR while there is room; released when the disk is full so deleting files still works (the database needs a little space to delete). 0: none."),
     # Runs
     Field("run_timeout", "RUN_TIMEOUT_SECONDS", "60", _int_range(1, 3600), "Default wall-clock limit of one run, in seconds."),
     Field("max_run_timeout", "MAX_RUN_TIMEOUT_SECONDS", "120", _int_range(1, 3600), "Largest timeout a member may ask for."),
@@ -265,6 +267,8 @@ class Settings:
     file_expiry_hours: float
     user_max_files: int
     user_max_storage_mb: int
+    disk_free_floor_mb: int
+    disk_reserve_mb: int
     run_timeout: int
     max_run_timeout: int
     output_limit_bytes: int

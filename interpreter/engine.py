@@ -169,7 +169,10 @@ class Engine:
             result = await self.executor.run(request)
             if keep_generated_files and result.generated_files:
                 kept = await self.files.keep_generated(user_id, list(result.generated_files))
-                result = result.replace(generated_files=tuple(kept))
+                not_kept = tuple(f"{item.filename} was not kept as a file: {item.not_kept}" for item in kept
+                                 if item.not_kept)
+                return result.replace(generated_files=tuple(kept), timeout_seconds=checked.limit,
+                                      warnings=checked.warnings + not_kept)
         return result.replace(timeout_seconds=checked.limit, warnings=checked.warnings)
 
     async def run_snippet(self, code: str, inputs: list[InputFile], timeout: float | None = None) -> RunResult:

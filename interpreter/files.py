@@ -27,7 +27,8 @@ from typing import Any
 
 from interpreter import filetypes
 from interpreter.clock import expiry_after, store_time, utc_now
-from interpreter.store import BlobDir, FileRecord, FileStore, StoreUnavailable, is_file_id, new_file_id
+from interpreter.store import BlobDir, FileRecord, FileStore, StorageFull, StoreUnavailable, is_file_id, new_file_id
+from interpreter.store.diskspace import MB, DiskSpace, is_disk_full
 from interpreter.types import GeneratedFile, InputFile, InterpreterError
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ class FileManager:
         self.clock = clock or utc_now
         self.orphan_grace_seconds = orphan_grace_seconds
         self.blobs = BlobDir(settings.files_dir / store.namespace)
+        self.disk = DiskSpace(settings.data_dir, floor_bytes=settings.disk_free_floor_mb * MB,
+                              reserve_bytes=settings.disk_reserve_mb * MB)
         self._shared = _shared_state(self.blobs)
         self.last_cleanup: datetime | None = None
 
@@ -183,20 +186,47 @@ class FileManager:
                 raise UploadRefused(
                     f"This file ({_mb(size)}) would bring your storage to {_mb(used.bytes + size)}; "
                     f"the limit is {self.settings.user_max_storage_mb} MB. Delete some files or wait for them to expire.")
+            await asyncio.to_thread(self._make_room, size)
             file_id = new_file_id()
             self._shared.pending.add(file_id)
             try:
-                path = await asyncio.to_thread(self.blobs.write, file_id, prepared.data)
+                try:
+                    path = await asyncio.to_thread(self.blobs.write, file_id, prepared.data)
+                except OSError as exc:  # the partial temp file is already gone (BlobDir.write)
+                    if is_disk_full(exc):
+                        raise StorageFull() from None
+                    raise
                 record = FileRecord(file_id=file_id, user_id=user_id, filename=prepared.filename,
                                     file_path=str(path), file_size=size, file_type=prepared.file_type,
                                     uploaded_at=now, expires_at=self._expiry(now))
-                # If the insert fails its outcome may be unknown (a network error after
-                # sending, a cancellation); removing the blob now could leave a record
+                try:
+                    await self.store.insert(record)
+                except StorageFull:
+                    # The database refused the row for want of space: it is certainly not
+                    # there, so the blob goes now instead of waiting for the orphan sweep.
+                    await asyncio.to_thread(self.blobs.remove, file_id)
+                    raise
+                # Any other failure may leave the insert's outcome unknown (a network error
+                # after sending, a cancellation); removing the blob then could leave a record
                 # without one. The orphan sweep removes it once it is sure there is no record.
-                await self.store.insert(record)
             finally:
                 self._shared.pending.discard(file_id)
             return record
+
+    def _make_room(self, size: int) -> None:
+        """Blocking: keep the disk reserve while there is room, and refuse below the free-space floor."""
+        self.disk.keep_reserve()
+        self.disk.check_room(size)
+
+    async def _freeing_space(self, call: Callable[[], Any]) -> Any:
+        """Run a store call that must work on a full disk (reading, deleting); if the disk
+        is too full even for that, release the reserve and try once more."""
+        try:
+            return await call()
+        except StorageFull:
+            if not await asyncio.to_thread(self.disk.release_reserve):
+                raise
+        return await call()
 
     async def upload(self, user_id: int, file_data: bytes, filename: str, file_type: str | None = None) -> dict:
         """Store a member's file. Returns the seed's result dict; never raises for bad input."""
@@ -228,13 +258,15 @@ class FileManager:
 
     async def list_files(self, user_id: int) -> list[dict]:
         """The member's unexpired files, newest first. Raises StoreUnavailable when the database is down."""
-        return [self._public(record) for record in await self.store.list_live(user_id, self._now())]
+        now = self._now()
+        return [self._public(record) for record in await self._freeing_space(lambda: self.store.list_live(user_id, now))]
 
     async def get_file(self, file_id: str, user_id: int) -> dict | None:
         """Metadata of the member's own unexpired file, else None."""
         if not is_file_id(file_id):
             return None
-        record = await self.store.get_live(file_id, user_id, self._now())
+        now = self._now()
+        record = await self._freeing_space(lambda: self.store.get_live(file_id, user_id, now))
         return self._public(record) if record else None
 
     async def resolve_for_run(self, user_id: int, file_ids: list[str]) -> list[InputFile]:
@@ -250,7 +282,8 @@ class FileManager:
         for file_id in file_ids:
             if is_file_id(file_id) and file_id in seen:
                 continue
-            record = await self.store.get_live(file_id, user_id, now) if is_file_id(file_id) else None
+            record = (await self._freeing_space(lambda: self.store.get_live(file_id, user_id, now))
+                      if is_file_id(file_id) else None)
             if record is not None and await asyncio.to_thread(self.blobs.size, file_id) != record.file_size:
                 log.error("file %s has a record but its blob is missing or damaged; treating it as gone", file_id)
                 record = None
@@ -286,7 +319,7 @@ class FileManager:
         if not is_file_id(file_id):
             return False
         now = self._now()
-        if not await self.store.delete_live(file_id, user_id, now):
+        if not await self._freeing_space(lambda: self.store.delete_live(file_id, user_id, now)):
             return False
         await self._discard_blob(file_id, now)
         return True
@@ -303,7 +336,7 @@ class FileManager:
             batch = await self.store.list_expired(now, _SWEEP_BATCH)
             deleted_in_batch = 0
             for record in batch:
-                if await self.store.delete_expired(record.file_id, now):
+                if await self._freeing_space(lambda: self.store.delete_expired(record.file_id, now)):
                     deleted_in_batch += 1
                     if is_file_id(record.file_id):
                         await self._discard_blob(record.file_id, now)
@@ -311,6 +344,7 @@ class FileManager:
             if len(batch) < _SWEEP_BATCH or deleted_in_batch == 0:
                 break
         removed += await self._sweep_orphans(now)
+        await asyncio.to_thread(self.disk.keep_reserve)  # space freed: set the reserve aside again
         self.last_cleanup = now
         if removed:
             log.info("file sweep removed %d expired or orphaned files", removed)
@@ -348,8 +382,8 @@ class FileManager:
     async def keep_generated(self, user_id: int, files: list[GeneratedFile]) -> list[GeneratedFile]:
         """Store a run's files as new user files with a fresh expiry; returns them with file_id set.
 
-        A file that cannot be kept (quota, size, content, database down) comes back without
-        file_id; the reason goes to the log. The run's result is never lost over it.
+        A file that cannot be kept (quota, size, content, disk full, database down) comes back
+        without file_id and with `not_kept` saying why. The run's result is never lost over it.
         """
         kept: list[GeneratedFile] = []
         for item in files:
@@ -360,9 +394,10 @@ class FileManager:
                 prepared = await asyncio.to_thread(self._prepare, item.data, item.filename, None)
                 record = await self._store_new(user_id, prepared)
             except (UploadRefused, StoreUnavailable, OSError) as exc:
+                reason = str(exc) if isinstance(exc, (UploadRefused, StoreUnavailable)) else "it could not be saved"
                 log.info("generated file %r of user %s not kept: %s", filetypes.sanitize_filename(item.filename),
                          user_id, exc)
-                kept.append(item)
+                kept.append(dataclasses.replace(item, not_kept=reason))
                 continue
             kept.append(dataclasses.replace(item, file_id=record.file_id))
         return kept
@@ -379,6 +414,7 @@ class FileManager:
             "file_store": self.store.backend,
             "last_cleanup": _iso(self.last_cleanup),
         }
+        status.update(await asyncio.to_thread(self.disk.describe))
         try:
             usage = await self.store.totals(self._now())
         except StoreUnavailable as exc:

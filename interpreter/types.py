@@ -27,11 +27,14 @@ class GeneratedFile:
     data: bytes
     size: int
     file_id: str | None = None  # set when the file was kept as a user file
+    not_kept: str | None = None  # why it was not kept as a user file, when that was asked for
 
     def to_dict(self) -> dict:
         out = {"filename": self.filename, "type": self.type, "data": self.data, "size": self.size}
         if self.file_id:
             out["file_id"] = self.file_id
+        if self.not_kept:
+            out["not_kept"] = self.not_kept
         return out
 
 

@@ -20,6 +20,7 @@ from interpreter.store.base import (
     FileStore,
     Lease,
     RunRecord,
+    StorageFull,
     StoreUnavailable,
     Usage,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "FileStore",
     "Lease",
     "RunRecord",
+    "StorageFull",
     "StoreUnavailable",
     "Usage",
     "is_file_id",

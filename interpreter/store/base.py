@@ -35,6 +35,20 @@ class StoreUnavailable(InterpreterError):
         super().__init__(message)
 
 
+DISK_FULL_MESSAGE = ("The server's disk is full, so this was not saved. Deleting old files frees space; "
+                     "please try again later")
+
+
+class StorageFull(StoreUnavailable):
+    """The disk under DATA_DIR is full (or below its floor): not an outage, and said so.
+
+    A StoreUnavailable, so every caller that copes with an outage copes with this too;
+    the message tells the truth."""
+
+    def __init__(self, message: str = DISK_FULL_MESSAGE) -> None:
+        super().__init__(message)
+
+
 @dataclasses.dataclass(frozen=True)
 class FileRecord:
     """One stored user file: the seed's `user_files` document."""
@@ -229,12 +243,21 @@ class FileStore(abc.ABC):
         try:
             result = await operation
         except unavailable as exc:
+            if self._disk_full(exc):  # the database is there; the disk under it is full
+                log.error("file store (%s): the disk is full: %s", self.backend, scrub(str(exc))[:200])
+                raise StorageFull() from None
             self._report_down(exc)
             raise StoreUnavailable() from None
         if self._down:
             self._down = False
             log.warning("file store (%s) is reachable again", self.backend)
         return result
+
+    def _disk_full(self, exc: BaseException) -> bool:
+        """Whether `exc` means the disk is full rather than the database gone."""
+        from interpreter.store.diskspace import is_disk_full
+
+        return is_disk_full(exc)
 
     def _report_down(self, exc: BaseException) -> None:
         if not self._down:

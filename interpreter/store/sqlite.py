@@ -136,10 +136,13 @@ class SQLiteStore(FileStore):
             try:
                 cursor = self._connect().execute(sql, params)
                 return cursor.fetchall(), cursor.rowcount
-            except sqlite3.Error:
+            except sqlite3.Error as exc:
                 # Drop the connection so the next call reopens it: the file may have been
-                # moved, the disk remounted, or the directory fixed meanwhile.
-                self._close_sync()
+                # moved, the disk remounted, or the directory fixed meanwhile. Not when the
+                # disk is full: the open connection still reads, and reopening would need
+                # space for the write-ahead log's files.
+                if not self._disk_full(exc):
+                    self._close_sync()
                 raise
 
     def _transaction_sync(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
@@ -165,6 +168,13 @@ class SQLiteStore(FileStore):
         # sqlite3.Error covers "unable to open database file", "disk I/O error",
         # "database is locked" (after busy_timeout): all mean the store is unusable now.
         return await self._guarded(asyncio.to_thread(self._run_sync, sql, params), (sqlite3.Error, OSError))
+
+    def _disk_full(self, exc: BaseException) -> bool:
+        # On a full disk SQLite does not always say "full": opening the write-ahead log's
+        # shared-memory file fails as "disk I/O error". With (almost) no space left, that is the cause.
+        from interpreter.store.diskspace import is_disk_full, nearly_full
+
+        return is_disk_full(exc) or (isinstance(exc, sqlite3.OperationalError) and nearly_full(self.path.parent))
 
     def _close_sync(self) -> None:
         connection, self._connection = self._connection, None

@@ -187,12 +187,55 @@ def _sessions_field(sessions: dict[str, Any]) -> str:
     return _fit([head] + [session_line_for_status(info) for info in listed], EMBED_FIELD_LIMIT)
 
 
-def status_embed(status: dict[str, Any], *, queue: Any, bot_uptime: float, latency: float) -> discord.Embed:
+WORKER_ICONS = {"ready": "🟢", "warming up": "🟡", "draining": "🟡", "not answering": "🔴"}
+
+
+def worker_state(worker: dict[str, Any]) -> str:
+    if not worker.get("reachable"):
+        return "not answering"
+    if worker.get("draining"):
+        return "draining"
+    return "ready" if worker.get("ready", True) else "warming up"
+
+
+def worker_line(worker: dict[str, Any], number: int, *, show_address: bool) -> str:
+    """One execution worker: health, load, warm sandboxes, version. Addresses only for the bot's owners."""
+    state = worker_state(worker)
+    name = inline(str(worker.get("instance") or f"worker {number}"), 60)
+    if show_address and worker.get("url"):
+        name += f" ({inline(str(worker['url']), 80)})"
+    parts = [f"{WORKER_ICONS[state]} {name}", state]
+    if state != "not answering":
+        for key, label in (("runs_in_flight", "running"), ("queued", "waiting"), ("warm_sandboxes", "warm"),
+                           ("sessions", "sessions")):
+            if isinstance(worker.get(key), int):
+                parts.append(f"{worker[key]} {label}")
+        if worker.get("version"):
+            parts.append(f"v{inline(str(worker['version']), 40)}")
+    return " · ".join(parts)
+
+
+def executors_field(executors: list[dict[str, Any]], *, show_address: bool) -> str:
+    """Every execution worker of the deployment, those not answering included."""
+    states = [worker_state(worker) for worker in executors]
+    counts = ", ".join(f"{states.count(state)} {state}" for state in WORKER_ICONS if state in states) or "none"
+    head = f"**{len(executors)} worker{'s' if len(executors) != 1 else ''}:** {counts}"
+    lines = [worker_line(worker, number, show_address=show_address) for number, worker in enumerate(executors, 1)]
+    return _fit([head] + lines, EMBED_FIELD_LIMIT)
+
+
+def status_embed(status: dict[str, Any], *, queue: Any, bot_uptime: float, latency: float,
+                 shards: str = "", show_addresses: bool = False) -> discord.Embed:
     sandbox = status.get("sandbox") if isinstance(status.get("sandbox"), dict) else {}
     runs = status.get("runs") if isinstance(status.get("runs"), dict) else {}
-    healthy = bool(status.get("venv_exists", True)) and sandbox.get("available", True) is not False
+    executors = [w for w in status.get("executors") or [] if isinstance(w, dict)]
+    healthy = (bool(status.get("venv_exists", True)) and sandbox.get("available", True) is not False
+               and all(worker_state(w) == "ready" for w in executors))
     embed = discord.Embed(title="Code interpreter status",
                           colour=discord.Colour.green() if healthy else discord.Colour.orange())
+    if "executors" in status:
+        embed.add_field(name="Execution workers", value=executors_field(executors, show_address=show_addresses),
+                        inline=False)
     embed.add_field(name="Sandbox", value=_sandbox_text(sandbox), inline=False)
     embed.add_field(name="Packages", value=_lines(status, ["venv_exists", "package_count", "python_path", "last_cleanup"]), inline=False)
     embed.add_field(name="Storage", value=_lines(status, ["total_user_files", "total_file_size_mb", "disk_free_mb",
@@ -222,6 +265,8 @@ def status_embed(status: dict[str, Any], *, queue: Any, bot_uptime: float, laten
     if isinstance(engine_uptime, (int, float)):
         lines.append(f"**engine:** {format_duration(engine_uptime)}")
     lines.append(f"**gateway latency:** {latency_text}")
+    if shards:
+        lines.append(f"**this bot process:** {shards}")
     embed.add_field(name="Uptime", value="\n".join(lines), inline=False)
     installed = status.get("installed_packages")
     if installed:
@@ -258,8 +303,11 @@ class AdminCog(commands.Cog, name="Admin"):
         if not is_bot_owner(interaction) and isinstance(status.get("sessions"), dict):
             listed = status["sessions"].get("sessions") or []
             status["sessions"]["sessions"] = sessions_in_guild(listed, interaction.guild_id)
+        plan = self.bot.shards_plan
         embed = status_embed(status, queue=self.bot.scheduler.stats(),
-                             bot_uptime=time.monotonic() - self.bot.started_at, latency=self.bot.latency)
+                             bot_uptime=time.monotonic() - self.bot.started_at, latency=self.bot.latency,
+                             shards=plan.describe() if plan.sharded else "",
+                             show_addresses=is_bot_owner(interaction))
         await interaction.edit_original_response(embed=embed, allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="runs", description="A member's recent runs from the run audit (admins)")

@@ -201,7 +201,7 @@ def worker_state(worker: dict[str, Any]) -> str:
 def worker_line(worker: dict[str, Any], number: int, *, show_address: bool) -> str:
     """One execution worker: health, load, warm sandboxes, version. Addresses only for the bot's owners."""
     state = worker_state(worker)
-    name = inline(str(worker.get("instance") or f"worker {number}"), 60)
+    name = inline(str(worker.get("name") or str(worker.get("instance") or "")[:12] or f"worker {number}"), 60)
     if show_address and worker.get("url"):
         name += f" ({inline(str(worker['url']), 80)})"
     parts = [f"{WORKER_ICONS[state]} {name}", state]

@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 
 RESOLVE_EVERY_SECONDS = 15.0
 AVOID_FAILED_SECONDS = 10.0
-CALL_TIMEOUT_SECONDS = 30.0  # session calls, status, sweep
+CALL_TIMEOUT_SECONDS = 30.0  # session calls, sweep
+STATUS_TIMEOUT_SECONDS = 3.0  # /status shows a worker that does not answer as such, quickly
 CONNECT_TIMEOUT_SECONDS = 5.0
 RUN_MARGIN_SECONDS = 300.0  # past the run's own timeout: queueing on the worker, files both ways
 UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
@@ -400,13 +401,13 @@ class RemoteExecutor:
         await self.end_session(session_id, EndReason.RESET)
         return (await self.open_session(session_id, user_id)).info
 
-    async def _every_worker(self, method: str, path: str, body: bytes | None = None,
-                            params: dict | None = None) -> list[tuple[Worker, Answer | Exception]]:
+    async def _every_worker(self, method: str, path: str, body: bytes | None = None, params: dict | None = None,
+                            timeout: float = CALL_TIMEOUT_SECONDS) -> list[tuple[Worker, Answer | Exception]]:
         workers = await self.workers()
 
         async def one(worker: Worker) -> Answer | Exception:
             try:
-                return await self._call(worker, method, path, body, params=params)
+                return await self._call(worker, method, path, body, params=params, timeout=timeout)
             except (WorkerUnavailable, WorkerRefused, asyncio.TimeoutError) as exc:
                 return exc
 
@@ -437,7 +438,7 @@ class RemoteExecutor:
         runs = {"in_flight": 0, "queued": 0, "completed": 0, "max_concurrent": 0}
         sessions: dict[str, Any] = {"active": 0, "max": 0, "sessions": []}
         executors = []
-        for worker, answer in await self._every_worker("GET", "/v1/status"):
+        for worker, answer in await self._every_worker("GET", "/v1/status", timeout=STATUS_TIMEOUT_SECONDS):
             if not isinstance(answer, Answer) or not isinstance(answer.body, dict):
                 executors.append({"url": worker.url, "reachable": False, "error": str(answer)[:200]})
                 continue

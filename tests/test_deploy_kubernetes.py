@@ -137,10 +137,18 @@ def test_executor_runs_the_service_with_at_least_two_replicas_and_an_hpa_floor_o
 
 
 def test_queue_depth_overlay_scales_on_the_workers_queue_gauge():
+    from interpreter.service.metrics import ServiceMetrics
+
     hpa = one(render("overlays/queue-depth-autoscaling"), "HorizontalPodAutoscaler", "code-interpreter-executor")
     pods_metrics = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
     assert [m["metric"]["name"] for m in pods_metrics] == ["interpreter_queue_depth"]
-    assert "interpreter_queue_depth" in (REPO / "docs" / "deploy.md").read_text()
+    exported = ServiceMetrics().render()[0].decode()
+    assert "# TYPE interpreter_queue_depth gauge" in exported, "the HPA names a gauge the workers do not export"
+    # Every metric docs/deploy.md teaches to read is one a worker really exports.
+    documented = re.findall(r"^\| `(interpreter_[a-z_]+)", (REPO / "docs" / "deploy.md").read_text(), re.MULTILINE)
+    assert "interpreter_queue_depth" in documented
+    for name in documented:
+        assert re.search(rf"^# TYPE {name} ", exported, re.MULTILINE), name
 
 
 def test_every_container_has_requests_and_limits():

@@ -33,8 +33,10 @@ import hmac
 import json
 import logging
 import shutil
+import socket
 import time
 import uuid
+from importlib import metadata
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,16 @@ SWEEP_SECONDS = 60.0
 CGROUP_POLLS = 50  # of 0.1 s
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _version() -> str:
+    try:
+        return metadata.version("discord-code-interpreter")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+VERSION = _version()  # shown per worker in /status: a rolling upgrade half done is visible
 
 
 def _error(status: int, message: str, kind: str = "bad_request") -> web.Response:
@@ -130,7 +142,7 @@ class ExecutionService:
         """API calls in flight (draining waits for them); none are accepted while draining."""
         if not request.path.startswith("/v1/"):
             return await handler(request)
-        if self.draining:
+        if self.draining and request.path != "/v1/status":  # /status still shows the worker as draining
             return _error(503, "this worker is shutting down", "draining")
         self.in_flight += 1
         self._idle.clear()
@@ -154,11 +166,9 @@ class ExecutionService:
         return web.json_response({"ready": True})
 
     async def metrics_text(self, request: web.Request) -> web.Response:
-        runner = self.executor.runner
-        load = runner.load()
-        self.metrics.observe_state(
-            queued=load["queued"], in_flight=load["in_flight"], warm=sum(load["pool_idle"].values()),
-            sessions=len(self.executor.sessions.active()), draining=self.draining)
+        load = self.load()
+        self.metrics.observe_state(queued=load["queued"], in_flight=load["runs_in_flight"],
+                                   warm=load["warm_sandboxes"], sessions=load["sessions"], draining=self.draining)
         body, content_type = self.metrics.render()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -233,10 +243,18 @@ class ExecutionService:
     async def sweep_sessions(self, request: web.Request) -> web.Response:
         return web.json_response({"ended": await self.executor.sweep_sessions()})
 
+    def load(self) -> dict[str, int]:
+        """This worker's load now, for /metrics and for the deployment-wide /status."""
+        load = self.executor.runner.load()
+        return {"queued": load["queued"], "runs_in_flight": load["in_flight"],
+                "warm_sandboxes": sum(load["pool_idle"].values()),
+                "sessions": len(self.executor.sessions.active())}
+
     async def status(self, request: web.Request) -> web.Response:
         status = await self.executor.status()
-        status["worker"] = {"instance": self.instance, "ready": self.ready, "draining": self.draining,
-                            "requests_in_flight": self.in_flight}
+        status["worker"] = {"instance": self.instance, "name": socket.gethostname(), "version": VERSION,
+                            "ready": self.ready, "draining": self.draining,
+                            "requests_in_flight": self.in_flight, **self.load()}
         return web.json_response(status, dumps=lambda value: json.dumps(value, default=str))
 
     async def warm_up(self, request: web.Request) -> web.Response:

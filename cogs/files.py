@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FILES_PER_PAGE = 5
-FILES_VIEW_SECONDS = 600
 
 
 class FilesCog(commands.Cog, name="Files"):
@@ -35,9 +34,11 @@ class FilesCog(commands.Cog, name="Files"):
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.upload_menu)
+        self.bot.add_dynamic_items(FilesPageButton, FileDeleteButton)
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.upload_menu.name, type=self.upload_menu.type)
+        self.bot.remove_dynamic_items(FilesPageButton, FileDeleteButton)
 
     # --- uploads
 
@@ -86,8 +87,8 @@ class FilesCog(commands.Cog, name="Files"):
     @files_group.command(name="list", description="List your files (only you see this)")
     async def files_list(self, interaction: discord.Interaction) -> None:
         files = await interpreter.list_user_files(interaction.user.id)
-        view = FilesView(interaction.user.id, files)
-        await interaction.response.send_message(embed=view.embed(), view=view if files else discord.utils.MISSING,
+        embed, view = files_page(interaction.user.id, files, 0)
+        await interaction.response.send_message(embed=embed, view=view or discord.utils.MISSING,
                                                 ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     @files_group.command(name="delete", description="Delete one of your files")
@@ -113,80 +114,79 @@ def describe_file(meta: dict[str, Any]) -> str:
     return f"**{name}** ({kind}, {size})" + (f", expires {expires}" if expires else "") + f"\n`{meta.get('file_id')}`"
 
 
-class FilesView(discord.ui.View):
-    """One page of a member's files, with a delete button per file and page buttons."""
+def files_page(user_id: int, files: list[dict[str, Any]], page: int) -> tuple[discord.Embed, discord.ui.View | None]:
+    """One page of a member's files: the embed, and its delete and page buttons (None: no files).
 
-    def __init__(self, user_id: int, files: list[dict[str, Any]], page: int = 0) -> None:
-        super().__init__(timeout=FILES_VIEW_SECONDS)
-        self.user_id = user_id
-        self.files = files
-        self.page = page
-        self._rebuild()
+    The buttons are persistent (discord.ui.DynamicItem): their custom ids carry the owner,
+    the page and the file, and a click lists the files again, so the list keeps working
+    after a restart and on any shard."""
+    pages = max(1, -(-len(files) // FILES_PER_PAGE))
+    page = max(0, min(page, pages - 1))
+    start = page * FILES_PER_PAGE
+    shown = files[start:start + FILES_PER_PAGE]
+    embed = discord.Embed(title="Your files", colour=discord.Colour.blurple())
+    if not files:
+        embed.description = "You have no stored files. Use `/upload` or drop a CSV in chat."
+        return embed, None
+    embed.description = "\n\n".join(f"{start + i + 1}. {describe_file(meta)}" for i, meta in enumerate(shown))[:4096]
+    embed.set_footer(text=f"Page {page + 1} of {pages} · {len(files)} files · use a file in code with load_file('<id>')")
+    view = discord.ui.View(timeout=None)
+    for i, meta in enumerate(shown):
+        view.add_item(FileDeleteButton(user_id, page, str(meta.get("file_id")), start + i + 1))
+    if pages > 1:
+        view.add_item(FilesPageButton(user_id, page - 1, "prev", disabled=page == 0))
+        view.add_item(FilesPageButton(user_id, page + 1, "next", disabled=page >= pages - 1))
+    return embed, view
 
-    @property
-    def pages(self) -> int:
-        return max(1, -(-len(self.files) // FILES_PER_PAGE))
 
-    def _page_files(self) -> list[dict[str, Any]]:
-        start = self.page * FILES_PER_PAGE
-        return self.files[start:start + FILES_PER_PAGE]
-
-    def embed(self) -> discord.Embed:
-        embed = discord.Embed(title="Your files", colour=discord.Colour.blurple())
-        if not self.files:
-            embed.description = "You have no stored files. Use `/upload` or drop a CSV in chat."
-            return embed
-        start = self.page * FILES_PER_PAGE
-        embed.description = "\n\n".join(f"{start + i + 1}. {describe_file(meta)}" for i, meta in enumerate(self._page_files()))[:4096]
-        embed.set_footer(text=f"Page {self.page + 1} of {self.pages} · {len(self.files)} files · "
-                              "use a file in code with load_file('<id>')")
-        return embed
-
-    def _rebuild(self) -> None:
-        self.clear_items()
-        self.page = min(self.page, self.pages - 1)
-        start = self.page * FILES_PER_PAGE
-        for i, meta in enumerate(self._page_files()):
-            button = discord.ui.Button(label=f"Delete {start + i + 1}", emoji="🗑️", style=discord.ButtonStyle.danger,
-                                       custom_id=f"files:del:{meta.get('file_id')}"[:100], row=0)
-            button.callback = self._delete_callback(str(meta.get("file_id")))
-            self.add_item(button)
-        if self.pages > 1:
-            previous = discord.ui.Button(label="Previous", style=discord.ButtonStyle.secondary,
-                                         custom_id="files:prev", row=1, disabled=self.page == 0)
-            following = discord.ui.Button(label="Next", style=discord.ButtonStyle.secondary,
-                                          custom_id="files:next", row=1, disabled=self.page >= self.pages - 1)
-            previous.callback = self._turn(-1)
-            following.callback = self._turn(+1)
-            self.add_item(previous)
-            self.add_item(following)
-
-    def _turn(self, step: int):
-        async def callback(interaction: discord.Interaction) -> None:
-            self.page = max(0, min(self.pages - 1, self.page + step))
-            self._rebuild()
-            await interaction.response.edit_message(embed=self.embed(), view=self, allowed_mentions=NO_MENTIONS)
-        return callback
-
-    def _delete_callback(self, file_id: str):
-        async def callback(interaction: discord.Interaction) -> None:
-            deleted = await interpreter.delete_user_file(file_id, self.user_id)
-            self.files = [f for f in self.files if str(f.get("file_id")) != file_id]
-            self._rebuild()
-            await interaction.response.edit_message(embed=self.embed(), view=self if self.files else None,
-                                                    allowed_mentions=NO_MENTIONS)
-            if not deleted:
-                await interaction.followup.send("That file had already expired or been deleted.", ephemeral=True)
-        return callback
-
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if interaction.user.id != self.user_id:
-            await interaction.response.send_message("These are someone else's files.", ephemeral=True)
-            return False
-        return True
-
-    async def on_error(self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item) -> None:
+async def _show_page(interaction: discord.Interaction, owner_id: int, page: int, action=None) -> None:
+    """A click on the list: the owner's files listed again (after `action`), the page redrawn."""
+    if interaction.user.id != owner_id:
+        await interaction.response.send_message("These are someone else's files.", ephemeral=True)
+        return
+    try:
+        note = await action() if action is not None else None
+        files = await interpreter.list_user_files(owner_id)
+        embed, view = files_page(owner_id, files, page)
+        await interaction.response.edit_message(embed=embed, view=view, allowed_mentions=NO_MENTIONS)
+        if note:
+            await interaction.followup.send(note, ephemeral=True)
+    except Exception as error:  # noqa: BLE001 - dynamic items' errors are only logged by discord.py
         await report_error(interaction, error, "the files list")
+
+
+class FilesPageButton(discord.ui.DynamicItem[discord.ui.Button],
+                      template=r"files:page:(?P<owner>[0-9]{1,20}):(?P<page>-?[0-9]{1,4}):(?P<which>prev|next)"):
+    def __init__(self, owner_id: int, page: int, which: str, *, disabled: bool = False) -> None:
+        super().__init__(discord.ui.Button(label="Previous" if which == "prev" else "Next", row=1, disabled=disabled,
+                                           style=discord.ButtonStyle.secondary,
+                                           custom_id=f"files:page:{owner_id}:{page}:{which}"))
+        self.owner_id, self.page = owner_id, page
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match) -> "FilesPageButton":
+        return cls(int(match["owner"]), int(match["page"]), match["which"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await _show_page(interaction, self.owner_id, self.page)
+
+
+class FileDeleteButton(discord.ui.DynamicItem[discord.ui.Button],
+                       template=r"files:del:(?P<owner>[0-9]{1,20}):(?P<page>[0-9]{1,4}):(?P<file_id>[0-9a-f]{32})"):
+    def __init__(self, owner_id: int, page: int, file_id: str, number: int = 0) -> None:
+        super().__init__(discord.ui.Button(label=f"Delete {number}", emoji="🗑️", style=discord.ButtonStyle.danger, row=0,
+                                           custom_id=f"files:del:{owner_id}:{page}:{file_id}"))
+        self.owner_id, self.page, self.file_id = owner_id, page, file_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match) -> "FileDeleteButton":
+        return cls(int(match["owner"]), int(match["page"]), match["file_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        async def delete() -> str | None:
+            deleted = await interpreter.delete_user_file(self.file_id, self.owner_id)
+            return None if deleted else "That file had already expired or been deleted."
+        await _show_page(interaction, self.owner_id, self.page, delete)
 
 
 async def setup(bot: "CodeInterpreterBot") -> None:

@@ -105,6 +105,20 @@ async def test_files_list_paginates_and_deletes_with_buttons(discord_world):
     assert len(await interpreter.list_user_files(w.alice.id)) == 6
 
 
+async def test_files_list_buttons_work_after_a_restart(discord_world):
+    """The buttons carry the owner, page and file in their ids: no per-message state to lose."""
+    w = discord_world
+    for i in range(7):
+        await interpreter.upload_file(w.alice.id, f"n\n{i}\n".encode(), f"part{i}.csv")
+    listing = await w.harness.slash("files", w.alice, subcommand="list")
+    assert listing.message_id not in w.bot._connection._view_store._views, "nothing held in memory per message"
+    await w.harness.click(listing, "Next", w.alice)
+    assert "Page 2 of 2" in listing.message["embeds"][0]["footer"]["text"]
+    await w.harness.click(listing, "Delete 7", w.alice)
+    assert len(await interpreter.list_user_files(w.alice.id)) == 6
+    assert "Page 2 of 2" in listing.message["embeds"][0]["footer"]["text"]
+
+
 async def test_files_delete_with_autocomplete(discord_world):
     w = discord_world
     stored = await interpreter.upload_file(w.alice.id, b"a\n1\n", "gone.csv")

@@ -37,7 +37,8 @@ def run_text() -> str:
     return ("`/run code: print('hi')` runs Python here; leave `code` empty for a multi-line box. "
             "On any message, **Apps → Run code** runs its code block.\n"
             "Charts (`plt.show()` or any open figure) come back as images, plotly figures as HTML, "
-            "files your code writes as attachments, and the value of the last line is shown, as in a notebook.")
+            "files your code writes as attachments, and the value of the last line is shown, as in a notebook. "
+            "Under a result: **Edit & run** opens the code again to change it.")
 
 
 def ask_text(settings: Settings) -> str:
@@ -58,7 +59,8 @@ def files_text(settings: Settings) -> str:
     expiry = (f"Files expire after {_hours(settings.file_expiry_hours)}" if settings.file_expiry_hours
               else "Files are kept until you delete them")
     return (f"{drop} `/upload` (also **Apps → Upload to interpreter** on a message). Then in `/run`: "
-            "`df = load_file('<id>')`, choosing ids with the `files` option.\n"
+            "`df = load_file('<id>')` (or the **Analyse in /run** button under a table). seaborn's example "
+            "datasets (`sns.load_dataset('tips')`, iris, penguins, mpg, anscombe) work offline.\n"
             f"`/files list` shows yours and `/files delete` removes one. {expiry}; "
             f"at most {settings.user_max_files} files and {settings.user_max_storage_mb} MB each. "
             "Nobody else can use them.")
@@ -84,8 +86,8 @@ def packages_text(settings: Settings) -> str:
 def limits_text(settings: Settings) -> str:
     return (f"Each run: {settings.run_timeout} s (up to {settings.max_run_timeout} s with the `timeout` option), "
             f"{settings.run_memory_mb} MB of memory, {settings.output_limit_bytes // 1000} KB of output, "
-            f"files up to {settings.max_file_size_mb} MB. No network, and no access to the bot or to other "
-            "members' files.")
+            f"files up to {settings.max_file_size_mb} MB. No internet (upload data instead) and no keyboard "
+            "(`input()` cannot read anything), and no access to the bot or to other members' files.")
 
 
 def help_embed(settings: Settings) -> discord.Embed:

@@ -79,6 +79,15 @@ async def test_key_error_on_a_dataframe_lists_the_columns_and_hides_pandas_inter
     assert "raised inside pandas" in error
 
 
+async def test_key_errors_name_columns_only_when_a_column_was_looked_up(runner):
+    grouped = await run(runner, SALES + "df.groupby('regio').revenue.sum()")
+    assert "columns are" in grouped.error and "Did you mean 'region'?" in grouped.error
+    row = await run(runner, SALES + "df.loc['no such row']")
+    assert "KeyError" in row.error and "columns are" not in row.error, "a row label is not a column"
+    plain = await run(runner, "d = {'a': 1}\nd['b']")
+    assert "KeyError: 'b'" in plain.error and "Hint" not in plain.error
+
+
 async def test_attribute_error_on_a_dataframe_suggests_the_column(runner):
     outcome = await run(runner, SALES + "df.revenu")
     assert "Did you mean: 'revenue'?" in outcome.error

@@ -142,21 +142,39 @@ def python_suggestion(exc: BaseException) -> str | None:
 # ----------------------------------------------------------------------- extra hints
 
 
-def _dataframe_in_frames(exc: BaseException):
-    """The DataFrame whose lookup failed: `self` of the library frame that raised."""
+def _is_pandas(value, kind: str) -> bool:
+    return (type(value).__module__ or "").startswith("pandas") and any(
+        klass.__name__ == kind for klass in type(value).__mro__)
+
+
+def _columns_lookup_failed(exc: BaseException):
+    """The DataFrame whose *columns* lacked the key (None for a row label, a dict...): a
+    DataFrame the failing pandas code worked on (`self` or `obj`) without that column, and
+    no other Index (the row labels) as the one that raised."""
+    key = exc.args[0] if exc.args else None
+    frames, index = [], None
     tb = exc.__traceback__
-    found = None
     while tb is not None:
-        owner = tb.tb_frame.f_locals.get("self")
-        owner = getattr(owner, "obj", owner)  # df.loc[...] / df.iloc[...] indexers
-        if type(owner).__name__ == "DataFrame" and (type(owner).__module__ or "").startswith("pandas"):
-            found = owner
+        local = tb.tb_frame.f_locals
+        for name in ("self", "obj"):
+            if _is_pandas(local.get(name), "DataFrame") and all(local[name] is not f for f in frames):
+                frames.append(local[name])
+        if _is_pandas(local.get("self"), "Index"):
+            index = local["self"]
         tb = tb.tb_next
-    return found
+    for frame in frames:
+        if index is not None and frame.columns is not index:
+            continue
+        try:
+            if key not in frame.columns:
+                return frame
+        except TypeError:  # an unhashable key: not a column lookup
+            return None
+    return None
 
 
 def _key_error_hint(exc: KeyError) -> str | None:
-    frame = _dataframe_in_frames(exc)
+    frame = _columns_lookup_failed(exc)
     if frame is None:
         return None
     columns = [str(c) for c in frame.columns]

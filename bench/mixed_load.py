@@ -1,0 +1,140 @@
+"""Benchmark: the mixed load of issue 13, through the bot's path, and the tail latency
+of tiny runs while 10% of runs are time-outs.
+
+    cd /work/main && .venv/bin/python -m bench.mixed_load                 # 40 members x 5 runs
+    .venv/bin/python -m bench.mixed_load --members 8 --runs-per-member 3  # a quick sanity check
+    .venv/bin/python -m bench.mixed_load --compare                         # also with the long lane off
+
+Every member submits all their runs at once; the runs are shuffled. Each run goes the
+way a /run does after Discord: the bot's request rules (cogs/_queue.py RunScheduler,
+with the cooldown off and room for every run of a member, so none is refused), then
+`interpreter.run_code` inside `observe_queue`, into the engine's one queue with
+MAX_CONCURRENT_RUNS=2 and the warm pool started. What is left out is Discord itself
+(rendering, HTTP), which costs the same whatever the queue does.
+
+The mix: `print` (50%), a pandas/seaborn chart (20%), an exception (20%), and a
+time-out (10%: half `time.sleep`, half a plain-Python loop; both look "light" to the
+import-based guess, which is the case the long lane exists for), each time-out with
+`--timeout` seconds. Goal on a quiet 2-core machine: `print` p95 <= 2 s.
+
+Needs root (per-run cgroups: without them runs are never moved to the long lane) and
+the sandbox venv (SANDBOX_VENV_DIR, default the test suite's). Uses a temporary DATA_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench.run_bench import PLOT, make_settings, p95
+
+MIX = (("print", 0.5), ("chart", 0.2), ("error", 0.2), ("timeout", 0.1))
+CODE = {
+    "print": "print('hi')",
+    "chart": PLOT,
+    "error": "1 / 0",
+    "sleep": "import time\ntime.sleep(3600)",
+    "loop": "while True:\n    pass",
+}
+EXPECTED_CAUSE = {"print": "ok", "chart": "ok", "error": "exception", "timeout": "timeout"}
+
+
+def plan(members: int, runs_each: int, seed: int) -> list[tuple[int, str, str]]:
+    """(member, kind, code) for every run, shuffled; exactly 10% time-outs (rounded)."""
+    rng = random.Random(seed)
+    total = members * runs_each
+    kinds: list[str] = []
+    for kind, share in MIX:
+        kinds += [kind] * round(total * share)
+    kinds = (kinds + ["print"] * total)[:total]
+    rng.shuffle(kinds)
+    runs = []
+    for index, kind in enumerate(kinds):
+        code = CODE[kind] if kind != "timeout" else CODE["sleep" if index % 2 else "loop"]
+        runs.append((index % members + 1, kind, code))
+    rng.shuffle(runs)
+    return runs
+
+
+async def mixed_load(data_dir: Path, members: int, runs_each: int, timeout: int, *, long_runs: int,
+                     seed: int = 13) -> dict:
+    import interpreter
+    from cogs._queue import RunScheduler
+
+    settings = make_settings(data_dir, heavy=1, light=2).replace(max_long_runs=long_runs)
+    engine = interpreter.configure(settings)
+    await asyncio.wait_for((await engine.runner.start_pool()).wait_until_full(), 120)
+    # The bot's rules, as bot/client.py builds them, but accepting every run of the plan.
+    scheduler = RunScheduler(capacity=settings.max_concurrent_runs, per_member_queued=runs_each,
+                             max_waiting=members * runs_each, cooldown_seconds=0,
+                             queue_waiting=interpreter.queued_runs)
+    done: list[tuple[str, float, str]] = []  # kind, latency, exit cause
+    most_long = 0
+
+    async def one(member: int, kind: str, code: str) -> None:
+        nonlocal most_long
+        started = time.perf_counter()
+        async with scheduler.submit(member):
+            with interpreter.observe_queue(lambda position: None):
+                result = await interpreter.run_code(code, user_id=member,
+                                                    timeout=timeout if kind == "timeout" else 60)
+        done.append((kind, time.perf_counter() - started, result.exit_cause.value if result.exit_cause else "refused"))
+        most_long = max(most_long, engine.runner.load()["long"])
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one(*run) for run in plan(members, runs_each, seed)))
+    wall = time.perf_counter() - began
+    await engine.close()
+    out: dict = {"wall": wall, "runs": len(done), "most_long": most_long,
+                 "unexpected": sum(cause != EXPECTED_CAUSE[kind] for kind, _, cause in done)}
+    for kind, _ in MIX:
+        latencies = [latency for k, latency, _ in done if k == kind]
+        if latencies:
+            out[kind] = {"n": len(latencies), "p50": statistics.median(latencies), "p95": p95(latencies),
+                         "max": max(latencies)}
+    return out
+
+
+def report(label: str, result: dict, goal: float) -> None:
+    print(f"  {label}: {result['runs']} runs in {result['wall']:.1f} s, unexpected outcomes {result['unexpected']}, "
+          f"at most {result['most_long']} runs in the long lane at once")
+    for kind, _ in MIX:
+        k = result.get(kind)
+        if k:
+            print(f"    {kind:7}: n={k['n']:3}  p50 {k['p50']:6.2f} s  p95 {k['p95']:6.2f} s  max {k['max']:6.2f} s")
+    verdict = "meets" if result["print"]["p95"] <= goal else "MISSES"
+    print(f"    print p95 {result['print']['p95']:.2f} s {verdict} the goal of {goal:.1f} s")
+
+
+async def main(args: argparse.Namespace) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    if os.geteuid() != 0:
+        print("note: not root: no per-run cgroups, so no long lane; figures differ from production")
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
+    print(f"mixed load: {args.members} members x {args.runs_per_member} runs at once, 10% time-outs of "
+          f"{args.timeout} s, MAX_CONCURRENT_RUNS=2, through the bot's request rules and the engine's queue")
+    with tempfile.TemporaryDirectory(prefix="bench-mixed-") as tmp:
+        lanes = [("long lane on (MAX_LONG_RUNS=8)", 8)] + ([("long lane off (MAX_LONG_RUNS=0)", 0)] if args.compare else [])
+        for index, (label, long_runs) in enumerate(lanes):
+            result = await mixed_load(Path(tmp) / str(index), args.members, args.runs_per_member, args.timeout,
+                                      long_runs=long_runs)
+            report(label, result, args.goal)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end (other work on this machine adds noise)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--members", type=int, default=40)
+    parser.add_argument("--runs-per-member", type=int, default=5)
+    parser.add_argument("--timeout", type=int, default=10, help="seconds before a time-out run is stopped")
+    parser.add_argument("--goal", type=float, default=2.0, help="print p95 goal, seconds")
+    parser.add_argument("--compare", action="store_true", help="run the same load again with the long lane off")
+    asyncio.run(main(parser.parse_args()))

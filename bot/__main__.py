@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
 import discord
@@ -20,8 +21,25 @@ log = logging.getLogger("bot")
 
 
 async def _serve(bot: CodeInterpreterBot, token: str) -> None:
-    async with bot:
-        await bot.start(token)
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task] = []
+
+    async def drain_then_close() -> None:
+        await bot.drain()
+        await bot.close()
+
+    def on_sigterm() -> None:  # Kubernetes, Docker and systemd stop a process with SIGTERM
+        if not stopping:
+            stopping.append(asyncio.ensure_future(drain_then_close()))
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        async with bot:
+            await bot.start(token)
+        if stopping:
+            await stopping[0]
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def run_bot(settings: Settings) -> int:

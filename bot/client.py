@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.run", "cogs.files", "cogs.admin", "cogs.session", "cogs.ask", "cogs.help")
 SWEEP_INTERVAL_HOURS = 1.0
+# discord.py runs each interaction's handler (slash commands, buttons, modals, dynamic items)
+# in a task with one of these names; a draining bot waits for them so replies still go out.
+INTERACTION_TASKS = ("CommandTree-invoker", "discord-ui-view-dispatch-", "discord-ui-modal-dispatch-",
+                     "discord-ui-dynamic-item-")
+DRAIN_MARGIN_SECONDS = 20.0  # past the longest run: the reply's upload to Discord
+RESTARTING = "This bot is restarting; please try again in a minute."
 GENERIC_FAILURE = "⚠️ Something went wrong on our side. The error was logged; please try again."
 
 
@@ -134,6 +140,23 @@ class CodeInterpreterBot(commands.Bot):
 
     async def on_ready(self) -> None:
         log.info("logged in as %s (%s) in %d servers", self.user, getattr(self.user, "id", "?"), len(self.guilds))
+
+    async def drain(self, timeout: float | None = None) -> int:
+        """Stop taking runs and let the interactions in progress answer, up to `timeout` (default:
+        the longest run plus the reply); returns how many were still going. SIGTERM calls this
+        before close(), so a rolling restart does not drop members' runs."""
+        self.scheduler.closed_reason = RESTARTING
+        limit = self.settings.max_run_timeout + DRAIN_MARGIN_SECONDS if timeout is None else timeout
+        current = asyncio.current_task()
+        pending = {task for task in asyncio.all_tasks()
+                   if task is not current and task.get_name().startswith(INTERACTION_TASKS)}
+        log.info("draining: %d interactions in progress (waiting up to %.0f s)", len(pending), limit)
+        if not pending:
+            return 0
+        _, still = await asyncio.wait(pending, timeout=limit)
+        if still:
+            log.warning("draining: %d interactions still in progress after %.0f s", len(still), limit)
+        return len(still)
 
     async def close(self) -> None:
         self.expiry_sweep.cancel()

@@ -75,12 +75,16 @@ class RunScheduler:
         self._last_submit: dict[int, float] = {}
         self._started_total = 0
         self._refused_total = 0
+        self.closed_reason = ""  # set while the bot process drains: every new request is refused with it
 
     def submit(self, member_id: int, *, cooldown: bool = True) -> Ticket:
         """Accept a request of `member_id`, or raise RunRefused with a member-facing reason.
 
         `cooldown=False`: a later run of a request already admitted (an /ask question's
         second run), which the cooldown between requests does not apply to."""
+        if self.closed_reason:
+            self._refused_total += 1
+            raise RunRefused(self.closed_reason)
         now = self._clock()
         last = self._last_submit.get(member_id)
         if cooldown and last is not None and self.cooldown_seconds > 0 and now - last < self.cooldown_seconds:

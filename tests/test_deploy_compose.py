@@ -89,13 +89,15 @@ def test_a_missing_worker_token_stops_compose_with_the_fix(tmp_path):
 
 
 def test_stop_grace_lets_runs_in_flight_finish(model):
+    from bot.client import DRAIN_MARGIN_SECONDS
+
     settings = load_settings({}, dotenv=False)
     for name in ("executor", "bot"):
         grace = model["services"][name]["stop_grace_period"]  # Go duration, e.g. "2m30s"
         parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", grace)
         assert parts and grace, grace
         seconds = int(parts.group(1) or 0) * 60 + int(parts.group(2) or 0)
-        assert seconds > settings.max_run_timeout, name
+        assert seconds > settings.max_run_timeout + DRAIN_MARGIN_SECONDS, name
 
 
 def test_the_bot_runs_unprivileged_and_read_only(model):

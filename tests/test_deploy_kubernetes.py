@@ -206,8 +206,12 @@ def test_termination_grace_outlasts_the_pre_stop_delay_plus_the_longest_run():
     settings = load_settings(effective_environment(c), dotenv=False)
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace >= pre_stop + settings.max_run_timeout + 30, "a run in flight could be killed mid-drain"
+    from bot.client import DRAIN_MARGIN_SECONDS
+
     bot_grace = bot()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert bot_grace > settings.max_run_timeout, "a bot pod leaving could drop the reply to a run in flight"
+    # SIGTERM makes the bot drain (bot.drain): the longest run, then the reply's upload.
+    assert bot_grace > settings.max_run_timeout + DRAIN_MARGIN_SECONDS, \
+        "a bot pod leaving could drop the reply to a run in flight"
 
 
 def test_disruption_budgets_keep_all_but_one_pod_of_each_workload():

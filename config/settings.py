@@ -204,7 +204,7 @@ FIELDS: tuple[Field, ...] = (
     Field("run_queue_max", "RUN_QUEUE_MAX", "20", _int_range(0, 10_000), "Runs waiting across the whole bot; when full, new runs are refused until the queue drains."),
     Field("run_cooldown_seconds", "RUN_COOLDOWN_SECONDS", "3", _float_range(0), "Seconds a member must wait between starting two runs. 0: no cooldown."),
     # Abuse limits (per-member storage: USER_MAX_FILES, USER_MAX_STORAGE_MB)
-    Field("runs_per_member_per_hour", "RUNS_PER_MEMBER_PER_HOUR", "0", _int_range(0, 100_000), "Runs one member may start in any sliding hour, counted from the run audit; more are refused with the time the next one is available. 0: unlimited."),
+    Field("runs_per_member_per_hour", "RUNS_PER_MEMBER_PER_HOUR", "0", _int_range(0, 100_000), "Runs one member may start in any sliding hour, counted from the run audit; more are refused with the time the next one is available. While the database cannot be read the limit counts only the runs this process started (runs that need no database still run) and the member is told so. 0: unlimited."),
     Field("denied_member_ids", "DENIED_MEMBER_IDS", "", _id_list, "Members who may not run code (the /run command, the Run code menu and Run again)."),
     Field("denied_role_ids", "DENIED_ROLE_IDS", "", _id_list, "Members with any of these roles may not run code."),
     Field("run_channel_ids", "RUN_CHANNEL_IDS", "", _id_list, "Channels (or categories) where code can be run; threads count as their channel. Empty: everywhere."),

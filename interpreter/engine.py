@@ -231,7 +231,8 @@ class Engine:
     async def close(self) -> None:
         """Shutdown: end every session and stop the warm pool, leaving no sandbox process."""
         await self.executor.close()
-        await self.audit.close()
+        for audit in [view.audit for view in self._db_views.values()] + [self.audit]:
+            await audit.close()  # each bounded; what is left goes to its spool
         await self.assistant.close()
 
     def run_limits(self) -> dict:

@@ -175,3 +175,13 @@ async def test_a_long_run_goes_on_at_the_lowest_cpu_priority_in_every_thread(one
 async def test_a_short_run_keeps_normal_priority(one_slot_engine):
     result = await interpreter.execute_code("import os\nprint(os.nice(0))", user_id=ALICE)
     assert result["output"] == "0\n"
+
+
+def test_the_mixed_load_benchmark_plans_ten_percent_time_outs_for_every_member():
+    from bench.mixed_load import plan
+
+    runs = plan(40, 5, seed=13)
+    assert len(runs) == 200
+    assert sum(kind == "timeout" for _, kind, _ in runs) == 20
+    assert sorted({member for member, _, _ in runs}) == list(range(1, 41))
+    assert all(sum(m == member for m, _, _ in runs) == 5 for member in range(1, 41))

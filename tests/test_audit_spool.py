@@ -27,6 +27,11 @@ def records(audit: RunAudit, count: int, start: int = 0):
                                started_at=audit.now(), duration_seconds=0.1) for n in range(start, start + count)]
 
 
+async def insert_that_hangs(record) -> None:
+    """A database that accepted the connection and never answers."""
+    await asyncio.Event().wait()
+
+
 def break_database(audit: RunAudit, tmp_path) -> callable:
     """Make the SQLite file unusable (a directory in its place); returns how to repair it."""
     path = audit.settings.sqlite_path
@@ -85,11 +90,7 @@ async def test_memory_backlog_is_bounded_while_a_write_hangs(tmp_path, monkeypat
     audit = make_audit(tmp_path)
     monkeypatch.setattr(audit_module, "MAX_PENDING", 10)
     monkeypatch.setattr(audit_module, "WRITE_TIMEOUT_SECONDS", 0.5)
-
-    async def hangs(record):
-        await asyncio.Event().wait()
-
-    monkeypatch.setattr(audit.store, "insert_run", hangs)
+    monkeypatch.setattr(audit.store, "insert_run", insert_that_hangs)
     for record in records(audit, 25):
         audit.record_later(record)
     assert audit.backlog()["dropped"] == 15  # beyond the bound: counted, not kept in memory
@@ -100,11 +101,7 @@ async def test_memory_backlog_is_bounded_while_a_write_hangs(tmp_path, monkeypat
 async def test_shutdown_is_bounded_and_spools_what_is_left(tmp_path, monkeypatch):
     audit = make_audit(tmp_path)
     monkeypatch.setattr(audit_module, "SHUTDOWN_WAIT_SECONDS", 0.2)
-
-    async def hangs(record):
-        await asyncio.Event().wait()
-
-    monkeypatch.setattr(audit.store, "insert_run", hangs)
+    monkeypatch.setattr(audit.store, "insert_run", insert_that_hangs)
     for record in records(audit, 4):
         audit.record_later(record)
     started = time.monotonic()

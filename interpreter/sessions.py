@@ -403,14 +403,9 @@ class SessionManager:
             return sandbox, False
 
     async def _take_warm(self, workload: Workload) -> "SandboxProcess | None":
-        """A ready sandbox from the warm pool (launched with a session's CPU budget); None: start cold."""
-        pool = self.runner.pool_of_this_loop()
-        if pool is None:
-            return None
-        sandbox = await pool.acquire(workload)
-        if sandbox is not None:
-            sandbox.cpu_seconds = self.settings.session_cpu_seconds  # what the CPU-limit message names
-        return sandbox
+        """A warm sandbox with a session's CPU budget (forked, or from the pool); None: start cold."""
+        self.runner.warm_in_background()
+        return await self.runner.take_warm(workload, self.settings.session_cpu_seconds)
 
     def _end_now(self, session: _Session, reason: EndReason, *, detail: str = "") -> None:
         """Forget the session and kill its sandbox at once; its processes are reaped in the background."""

@@ -32,13 +32,23 @@ os.environ["DISCORD_TOKEN"] = FAKE_TOKEN
 os.environ["MONGODB_URI"] = FAKE_MONGODB_URI
 
 
+# TEST_SANDBOX_FORK_SERVER=1 runs every sandbox test through runs forked from the
+# fork-server template (the runner and engine fixtures wait until it is ready).
+FORK_SERVER = os.environ.get("TEST_SANDBOX_FORK_SERVER", "") not in ("", "0")
+
+
 def make_settings(data_dir: Path, **environ: str) -> Settings:
-    """Settings for a test: explicit values only (never the process environment)."""
+    """Settings for a test: explicit values only (never the process environment).
+
+    Warm capacity never starts by itself in tests (a test that wants it says so).
+    """
     values = {
         "DATA_DIR": str(data_dir),
         "SANDBOX_VENV_DIR": os.environ.get("TEST_SANDBOX_VENV_DIR", DEFAULT_TEST_VENV),
         "VENV_MAX_AGE_DAYS": "0",
         "MAX_CONCURRENT_RUNS": "4",
+        "SANDBOX_FORK_SERVER": "true" if FORK_SERVER else "false",
+        "SANDBOX_WARM_ON_FIRST_RUN": "false",
     }
     values.update(environ)
     return load_settings(values, dotenv=False)
@@ -76,7 +86,11 @@ async def runner(sandbox_settings: Settings):
     from interpreter.sandbox import SandboxRunner
 
     runner = SandboxRunner(sandbox_settings, PackageManager(sandbox_settings))
+    if FORK_SERVER:
+        assert await runner.warm_up(), runner.describe()["fork_server"]
     yield runner
+    if FORK_SERVER:
+        assert_all_runs_were_forked(runner)
     await runner.close()  # finished runs' sandboxes are reaped in the background: wait for them
 
 
@@ -86,5 +100,16 @@ async def engine(sandbox_settings: Settings):
     import interpreter
 
     engine = interpreter.configure(sandbox_settings)
+    if FORK_SERVER:
+        assert await engine.runner.warm_up(), engine.runner.describe()["fork_server"]
     yield engine
+    if FORK_SERVER:
+        assert_all_runs_were_forked(engine.runner)
     await engine.close()
+
+
+def assert_all_runs_were_forked(runner) -> None:
+    """In the fork-server mode of the suite, a run that quietly went cold would prove nothing."""
+    stats = runner.fork_server.describe()
+    assert stats["fork_failures"] == 0, stats
+    assert stats["runs_forked"] >= runner.completed, (stats, runner.completed)

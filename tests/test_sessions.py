@@ -18,7 +18,7 @@ from interpreter.sessions import EndReason, SessionRefused
 from interpreter.types import ExitCause
 from interpreter.sandbox.pool import is_running as alive
 from interpreter.sandbox.pool import sandbox_pids
-from tests.fixtures_sandbox import make_settings
+from tests.fixtures_sandbox import FORK_SERVER, make_settings
 
 ALICE, BOB = 111, 222
 
@@ -58,6 +58,8 @@ def make_engine(tmp_path: Path, **environ: str):
 @pytest.fixture
 async def engine(tmp_path, sandbox_venv):
     engine = make_engine(tmp_path)
+    if FORK_SERVER:
+        assert await engine.runner.warm_up(), engine.runner.describe()["fork_server"]
     seen: set[int] = set()
     engine.seen_pids = seen
     yield engine

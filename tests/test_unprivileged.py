@@ -71,6 +71,7 @@ def test_sandbox_suite_passes_as_an_ordinary_user(ordinary_user_tree, sandbox_ve
         "DISCORD_TOKEN": FAKE_TOKEN,
         "MONGODB_URI": FAKE_MONGODB_URI,
         "TEST_SANDBOX_VENV_DIR": str(sandbox_venv.parent),
+        "TEST_SANDBOX_FORK_SERVER": os.environ.get("TEST_SANDBOX_FORK_SERVER", ""),  # the same mode as this suite
     }
     command = [
         "setpriv", f"--reuid={ORDINARY_UID}", f"--regid={ORDINARY_UID}", "--clear-groups", "--inh-caps=-all",

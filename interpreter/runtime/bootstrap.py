@@ -364,14 +364,12 @@ def collect(before: dict, limits: dict) -> None:
 # ----------------------------------------------------------------------- the member process
 
 
-def member_main(orders_fd: int, reports_fd: int) -> None:
-    """Runs in the forked member process: preload, then job after job. Never returns."""
-    reports = os.fdopen(reports_fd, "wb", buffering=0)
-    orders = os.fdopen(orders_fd, "rb")
+def prepare() -> None:
+    """Everything before a job: import hooks, the font cache, the preloaded libraries.
 
-    def report(kind: str, payload: bytes = b"", **fields) -> None:
-        reports.write(json.dumps(dict(fields, kind=kind, size=len(payload))).encode() + b"\n" + payload)
-
+    A launched sandbox's member process calls it itself; a fork-server template calls
+    it once and every run forked from it inherits the result (runtime/forkserver.py).
+    """
     prepare_matplotlib_cache()
     offline.install()
     after_import("matplotlib.pyplot", display.patch_pyplot)
@@ -393,6 +391,19 @@ def member_main(orders_fd: int, reports_fd: int) -> None:
         figure.savefig(io.BytesIO(), format="png")
         pyplot.close(figure)
 
+
+def member_main(orders_fd: int, reports_fd: int, *, prepared: bool = False) -> None:
+    """Runs in the forked member process: preload (unless `prepared`), then job after job. Never returns."""
+    reports = os.fdopen(reports_fd, "wb", buffering=0)
+    orders = os.fdopen(orders_fd, "rb")
+
+    def report(kind: str, payload: bytes = b"", **fields) -> None:
+        reports.write(json.dumps(dict(fields, kind=kind, size=len(payload))).encode() + b"\n" + payload)
+
+    if prepared:
+        prepare_matplotlib_cache()  # into this run's own, fresh /tmp (matplotlib may be imported later)
+    else:
+        prepare()
     report("ready")
     registry = FileRegistry()
     # The code runs as the real __main__ module, so pickle (and so multiprocessing)
@@ -587,8 +598,13 @@ def supervise(member: MemberLink, jobs) -> None:
 
 
 def main() -> None:
+    run_supervised(int(sys.argv[1]), int(sys.argv[2]))
+
+
+def run_supervised(control_fd: int, job_fd: int, *, prepared: bool = False) -> None:
+    """Become the supervisor of a member process forked here (`prepared`: the libraries are
+    already imported, as in a run forked from the fork-server template). Never returns."""
     global _control
-    control_fd, job_fd = int(sys.argv[1]), int(sys.argv[2])
     orders_r, orders_w = os.pipe()  # supervisor -> member: each job's code and files
     reports_r, reports_w = os.pipe()  # member -> supervisor: ready, and how each job ended
     pid = os.fork()
@@ -596,7 +612,7 @@ def main() -> None:
         for fd in (control_fd, job_fd, orders_w, reports_r):
             os.close(fd)
         try:
-            member_main(orders_r, reports_w)
+            member_main(orders_r, reports_w, prepared=prepared)
         except BaseException:  # noqa: BLE001 - e.g. a preload that fails to import: say why, then go
             traceback.print_exc()
         os._exit(1)

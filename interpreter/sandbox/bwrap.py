@@ -21,6 +21,7 @@ from config import Settings
 VENV_MOUNT = "/opt/venv"
 RUNTIME_MOUNT = "/opt/runtime"
 BOOTSTRAP_PATH = f"{RUNTIME_MOUNT}/bootstrap.py"
+FORK_SERVER_PATH = f"{RUNTIME_MOUNT}/forkserver.py"
 WORK_MOUNT = "/work"
 DATA_MOUNT = "/data"
 SANDBOX_UID_INSIDE = 1000
@@ -69,6 +70,16 @@ def _merged_usr_links() -> list[str]:
     return args
 
 
+def run_tmpfs_sizes(settings: Settings) -> dict[str, int]:
+    """The writable places of a run, each a fresh tmpfs of this many bytes."""
+    return {
+        "/tmp": settings.run_workdir_mb * MB,
+        "/dev/shm": settings.run_workdir_mb * MB,
+        WORK_MOUNT: settings.run_workdir_mb * MB,
+        DATA_MOUNT: settings.user_max_storage_bytes + MB,
+    }
+
+
 def build_bwrap_args(
     settings: Settings,
     bwrap: BwrapBinary,
@@ -80,13 +91,22 @@ def build_bwrap_args(
     seccomp_fd: int | None,
     env: dict[str, str],
     module_fds: Mapping[str, int] | None = None,
+    fork_server: bool = False,
 ) -> list[str]:
-    """`module_fds`: file name -> read end of a pipe holding a runtime module, bound beside the bootstrap."""
+    """`module_fds`: file name -> read end of a pipe holding a runtime module, bound beside the bootstrap.
+
+    With `fork_server` the sandbox runs the fork-server template (runtime/forkserver.py,
+    one of the modules; interpreter/sandbox/forkserver.py) on the request socket
+    `control_fd` instead of the bootstrap (`job_fd` is unused). The template must create
+    user namespaces for its runs, so it keeps that ability, and it loads no seccomp
+    filter itself: it hands `seccomp_fd`'s program to each run, which loads it after
+    setting up its namespaces and dropping its capabilities.
+    """
     args = [
         bwrap.path,
         "--unshare-all",  # user, ipc, pid, net, uts, cgroup namespaces
         "--unshare-user",
-        "--disable-userns",  # no nested user namespaces from inside
+        *([] if fork_server else ["--disable-userns"]),  # no nested user namespaces from inside
         "--uid", str(SANDBOX_UID_INSIDE),
         "--gid", str(SANDBOX_UID_INSIDE),
         "--hostname", "sandbox",
@@ -99,10 +119,7 @@ def build_bwrap_args(
         *[arg for name, fd in (module_fds or {}).items() for arg in ("--ro-bind-data", str(fd), f"{RUNTIME_MOUNT}/{name}")],
         "--proc", "/proc",
         "--dev", "/dev",
-        "--size", str(settings.run_workdir_mb * MB), "--tmpfs", "/tmp",
-        "--size", str(settings.run_workdir_mb * MB), "--tmpfs", "/dev/shm",
-        "--size", str(settings.run_workdir_mb * MB), "--tmpfs", WORK_MOUNT,
-        "--size", str(settings.user_max_storage_bytes + MB), "--tmpfs", DATA_MOUNT,
+        *(arg for target, size in run_tmpfs_sizes(settings).items() for arg in ("--size", str(size), "--tmpfs", target)),
         "--remount-ro", "/",
         "--chdir", WORK_MOUNT,
         "--clearenv",
@@ -113,6 +130,9 @@ def build_bwrap_args(
             args[at:at] = ["--ro-bind", shared, shared]
     for key, value in env.items():
         args += ["--setenv", key, value]
+    if fork_server:
+        return args + [f"{VENV_MOUNT}/bin/python", "-I", "-B", FORK_SERVER_PATH, str(control_fd),
+                       str(seccomp_fd if seccomp_fd is not None else -1)]
     if seccomp_fd is not None:
         args += ["--seccomp", str(seccomp_fd)]
     args += [f"{VENV_MOUNT}/bin/python", "-I", "-B", BOOTSTRAP_PATH, str(control_fd), str(job_fd)]

@@ -328,16 +328,34 @@ class CgroupManager:
             self.sweep()
 
 
-def prlimit_args(settings: Settings, timeout: float, *, with_fallbacks: bool) -> list[str]:
-    """`prlimit` options for one run. CPU: SIGXCPU at the soft limit, SIGKILL at the hard."""
+def run_rlimits(settings: Settings, timeout: float, *, with_fallbacks: bool) -> dict[str, tuple[int, int]]:
+    """The rlimits of one run, as (soft, hard). CPU: SIGXCPU at the soft limit, SIGKILL at the hard.
+
+    `prlimit` sets them for a launched sandbox; a run forked from the fork-server
+    template sets the same values itself (interpreter/runtime/forkserver.py).
+    """
     cpu = int(timeout) + 1
-    args = [
-        f"--cpu={cpu}:{cpu + 2}",
-        f"--fsize={settings.max_file_size_bytes}",
-        f"--nofile={settings.run_max_open_files}",
-        "--core=0",
-    ]
+    limits = {
+        "RLIMIT_CPU": (cpu, cpu + 2),
+        "RLIMIT_FSIZE": (settings.max_file_size_bytes, settings.max_file_size_bytes),
+        "RLIMIT_NOFILE": (settings.run_max_open_files, settings.run_max_open_files),
+        "RLIMIT_CORE": (0, 0),
+    }
     if with_fallbacks:
-        args.append(f"--as={settings.run_memory_mb * 1024 * 1024 * 4}")  # address space, generous: not RSS
-        args.append(f"--nproc={settings.run_max_processes * max(1, settings.max_concurrent_runs)}")
-    return args
+        address_space = settings.run_memory_mb * 1024 * 1024 * 4  # address space, generous: not RSS
+        processes = settings.run_max_processes * max(1, settings.max_concurrent_runs)
+        limits["RLIMIT_AS"] = (address_space, address_space)
+        limits["RLIMIT_NPROC"] = (processes, processes)
+    return limits
+
+
+_PRLIMIT_OPTIONS = {"RLIMIT_CPU": "cpu", "RLIMIT_FSIZE": "fsize", "RLIMIT_NOFILE": "nofile", "RLIMIT_CORE": "core",
+                    "RLIMIT_AS": "as", "RLIMIT_NPROC": "nproc"}
+
+
+def prlimit_args(settings: Settings, timeout: float | None, *, with_fallbacks: bool) -> list[str]:
+    """`prlimit` options for one run (`timeout` None: no CPU limit, for the fork-server template)."""
+    limits: dict = run_rlimits(settings, timeout or 0, with_fallbacks=with_fallbacks)
+    if timeout is None:
+        limits["RLIMIT_CPU"] = ("unlimited", "unlimited")
+    return [f"--{_PRLIMIT_OPTIONS[name]}={soft}:{hard}" for name, (soft, hard) in limits.items()]

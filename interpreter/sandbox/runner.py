@@ -29,6 +29,7 @@ import termios
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from config import Settings
 from interpreter.sandbox.bwrap import BwrapBinary, BwrapNotFound, build_bwrap_args, find_bwrap, sandbox_env
@@ -40,6 +41,9 @@ from interpreter.sandbox.uids import UidLeases
 from interpreter.sandbox.protocol import ControlState, FrameLimits, ProtocolError, consume
 from interpreter.sandbox.workload import Workload, classify
 from interpreter.types import ExitCause
+
+if TYPE_CHECKING:
+    from interpreter.sandbox.forkserver import ForkServer
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +160,10 @@ class SandboxProcess:
         finally:
             for fd in fds:
                 os.close(fd)
+        await self._watch_channels(control_r, job_w)
+
+    async def _watch_channels(self, control_r: int, job_w: int) -> None:
+        """Read the sandbox's output (self.proc.stdout) and control pipe; write jobs to `job_w`."""
         loop = asyncio.get_running_loop()
         self._control_reader = asyncio.StreamReader(limit=CONTROL_READER_LIMIT)
         self._control_transport, _ = await loop.connect_read_pipe(
@@ -520,6 +528,7 @@ class SandboxRunner:
         self._gate: AdmissionGate | None = None
         self._gate_loop: asyncio.AbstractEventLoop | None = None
         self.pool: SandboxPool | None = None
+        self.fork_server: "ForkServer | None" = None  # SANDBOX_FORK_SERVER: replaces the pool
         self.in_flight = 0
         self.queued = 0
         self.completed = 0
@@ -534,7 +543,8 @@ class SandboxRunner:
             self._bwrap = find_bwrap(self.settings)
         return self._bwrap
 
-    def launch_prefix(self, cgroup: RunCgroup | None, cpu_seconds: float, uid: int | None = None) -> list[str]:
+    def launch_prefix(self, cgroup: RunCgroup | None, cpu_seconds: float | None, uid: int | None = None) -> list[str]:
+        """The chain before bwrap: join the cgroups, drop root, set rlimits (no CPU limit with None)."""
         prefix: list[str] = []
         if cgroup is not None:
             joins = "".join(f"echo $$ > {shlex.quote(str(p))} && " for p in cgroup.procs_files)
@@ -550,6 +560,7 @@ class SandboxRunner:
         return prefix
 
     async def run(self, job: SandboxJob) -> SandboxOutcome:
+        self.warm_in_background()
         workload = classify(job.code)
         async with self.slot(light=workload is Workload.LIGHT, member=job.owner) as grant:  # light runs go first
             outcome = await self._run_pooled_or_cold(job, workload, grant)
@@ -614,12 +625,78 @@ class SandboxRunner:
     async def _set_priority(sandbox: SandboxProcess, nice: int) -> None:
         await asyncio.to_thread(renice_sandbox, sandbox, nice)
 
+    async def warm_up(self) -> bool:
+        """Start the warm capacity and return once it is ready: the fork-server template
+        has imported its libraries (SANDBOX_FORK_SERVER), or every pool lane is full.
+
+        False when warm capacity is configured off, or it could not start (the keeper
+        retries; runs start cold meanwhile). Stop it with `await close()` before the
+        event loop ends (a loop that ends without it drains it when it cancels the keeper).
+        """
+        capacity = self.start_warm_capacity()
+        if isinstance(capacity, SandboxPool):
+            await capacity.wait_until_full()
+            return not capacity.closed
+        if capacity is not None:
+            return await capacity.wait_ready()
+        return False
+
+    def start_warm_capacity(self) -> "ForkServer | SandboxPool | None":
+        """Begin preparing warm capacity in the background (idempotent): the fork server
+        when SANDBOX_FORK_SERVER is on, else the pool. None: configured off."""
+        if self.settings.sandbox_fork_server:
+            return self._start_fork_server()
+        return self._start_pool()
+
+    def warm_in_background(self) -> None:
+        """First run on this loop and nothing warm started (a library calling execute_code):
+        start warm capacity now, unless SANDBOX_WARM_ON_FIRST_RUN is off. This run does not wait."""
+        if not self.settings.sandbox_warm_on_first_run:
+            return
+        if self.fork_server_of_this_loop() is None and self.pool_of_this_loop() is None:
+            self.start_warm_capacity()
+
+    def _start_fork_server(self) -> "ForkServer":
+        from interpreter.sandbox.forkserver import ForkServer
+
+        loop = asyncio.get_running_loop()
+        if self.fork_server is not None and self.fork_server.loop is not loop:
+            self.fork_server.abandon()  # its loop has ended; its keeper drained it then
+            self.fork_server = None
+        if self.fork_server is None:
+            self.fork_server = ForkServer(self, preload=",".join(self.settings.sandbox_pool_preload))
+            self.fork_server.start()
+        return self.fork_server
+
+    def fork_server_of_this_loop(self) -> "ForkServer | None":
+        server = self.fork_server
+        return server if server is not None and server.loop is asyncio.get_running_loop() else None
+
+    async def take_warm(self, workload: Workload, cpu_seconds: float) -> "SandboxProcess | None":
+        """A started sandbox for one run or a session, with `cpu_seconds` of CPU: forked from
+        the template, else from the pool. None: start cold."""
+        server = self.fork_server_of_this_loop()
+        if server is not None:
+            sandbox = await server.fork(cpu_seconds)
+            if sandbox is not None:
+                return sandbox
+        pool = self.pool_of_this_loop()
+        if pool is not None:
+            sandbox = await pool.acquire(workload)
+            if sandbox is not None:
+                sandbox.cpu_seconds = cpu_seconds  # launched with the largest budget; the message names this one
+                return sandbox
+        return None
+
     async def start_pool(self) -> SandboxPool | None:
         """Start keeping warm sandboxes (SANDBOX_POOL_SIZE, SANDBOX_LIGHT_POOL_SIZE). None: configured off.
 
         Explicit, not on the first run: whoever starts the pool also stops it with
         `await close()` before its event loop ends (the bot's setup_hook and close).
         """
+        return self._start_pool()
+
+    def _start_pool(self) -> SandboxPool | None:
         s = self.settings
         if s.sandbox_pool_size <= 0 and s.sandbox_light_pool_size <= 0:
             return None
@@ -662,15 +739,15 @@ class SandboxRunner:
         """Destroy the pooled sandboxes (bot/engine shutdown). Runs still in flight finish."""
         if self.pool is not None:
             await self.pool.close()
-        await self.wait_reaped()
+        await self.wait_reaped()  # forked runs end before their template goes
+        if self.fork_server is not None:
+            await self.fork_server.close()
 
     async def _run_pooled_or_cold(self, job: SandboxJob, workload: Workload, grant: Grant) -> SandboxOutcome:
-        pool = self.pool_of_this_loop()  # started by start_pool() (the bot at start-up); None: every run starts cold
-        if pool is not None:
-            sandbox = await pool.acquire(workload)
-            if sandbox is not None:
-                self._lower_priority_when_long(grant, sandbox)
-                return await sandbox.execute(job)  # runs once, then destroyed with its cgroup
+        sandbox = await self.take_warm(workload, job.timeout)
+        if sandbox is not None:
+            self._lower_priority_when_long(grant, sandbox)
+            return await sandbox.execute(job)  # runs once, then destroyed with its cgroup
         return await self._run_cold(job, grant)
 
     async def _run_cold(self, job: SandboxJob, grant: Grant) -> SandboxOutcome:
@@ -702,6 +779,9 @@ class SandboxRunner:
             "cgroups": self._describe_cgroups(),
             "seccomp": "on" if self.seccomp_program is not None else f"off: {self.seccomp_reason}",
             "network": "none (private loopback only)",
+            "fork_server": self.fork_server.describe() if self.fork_server is not None else {
+                "enabled": s.sandbox_fork_server, "started": False,
+            },
             "pool": self.pool.describe() if self.pool is not None else {
                 "heavy": {"size": s.sandbox_pool_size}, "light": {"size": s.sandbox_light_pool_size}, "started": False,
             },

@@ -1,0 +1,620 @@
+"""Warm capacity by forking: one template per sandbox venv generation, one forked child per run.
+
+The template is an ordinary bubblewrap sandbox (same launch chain: its own cgroups,
+setpriv, prlimit, bwrap with every namespace) whose Python has imported numpy,
+pandas, matplotlib and seaborn once (SANDBOX_POOL_PRELOAD). For each run it forks a
+child that builds a private world before anything of the run begins: new user,
+mount, pid, network, IPC, UTS and cgroup namespaces, a private /proc, fresh tmpfs
+for /tmp, /dev/shm, /work and /data, its own memory and pids cgroup, rlimits from
+the job's timeout, no capabilities, no_new_privs and the seccomp filter. What runs
+inside is interpreter/runtime/forkserver.py; this module is the host's side.
+
+Promises, and what keeps them:
+- A run never reaches the template: it is in a pid namespace below it (the template
+  is not visible), it holds none of its descriptors (the request socket is closed
+  right after the fork), and every writable mount it can see was made for it (the
+  run's init checks mountinfo and refuses to start otherwise).
+- Nothing of one run reaches the next: each run starts from the template, never from
+  another run, and fork copies memory on write. The template holds no secret (its
+  environment is `sandbox_env`) and never sees member data (a request carries only
+  limits and four fresh descriptors).
+- The host, not the run, puts the run into its cgroups: the child's first act is a
+  "hello" on its own socket, the kernel attaches its pid, the host moves that pid into
+  the run's memory and pids cgroups and only then says "go".
+- A template that dies is replaced (with backoff); meanwhile `fork` returns None and
+  the run starts cold. A new sandbox venv generation gets a new template; the old
+  one serves no new run and exits once the runs forked from it have ended.
+
+Runs in flight die with their template (its pid namespace ends with it): a template
+only dies by a bug or an admin's kill, and such a run reports that it was killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from interpreter.sandbox.bwrap import build_bwrap_args, run_tmpfs_sizes, sandbox_env
+from interpreter.sandbox.limits import RunCgroup, run_rlimits
+from interpreter.sandbox.runner import BOOTSTRAP_SOURCE, RUNTIME_MODULES, SandboxProcess
+
+if TYPE_CHECKING:
+    from interpreter.sandbox.runner import SandboxRunner
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 120.0  # the template's imports; a loaded machine may take long
+HANDSHAKE_TIMEOUT = 10.0  # a fork and one message: anything slower means the template is stuck
+RUN_READY_TIMEOUT = 10.0  # a forked run's namespaces and mounts (~20 ms normally)
+MAX_BACKOFF = 30.0  # between failed template starts: a broken venv must not spin the CPU
+FAILED_FORKS_BEFORE_RESTART = 3  # consecutive forks that never became ready: relaunch the template
+OUTPUT_KEPT = 4000  # of the template's own stderr, for the log
+_CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
+
+
+class ForkFailed(Exception):
+    """The template could not give this run a child; the run starts cold instead."""
+
+
+@dataclasses.dataclass
+class _Template:
+    proc: asyncio.subprocess.Process
+    requests: socket.socket  # our end; SO_PASSCRED, non-blocking
+    cgroup: RunCgroup | None
+    venv_dir: Path
+    generation: int
+    preload: str
+    uid: int | None  # the host uid leased for the template; its runs share it (see SECURITY.md)
+    started_at: float = dataclasses.field(default_factory=time.monotonic)
+    python_pid: int | None = None  # the template's Python, as the host sees it (from its "ready")
+    ready: bool = False
+    retired: bool = False
+    in_use: int = 0  # forked runs not yet destroyed
+    failed_forks: int = 0  # in a row
+    output: bytearray = dataclasses.field(default_factory=bytearray)
+    output_task: asyncio.Task | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    def can_fork(self, generation: int) -> bool:
+        return self.ready and self.alive and not self.retired and self.generation == generation
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGKILL)  # bwrap; --die-with-parent ends its pid namespace
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+        self.requests.close()
+
+    async def destroy(self, runner: "SandboxRunner") -> None:
+        self.stop()
+        with contextlib.suppress(ProcessLookupError):
+            await self.proc.wait()
+        if self.output_task is not None:
+            self.output_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.output_task
+        gone = True
+        if self.cgroup is not None:
+            gone = await self.cgroup.remove_when_empty()  # its processes leave a moment after bwrap exits
+        if gone:  # the uid is reused only once nothing of the template is left
+            runner.uids.release(self.uid)
+
+
+class ForkServer:
+    """The fork-server template of one runner, on the event loop that started it."""
+
+    def __init__(self, runner: "SandboxRunner", *, preload: str) -> None:
+        self.runner = runner
+        self.packages = runner.packages
+        self.preload = preload
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.template: _Template | None = None
+        self.retired: list[_Template] = []  # old generations, waiting for their runs to end
+        self.closed = False
+        self.started = 0
+        self.launch_attempts = 0  # finished ones, successful or not
+        self.deaths = 0  # templates that died while serving
+        self.forked = 0
+        self.fork_failures = 0
+        self.last_failure = ""
+        self._wake = asyncio.Event()
+        self._ready_changed = asyncio.Condition()
+        self._keeper: asyncio.Task | None = None
+        self._reaping: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._keeper is not None or self.closed:
+            return
+        self.loop = asyncio.get_running_loop()
+        self._keeper = self.loop.create_task(self._keep(), name="fork-server-keeper")
+        _OPEN.add(self)  # the loop holds tasks weakly; a dropped runner must still be drained
+
+    @property
+    def ready(self) -> bool:
+        return self.template is not None and self.template.can_fork(self.packages.generation)
+
+    async def wait_ready(self) -> bool:
+        """Until a template of the current generation is ready (True), or the server closed or
+        the next template start failed (False: the keeper retries later, runs start cold)."""
+        if not self.ready:
+            self._wake.set()  # perhaps a new generation the keeper has not noticed yet
+        attempts = self.launch_attempts
+        in_progress = self.template is not None and not self.template.ready
+        async with self._ready_changed:
+            await self._ready_changed.wait_for(
+                lambda: self.ready or self.closed or self.launch_attempts > attempts + int(in_progress))
+        return self.ready
+
+    async def close(self) -> None:
+        """Stop the template(s); runs already forked finish first (their template must outlive them)."""
+        self.closed = True
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None and not keeper.done():
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        await self._stop_all()
+
+    async def _stop_all(self) -> None:
+        templates = [t for t in [self.template, *self.retired] if t is not None]
+        self.template, self.retired = None, []
+        await asyncio.gather(*(t.destroy(self.runner) for t in templates), return_exceptions=True)
+        _OPEN.discard(self)
+        async with self._ready_changed:
+            self._ready_changed.notify_all()
+
+    # ------------------------------------------------------------------ keeping a template
+
+    async def _keep(self) -> None:
+        backoff = 0.5
+        try:
+            while not self.closed:
+                current = self.template
+                if current is not None and current.can_fork(self.packages.generation):
+                    await self._wait_for_change(current)
+                    continue
+                if current is not None:
+                    self.template = None
+                    self._replace(current)
+                if await self._launch():
+                    backoff = 0.5
+                else:
+                    await asyncio.sleep(backoff)
+                    backoff = min(MAX_BACKOFF, backoff * 2)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # noqa: BLE001 - warm capacity is an optimisation: runs go cold without it
+            log.exception("fork-server keeper stopped; runs start cold from now on")
+        finally:
+            self.closed = True
+            await self._stop_all()
+
+    async def _wait_for_change(self, template: _Template) -> None:
+        """Until the template dies, or a fork asks for a look (a new generation, failed forks)."""
+        self._wake.clear()
+        died = asyncio.ensure_future(template.proc.wait())
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({died, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            died.cancel()
+            woken.cancel()
+        if template.alive and template.failed_forks >= FAILED_FORKS_BEFORE_RESTART:
+            log.warning("fork-server template failed %d forks in a row; replacing it: %s",
+                        template.failed_forks, self.last_failure)
+            template.retired = True  # the keeper replaces it
+
+    def _replace(self, template: _Template) -> None:
+        """The template can no longer fork runs: say why, and let it go."""
+        if not template.alive:
+            self.deaths += 1
+            log.warning("fork-server template ended (status %s): %s; runs start cold until it is replaced",
+                        template.proc.returncode, _tail(template.output))
+        elif template.generation != self.packages.generation:
+            log.info("sandbox venv generation %s -> %s: a new fork-server template",
+                     template.generation, self.packages.generation)
+        self._retire(template)
+
+    async def _launch(self) -> bool:
+        runner, settings = self.runner, self.runner.settings
+        venv_dir = await self.packages.ensure_venv()
+        generation = self.packages.generation
+        cgroup = runner.cgroups.create(settings) if runner.cgroups.available else None
+        uid = runner.uids.acquire() if runner.running_as_root else None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        ours.setblocking(False)
+        fds = [theirs.detach()]
+        try:
+            bootstrap_fd = _pipe_with(BOOTSTRAP_SOURCE)
+            fds.append(bootstrap_fd)
+            module_fds = {}
+            for name, source in RUNTIME_MODULES.items():  # forkserver.py among them
+                module_fds[name] = _pipe_with(source)
+                fds.append(module_fds[name])
+            seccomp_fd = None
+            if runner.seccomp_program is not None:
+                seccomp_fd = _pipe_with(runner.seccomp_program)
+                fds.append(seccomp_fd)
+            args = build_bwrap_args(settings, runner.bwrap, venv_dir, bootstrap_fd=bootstrap_fd,
+                                    control_fd=fds[0], job_fd=-1, seccomp_fd=seccomp_fd,
+                                    env=sandbox_env(self.preload), module_fds=module_fds, fork_server=True)
+            proc = await asyncio.create_subprocess_exec(
+                *runner.launch_prefix(cgroup, None, uid), *args,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                pass_fds=fds, env={}, cwd="/", start_new_session=True,
+            )
+        except Exception as exc:  # noqa: BLE001 - bwrap missing, no fds...: runs go cold, the log says why
+            ours.close()
+            if cgroup is not None:
+                cgroup.remove()
+            runner.uids.release(uid)
+            self.last_failure = f"the template could not be launched: {exc}"
+            log.error("fork server: %s", self.last_failure)
+            await self._attempt_finished()
+            return False
+        finally:
+            for fd in fds:
+                os.close(fd)
+        template = _Template(proc, ours, cgroup, venv_dir, generation, self.preload, uid)
+        template.output_task = asyncio.ensure_future(_keep_tail(proc.stdout, template.output))
+        self.template = template
+        self.started += 1
+        try:
+            message, credentials = await _receive(ours, READY_TIMEOUT, until_dead=proc)
+            hello = json.loads(message) if message else {}
+        except (TimeoutError, ValueError, OSError) as exc:
+            message, credentials, hello = b"", None, {"error": str(exc)}
+        if hello.get("kind") != "ready" or credentials is None:
+            self.last_failure = f"the template did not start: {_tail(template.output) or hello}"
+            log.error("fork server: %s", self.last_failure)
+            self.template = None
+            self._reap(template)
+            await self._attempt_finished()
+            return False
+        template.python_pid = credentials[0]
+        template.ready = True
+        self.launch_attempts += 1
+        log.info("fork-server template ready (generation %s, preload %s) in %.1f s",
+                 generation, self.preload or "(none)", time.monotonic() - template.started_at)
+        async with self._ready_changed:
+            self._ready_changed.notify_all()
+        return True
+
+    async def _attempt_finished(self) -> None:
+        self.launch_attempts += 1
+        async with self._ready_changed:
+            self._ready_changed.notify_all()
+
+    def _retire(self, template: _Template) -> None:
+        """No new runs from it; it is stopped once the runs forked from it have ended."""
+        template.retired = True
+        if template.in_use == 0:
+            self._reap(template)
+        else:
+            self.retired.append(template)
+
+    def _reap(self, template: _Template) -> None:
+        template.stop()
+        task = asyncio.get_running_loop().create_task(template.destroy(self.runner))
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
+
+    def released(self, template: _Template) -> None:
+        """A forked run of `template` was destroyed."""
+        template.in_use -= 1
+        if template.retired and template.in_use <= 0 and template in self.retired:
+            self.retired.remove(template)
+            self._reap(template)
+
+    # ------------------------------------------------------------------ forking a run
+
+    async def fork(self, cpu_seconds: float) -> "ForkedSandbox | None":
+        """A ready sandbox forked from the template, or None: start the run cold.
+
+        `cpu_seconds` is the run's RLIMIT_CPU (its timeout, or a session's budget).
+        """
+        template = self.template
+        if self.closed or template is None or not template.can_fork(self.packages.generation):
+            self._wake.set()  # perhaps a new generation: the keeper looks
+            return None
+        sandbox = ForkedSandbox(self, template, cpu_seconds=cpu_seconds)
+        try:
+            await sandbox.start()
+            ready = await asyncio.wait_for(sandbox.wait_ready(), RUN_READY_TIMEOUT)
+        except (ForkFailed, OSError, TimeoutError) as exc:
+            ready = False
+            sandbox._watch.output += str(exc).encode()
+        except BaseException:
+            sandbox.abandon()
+            raise
+        if not ready:
+            self.fork_failures += 1
+            template.failed_forks += 1
+            self.last_failure = bytes(sandbox._watch.output[-500:]).decode(errors="replace").strip()
+            log.warning("fork server: a run could not be forked (it starts cold): %s", self.last_failure)
+            await sandbox.destroy()
+            self._wake.set()
+            return None
+        template.failed_forks = 0
+        self.forked += 1
+        return sandbox
+
+    def describe(self) -> dict:
+        template = self.template
+        return {
+            "ready": self.ready,
+            "generation": template.generation if template else None,
+            "preload": self.preload or "(none)",
+            "templates_started": self.started,
+            "template_deaths": self.deaths,
+            "runs_forked": self.forked,
+            "fork_failures": self.fork_failures,
+            "retired_templates_in_use": len(self.retired),
+            "last_failure": self.last_failure or None,
+            "closed": self.closed,
+        }
+
+    def template_pids(self) -> set[int]:
+        """Every host process of the current template (tests, benchmarks)."""
+        template = self.template
+        if template is None:
+            return set()
+        return {template.proc.pid} | (template.cgroup.pids() if template.cgroup else set())
+
+    def abandon(self) -> None:
+        """Kill everything at once, without waiting (a loop that ended without close())."""
+        for template in [self.template, *self.retired]:
+            if template is not None:
+                template.stop()
+        self.template, self.retired = None, []
+
+
+_OPEN: "set[ForkServer]" = set()
+
+
+# ---------------------------------------------------------------------- one forked run
+
+
+class ForkedProcess:
+    """The parts of asyncio.subprocess.Process that SandboxProcess uses, for a forked run.
+
+    `pid` is the run's outermost process (the waiter) as the host sees it; signals go
+    through a pidfd, so a reused pid is never signalled. Its exit status comes from the
+    waiter's last message; a waiter that vanished without one was SIGKILLed.
+    """
+
+    def __init__(self, pid: int, pidfd: int, handshake: socket.socket, stdout: asyncio.StreamReader,
+                 stdout_transport: asyncio.ReadTransport) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdout = stdout
+        self._transport = _OutputPipe(stdout_transport)  # SandboxProcess._output_pending and _close_channels look here
+        self._pidfd = pidfd
+        self._handshake = handshake
+        self._exited = asyncio.Event()
+        self._watcher = asyncio.ensure_future(self._watch_exit())
+
+    async def _watch_exit(self) -> None:
+        status = -signal.SIGKILL
+        try:
+            message, _ = await _receive(self._handshake, None)
+            reported = json.loads(message).get("exit") if message else None
+            if isinstance(reported, int) and not isinstance(reported, bool):
+                status = reported
+        except (OSError, ValueError, AttributeError):
+            pass
+        await _readable(self._pidfd)  # the waiter itself has gone
+        self.returncode = status
+        self._exited.set()
+
+    async def wait(self) -> int:
+        await self._exited.wait()
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)  # the run's init follows (PDEATHSIG)
+
+    def release(self) -> None:
+        self._watcher.cancel()
+        with contextlib.suppress(OSError):
+            os.close(self._pidfd)
+        self._handshake.close()
+
+
+@dataclasses.dataclass
+class _OutputPipe:
+    """Stands in for the subprocess transport: the run's output pipe is its fd 1."""
+
+    stdout: asyncio.ReadTransport
+
+    def get_pipe_transport(self, fd: int):
+        return self.stdout if fd == 1 else None
+
+    def close(self) -> None:
+        self.stdout.close()
+
+
+class ForkedSandbox(SandboxProcess):
+    """A SandboxProcess whose process comes from the fork-server template instead of bwrap."""
+
+    def __init__(self, server: ForkServer, template: _Template, *, cpu_seconds: float) -> None:
+        super().__init__(server.runner, template.venv_dir, preload=template.preload, cpu_seconds=cpu_seconds)
+        self.server = server
+        self.template = template
+        self._released = False
+
+    async def start(self) -> None:
+        runner, settings = self.runner, self.settings
+        loop = asyncio.get_running_loop()
+        self.cgroup = runner.cgroups.create(settings) if runner.cgroups.available else None
+        self.template.in_use += 1
+        job_r, job_w = os.pipe()
+        output_r, output_w = os.pipe()
+        control_r, control_w = os.pipe()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        ours.setblocking(False)
+        request = {
+            "rlimits": run_rlimits(settings, self.cpu_seconds, with_fallbacks=self.cgroup is None),
+            "tmpfs": run_tmpfs_sizes(settings),
+        }
+        try:
+            try:
+                socket.send_fds(self.template.requests, [json.dumps(request).encode()],
+                                [job_r, output_w, control_w, theirs.fileno()])
+            finally:
+                for fd in (job_r, output_w, control_w):
+                    os.close(fd)
+                theirs.close()
+            message, credentials = await _receive(ours, HANDSHAKE_TIMEOUT)
+            if message != b"hello" or credentials is None:
+                raise ForkFailed(f"the template did not fork the run ({_tail(self.template.output)})")
+            pid = credentials[0]
+            pidfd = os.pidfd_open(pid)
+            try:
+                self._check_parent(pid)
+                if self.cgroup is not None:
+                    for procs in self.cgroup.procs_files:
+                        procs.write_text(str(pid))
+                ours.send(b"go")
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                os.close(pidfd)
+                raise
+            stdout = asyncio.StreamReader(limit=2**16)
+            stdout_transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stdout), os.fdopen(output_r, "rb", buffering=0))
+            output_r = -1
+            self.proc = ForkedProcess(pid, pidfd, ours, stdout, stdout_transport)
+        except BaseException:
+            for fd in (job_w, output_r, control_r):
+                if fd >= 0:
+                    os.close(fd)
+            ours.close()
+            raise
+        await self._watch_channels(control_r, job_w)
+
+    def _check_parent(self, pid: int) -> None:
+        """The process that said hello must be a child of our template's Python."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            parent = int(stat.rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError) as exc:
+            raise ForkFailed(f"the forked run vanished ({exc})") from None
+        if parent != self.template.python_pid:
+            raise ForkFailed(f"process {pid} said hello but is not the template's child")
+
+    def kill(self) -> None:
+        if isinstance(self.proc, ForkedProcess):
+            self.proc.kill()
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+
+    def _release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        if isinstance(self.proc, ForkedProcess):
+            self.proc.release()
+        self.server.released(self.template)
+
+    def abandon(self) -> None:
+        super().abandon()
+        self._release()
+
+    async def destroy(self) -> None:
+        try:
+            await super().destroy()
+        finally:
+            self._release()
+
+
+# ---------------------------------------------------------------------- small helpers
+
+
+def _pipe_with(data: bytes) -> int:
+    """A pipe's read end holding `data` (less than a pipe buffer)."""
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, data)
+    finally:
+        os.close(write_end)
+    return read_end
+
+
+async def _receive(sock: socket.socket, timeout: float | None, *,
+                   until_dead: asyncio.subprocess.Process | None = None) -> tuple[bytes, tuple[int, int, int] | None]:
+    """One message and its sender's credentials (pid as the host sees it); b"" at EOF."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future = loop.create_future()
+
+    def on_readable() -> None:
+        try:
+            message, ancillary, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(_CREDENTIALS.size))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            received.done() or received.set_exception(exc)
+            return
+        credentials = None
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= _CREDENTIALS.size:
+                credentials = _CREDENTIALS.unpack(data[:_CREDENTIALS.size])
+        received.done() or received.set_result((message, credentials))
+
+    fd = sock.fileno()
+    loop.add_reader(fd, on_readable)
+    died = asyncio.ensure_future(until_dead.wait()) if until_dead is not None else None
+    try:
+        waiting = {received} | ({died} if died else set())
+        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if received in done:
+            return received.result()
+        if died is not None and died in done:
+            return b"", None
+        raise TimeoutError("no answer")
+    finally:
+        loop.remove_reader(fd)
+        if died is not None:
+            died.cancel()
+        if not received.done():
+            received.cancel()
+
+
+async def _readable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+async def _keep_tail(stream: asyncio.StreamReader, into: bytearray) -> None:
+    while chunk := await stream.read(4096):
+        into += chunk
+        del into[:-OUTPUT_KEPT]
+
+
+def _tail(output: bytearray) -> str:
+    return bytes(output[-500:]).decode(errors="replace").strip()

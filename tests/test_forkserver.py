@@ -1,0 +1,342 @@
+"""The fork server: runs forked from one template keep every promise of a fresh sandbox.
+
+Real sandboxes throughout. Each test has its own runner with SANDBOX_FORK_SERVER on
+and waits for its template with `runner.warm_up()` (an event, not a sleep). Most
+templates preload only `json` so a test does not pay for pandas; the chart test uses
+the production preload. `TEST_SANDBOX_FORK_SERVER=1` runs the rest of the sandbox
+suite through forked runs as well (tests/fixtures_sandbox.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+import interpreter
+from interpreter.packages import PackageManager
+from interpreter.sandbox import SandboxRunner
+from interpreter.sandbox.pool import is_running
+from interpreter.types import ExitCause
+from tests.fixtures_sandbox import FAKE_TOKEN, make_settings
+from tests.sandbox_helpers import files_by_name, run
+
+READY_TIMEOUT = 180  # a template imports its preload; a loaded CI machine may take long
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NAMESPACES = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")
+
+
+class BumpablePackages(PackageManager):
+    """The real PackageManager, whose generation a test can advance (as an install would)."""
+
+    bump = 0
+
+    @property
+    def generation(self) -> int:
+        return super().generation + self.bump
+
+
+def fork_runner(tmp_path: Path, **environ: str) -> SandboxRunner:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    values = {"SANDBOX_FORK_SERVER": "true", "SANDBOX_POOL_PRELOAD": "json"} | environ
+    settings = make_settings(data, **values)
+    return SandboxRunner(settings, BumpablePackages(settings))
+
+
+@pytest.fixture
+async def forking(tmp_path, sandbox_venv):
+    runner = fork_runner(tmp_path)
+    assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT), runner.describe()["fork_server"]
+    yield runner
+    await runner.close()
+    assert runner.fork_server.template is None
+
+
+def stats(runner: SandboxRunner) -> dict:
+    return runner.fork_server.describe()
+
+
+def template_python_pid(runner: SandboxRunner) -> int:
+    return runner.fork_server.template.python_pid
+
+
+# ---------------------------------------------------------------------- warm-up
+
+
+async def test_warm_up_returns_once_the_template_is_ready_and_runs_are_forked_from_then_on(forking):
+    assert stats(forking)["ready"]
+    outcome = await run(forking, "print('hi')")
+    assert outcome.success and outcome.output == "hi\n"
+    assert stats(forking)["runs_forked"] == 1 and stats(forking)["fork_failures"] == 0
+
+
+async def test_a_chart_runs_in_a_child_of_the_template_that_preloaded_the_data_libraries(tmp_path, sandbox_venv):
+    runner = fork_runner(tmp_path, SANDBOX_POOL_PRELOAD="numpy,pandas,matplotlib,seaborn")
+    try:
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
+        outcome = await run(runner, """
+            import sys
+            print('seaborn' in sys.modules)          # inherited from the template, not imported here
+            import pandas as pd, seaborn as sns, matplotlib.pyplot as plt
+            sns.barplot(data=pd.DataFrame({'x': ['a', 'b'], 'y': [1, 2]}), x='x', y='y')
+            plt.savefig('chart.png')
+        """)
+        assert outcome.success, outcome.error
+        assert outcome.output == "True\n"
+        assert files_by_name(outcome)["chart.png"].startswith(PNG_MAGIC)
+        assert stats(runner)["runs_forked"] == 1
+    finally:
+        await runner.close()
+
+
+async def test_execute_code_warms_in_the_background_on_first_use(tmp_path, sandbox_venv):
+    """A library user never calls warm_up(): the first run starts the warm capacity and
+    does not wait for it; later runs are forked."""
+    data = tmp_path / "data"
+    data.mkdir()
+    engine = interpreter.configure(make_settings(data, SANDBOX_FORK_SERVER="true", SANDBOX_POOL_PRELOAD="json",
+                                                 SANDBOX_WARM_ON_FIRST_RUN="true"))
+    try:
+        assert engine.runner.fork_server is None
+        first = await interpreter.execute_code("print(1)", user_id=1)
+        assert first["success"]
+        server = engine.runner.fork_server
+        assert server is not None, "the first run started no warm capacity"
+        assert await asyncio.wait_for(engine.runner.warm_up(), READY_TIMEOUT)
+        second = await interpreter.execute_code("print(2)", user_id=1)
+        assert second["success"] and second["output"].strip() == "2"
+        assert server.describe()["runs_forked"] >= 1
+    finally:
+        await engine.close()
+
+
+async def test_with_warming_on_first_use_off_a_run_starts_nothing_warm(tmp_path, sandbox_venv):
+    data = tmp_path / "data"
+    data.mkdir()
+    engine = interpreter.configure(make_settings(data, SANDBOX_FORK_SERVER="true", SANDBOX_WARM_ON_FIRST_RUN="false"))
+    try:
+        assert (await interpreter.execute_code("print(1)", user_id=1))["success"]
+        assert engine.runner.fork_server is None and engine.runner.pool is None
+    finally:
+        await engine.close()
+
+
+async def test_warm_up_with_the_pool_returns_once_every_lane_is_full(tmp_path, sandbox_venv):
+    data = tmp_path / "data"
+    data.mkdir()
+    settings = make_settings(data, SANDBOX_POOL_SIZE="1", SANDBOX_LIGHT_POOL_SIZE="1", SANDBOX_POOL_PRELOAD="json")
+    runner = SandboxRunner(settings, PackageManager(settings))
+    try:
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
+        assert runner.pool.full
+    finally:
+        await runner.close()
+
+
+# ---------------------------------------------------------------------- isolation between forked runs
+
+
+SHOW_SELF = """
+    import json, os, time
+    def fd_link(fd):
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return None   # the listing's own descriptor, closed meanwhile
+    print(json.dumps({
+        "ns": {name: os.readlink(f"/proc/self/ns/{name}") for name in %r},
+        "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+        "fds": [link for link in (fd_link(fd) for fd in os.listdir("/proc/self/fd")) if link],
+        "status": {k: v.strip() for k, _, v in (line.partition(":") for line in open("/proc/self/status"))
+                   if k in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")},
+        "uid": os.getuid(), "hostname": os.uname().nodename,
+    }))
+""" % (NAMESPACES,)
+
+
+async def test_two_forked_runs_at_once_share_no_namespace_and_see_only_their_own_processes(forking):
+    """While run A keeps a background process alive, run B sees none of A's processes,
+    and every namespace of the two runs differs."""
+    holder = asyncio.create_task(run(forking, """
+        import subprocess, time, json, os
+        child = subprocess.Popen(['sleep', '30'])
+        print(json.dumps({"ns": {n: os.readlink(f"/proc/self/ns/{n}") for n in %r}}), flush=True)
+        time.sleep(2.5)
+    """ % (NAMESPACES,), timeout=20))
+    looker = await run(forking, SHOW_SELF)
+    held = await holder
+    assert looker.success and held.success, (looker.error, held.error)
+    mine, theirs = json.loads(looker.output), json.loads(held.output)
+    for name in NAMESPACES:
+        assert mine["ns"][name] != theirs["ns"][name], f"the two runs share a {name} namespace"
+    # pid 1 is the run's init, 2 the supervisor, 3 the member's Python (as in a bwrap sandbox): nothing of
+    # run A, nor the template.
+    assert mine["pids"] == [1, 2, 3], mine["pids"]
+    assert mine["uid"] == 1000 and mine["hostname"] == "sandbox"
+
+
+async def test_a_forked_run_holds_no_capability_no_template_descriptor_and_runs_under_seccomp(forking):
+    outcome = await run(forking, SHOW_SELF)
+    seen = json.loads(outcome.output)
+    status = seen["status"]
+    for key in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
+        assert int(status[key], 16) == 0, status
+    assert status["NoNewPrivs"] == "1"
+    assert status["Seccomp"] == ("2" if forking.seccomp_program else "0")
+    # Pipes (output; the member's orders and reports) and /dev/null as stdin (the listing's own may show).
+    # No socket: not the
+    # template's request socket nor the run's handshake with the host.
+    assert all(link.startswith("pipe:") or link in ("/dev/null", "/proc/self/fd") or "/fd" in link
+               for link in seen["fds"]), seen["fds"]
+    assert not any(link.startswith("socket:") for link in seen["fds"]), seen["fds"]
+
+
+async def test_nothing_a_run_leaves_in_memory_or_files_reaches_the_next_run(forking):
+    writer = await run(forking, """
+        import json, os, sys
+        json.LEFT_BEHIND = 'member data'                       # a module the template imported
+        import textwrap; textwrap.dedent = lambda text: 'tampered'
+        os.environ['LEFT_BEHIND'] = 'member data'
+        for place in ('/tmp', '/dev/shm', '/work', '/data'):
+            open(os.path.join(place, 'left-behind'), 'w').write('member data')
+        print('written')
+    """)
+    assert writer.success and writer.output == "written\n", writer.error
+    reader = await run(forking, """
+        import json, os
+        import textwrap
+        print(hasattr(json, 'LEFT_BEHIND'), textwrap.dedent('  x'), 'LEFT_BEHIND' in os.environ)
+        print(sorted(place for place in ('/tmp', '/dev/shm', '/work', '/data')
+                     if os.path.exists(os.path.join(place, 'left-behind'))))
+    """)
+    assert reader.output == "False x False\n[]\n", reader.output
+
+
+async def test_a_run_cannot_write_into_anything_it_shares_with_the_template(forking):
+    outcome = await run(forking, """
+        import os
+        refused = []
+        for path in ('/dev/planted', '/planted', '/opt/runtime/planted', '/opt/venv/planted', '/usr/planted'):
+            try:
+                open(path, 'w').write('x')
+            except OSError as exc:
+                refused.append(exc.errno)
+        try:
+            os.system('umount /proc 2>/dev/null')
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            umount = libc.umount2(b'/proc', 2)   # MNT_DETACH: would uncover the template's /proc
+        except Exception as exc:
+            umount = str(exc)
+        print(len(refused), umount, sorted(int(p) for p in os.listdir('/proc') if p.isdigit())[:3])
+    """)
+    count, umount, pids = outcome.output.split(maxsplit=2)
+    assert count == "5" and umount == "-1", outcome.output
+    assert pids.strip() == "[1, 2, 3]", outcome.output
+
+
+async def test_the_template_holds_no_secret_of_the_bot(forking):
+    """The bot's environment holds a fake token and database URI (tests/fixtures_sandbox.py)."""
+    environ = Path(f"/proc/{template_python_pid(forking)}/environ").read_bytes()
+    assert FAKE_TOKEN.encode() not in environ and b"canary-password" not in environ
+    assert b"DISCORD_TOKEN" not in environ and b"MONGODB_URI" not in environ
+
+
+async def test_each_forked_run_has_its_own_memory_and_pids_cgroup(tmp_path, sandbox_venv):
+    runner = fork_runner(tmp_path, RUN_MEMORY_MB="150")
+    try:
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
+        bomb = await run(runner, "x = bytearray(400 * 1024 * 1024); x[::4096] = b'x' * len(x[::4096])")
+        assert bomb.cause is ExitCause.MEMORY, (bomb.cause, bomb.error, bomb.output)
+        forks = await run(runner, """
+            import os
+            made = 0
+            try:
+                for _ in range(500):
+                    if os.fork() == 0:
+                        import time; time.sleep(5); os._exit(0)
+                    made += 1
+            except OSError:
+                pass
+            print(made)
+        """)
+        assert int(forks.output) < 100, forks.output  # RUN_MAX_PROCESSES=64 per run
+        after = await run(runner, "print('still fine')")
+        assert after.output == "still fine\n" and stats(runner)["ready"] and stats(runner)["fork_failures"] == 0
+    finally:
+        await runner.close()
+
+
+async def test_a_forked_run_gets_the_cpu_limit_of_its_own_timeout(forking):
+    outcome = await run(forking, "import resource; print(resource.getrlimit(resource.RLIMIT_CPU))", timeout=7)
+    assert outcome.output == "(8, 10)\n", outcome.output
+    spin = await run(forking, "while True: pass", timeout=2)
+    assert spin.cause is ExitCause.TIMEOUT
+
+
+async def test_numpy_random_state_is_not_shared_between_runs(tmp_path, sandbox_venv):
+    runner = fork_runner(tmp_path, SANDBOX_POOL_PRELOAD="numpy")
+    try:
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
+        code = "import numpy, random; print(numpy.random.randint(1 << 30), random.getrandbits(30))"
+        first, second = await run(runner, code), await run(runner, code)
+        assert first.output != second.output
+    finally:
+        await runner.close()
+
+
+# ---------------------------------------------------------------------- template death and generations
+
+
+async def test_a_dead_template_means_cold_runs_until_it_is_replaced(forking):
+    server = forking.fork_server
+    template = server.template
+    for pid in server.template_pids():
+        os.kill(pid, signal.SIGKILL)
+    await template.proc.wait()
+    cold = await run(forking, "print('cold but fine')")
+    assert cold.success and cold.output == "cold but fine\n"
+    assert await asyncio.wait_for(forking.warm_up(), READY_TIMEOUT)
+    assert server.template is not template and stats(forking)["template_deaths"] == 1
+    forked_before = stats(forking)["runs_forked"]
+    warm = await run(forking, "print('forked again')")
+    assert warm.output == "forked again\n" and stats(forking)["runs_forked"] == forked_before + 1
+
+
+async def test_a_new_venv_generation_gets_a_new_template_and_the_old_one_goes(forking):
+    server = forking.fork_server
+    old = server.template
+    old_pids = server.template_pids()
+    forking.packages.bump += 1
+    outcome = await run(forking, "print('after the change')")
+    assert outcome.success
+    assert await asyncio.wait_for(forking.warm_up(), READY_TIMEOUT)
+    assert server.template is not old and server.template.generation == forking.packages.generation
+    await asyncio.wait_for(old.proc.wait(), 30)
+    await forking.wait_reaped()
+    for task in list(server._reaping):
+        await task
+    assert not any(is_running(pid) for pid in old_pids)
+
+
+async def test_a_template_of_an_old_generation_outlives_the_runs_forked_from_it(forking):
+    """A run (or a session) forked before the change keeps running: its template goes when it ends."""
+    from interpreter.sandbox.job import SandboxJob
+
+    server = forking.fork_server
+    old = server.template
+    sandbox = await server.fork(20)  # forked, not yet given its job
+    assert sandbox is not None
+    forking.packages.bump += 1
+    assert await asyncio.wait_for(forking.warm_up(), READY_TIMEOUT)
+    assert server.template is not old
+    assert old.alive, "the old template was stopped while a run forked from it was still going"
+    outcome = await sandbox.execute(SandboxJob(code="print('finished')", timeout=20))
+    assert outcome.success and outcome.output == "finished\n"
+    await forking.wait_reaped()
+    await asyncio.wait_for(old.proc.wait(), 30)

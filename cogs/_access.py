@@ -86,6 +86,9 @@ def denial_message(denial: Denial) -> str:
         when = f"<t:{math.ceil(denial.retry_at.timestamp())}:R>" if denial.retry_at else "later"
         runs = "run" if denial.limit == 1 else "runs"
         return f"⏳ You've used your {denial.limit} {runs} for this hour; next one available {when}"
+    if denial.reason is DenialReason.COOLDOWN:  # the scheduler's words: the same rule, held across processes
+        when = f"<t:{math.ceil(denial.retry_at.timestamp())}:R>" if denial.retry_at else "in a moment"
+        return f"⏳ Slow down a little: you can start another run {when}."
     return "🚫 You're not allowed to run code on this server"
 
 

@@ -20,6 +20,14 @@ after a restart (or across processes) runs that are queued but not yet recorded,
 so a member may go over by at most their queue depth (RUN_QUEUE_PER_MEMBER + 1).
 Refused requests (bad file id, package refused) do not count: they never ran.
 
+Across processes (several bot processes on one database), each admission is also a
+lease in the store (`admission:<member>:<id>`, expiring after the hour): an admission
+takes its lease first, then counts the member's leases, and keeps its place only if it
+is among the first RUNS_PER_MEMBER_PER_HOUR (ordered by time, then id, which every
+process sees alike), so two processes admitting at the same moment can never both take
+the last run. The cooldown (RUN_COOLDOWN_SECONDS) is a lease too (`cooldown:<member>`),
+so a member cannot dodge it by landing on another process.
+
 When the run history cannot be read (the database is down, or does not answer within
 STORE_CHECK_SECONDS), the limit is NOT a reason to stop runs that need no database:
 it counts this process's memory window alone, and the Admission carries a note for
@@ -35,6 +43,8 @@ import collections
 import dataclasses
 import enum
 import logging
+import time
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -65,6 +75,7 @@ class DenialReason(enum.Enum):
     ROLE = "role"  # the member has a role on DENIED_ROLE_IDS
     CHANNEL = "channel"  # not one of RUN_CHANNEL_IDS
     RATE = "rate"  # RUNS_PER_MEMBER_PER_HOUR used up
+    COOLDOWN = "cooldown"  # RUN_COOLDOWN_SECONDS since the member's last run have not passed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +85,7 @@ class Denial:
     reason: DenialReason
     allowed_channel_ids: tuple[int, ...] = ()  # CHANNEL: where runs work
     limit: int = 0  # RATE: the hourly limit
-    retry_at: datetime | None = None  # RATE: when the next run will be allowed
+    retry_at: datetime | None = None  # RATE, COOLDOWN: when the next run will be allowed
 
     def describe(self) -> str:
         """Plain-text wording, for logs and front ends without markup."""
@@ -82,6 +93,8 @@ class Denial:
             return "You're not allowed to run code on this server"
         if self.reason is DenialReason.CHANNEL:
             return "Code can't be run in this channel"
+        if self.reason is DenialReason.COOLDOWN:
+            return "Slow down a little: you can start another run in a moment."
         when = self.retry_at.isoformat(timespec="seconds") if self.retry_at else "later"
         return f"You've used your {self.limit} runs for this hour; next one available at {when}"
 
@@ -92,16 +105,21 @@ class Admission:
     `note`: something the member should know about how the run was admitted (UNCOUNTED_NOTE)."""
 
     def __init__(self, access: "RunAccess | None" = None, member_id: int = 0, at: datetime | None = None,
-                 note: str | None = None) -> None:
+                 note: str | None = None, leases: tuple[tuple[str, str], ...] = ()) -> None:
         self._access = access
         self._member_id = member_id
         self._at = at
+        self._leases = leases  # (key, holder) of the store leases it holds: its place in the hour, the cooldown
         self.note = note
 
     def cancel(self) -> None:
         access, self._access = self._access, None
-        if access is not None and self._at is not None:
+        if access is None:
+            return
+        if self._at is not None:
             access._forget(self._member_id, self._at)
+        if self._leases:
+            access._release_later(self._leases)
 
 
 class RunAccess:
@@ -109,6 +127,7 @@ class RunAccess:
         self.settings = settings
         self.audit = audit
         self._admitted: dict[int, collections.deque[datetime]] = {}  # member -> admission times, oldest first
+        self._releasing: set[asyncio.Task] = set()
 
     # --- the rules
 
@@ -126,7 +145,7 @@ class RunAccess:
     async def check(self, context: RunContext, *, use_store: bool = True) -> Denial | None:
         """Every rule, without counting a run (e.g. before showing a code box). Without
         `use_store` the hourly limit counts this process's memory window only (no I/O)."""
-        denial = self.check_identity(context)
+        denial = self.check_identity(context)  # the cooldown counts from starting runs: admit() alone
         if denial is None and self.settings.runs_per_member_per_hour:
             denial, _ = await self._rate_denial(context.member_id, self.audit.now(), reserved=False,
                                                 use_store=use_store)
@@ -137,9 +156,16 @@ class RunAccess:
         denial = self.check_identity(context)
         if denial is not None:
             return denial
-        if not self.settings.runs_per_member_per_hour:
-            return Admission()
         now = self.audit.now()
+        token = uuid.uuid4().hex
+        leases: tuple[tuple[str, str], ...] = ()
+        if self.settings.run_cooldown_seconds:
+            denial = await self._cooldown_denial(context.member_id, now, take=token)
+            if denial is not None:
+                return denial
+            leases = ((_cooldown_key(context.member_id), token),)
+        if not self.settings.runs_per_member_per_hour:
+            return Admission(self, context.member_id, None, leases=leases) if leases else Admission()
         if len(self._admitted) > _PRUNE_ALL_ABOVE:
             for member_id in list(self._admitted):
                 self._remembered(member_id, now)
@@ -147,10 +173,80 @@ class RunAccess:
         # arrives meanwhile already sees this one.
         self._admitted.setdefault(context.member_id, collections.deque()).append(now)
         denial, counted = await self._rate_denial(context.member_id, now, reserved=True)
+        if denial is None and counted:
+            # Places order by time, then by key: the key starts with the wall clock in ns, so an
+            # admission already granted is never overtaken by a later one (clocks kept by NTP).
+            place = _admission_key(context.member_id, f"{time.time_ns():020d}-{token}")
+            denial, counted = await self._take_place(context.member_id, place, now)
+            if denial is None and counted:
+                leases += ((place, place),)
         if denial is not None:
             self._forget(context.member_id, now)
+            self._release_later(leases)
             return denial
-        return Admission(self, context.member_id, now, note=None if counted else UNCOUNTED_NOTE)
+        return Admission(self, context.member_id, now, note=None if counted else UNCOUNTED_NOTE, leases=leases)
+
+    # --- the leases in the store, shared by every process
+
+    async def _in_store(self, operation):
+        """`operation()` on the store, or None when it cannot answer now (down, slow, broken)."""
+        if self.audit.store_known_down():
+            return None
+        try:
+            async with asyncio.timeout(STORE_CHECK_SECONDS):
+                return await operation()
+        except (StoreUnavailable, TimeoutError):
+            return None
+        except Exception:  # noqa: BLE001 - a broken store must not stop every run
+            log.exception("run limits: the store failed; counting this process's runs only")
+            return None
+
+    async def _cooldown_denial(self, member_id: int, now: datetime, *, take: str) -> Denial | None:
+        """Start the member's cooldown (a lease held by `take`) unless another run started it."""
+        store = self.audit.store
+        until = now + timedelta(seconds=self.settings.run_cooldown_seconds)
+        lease = await self._in_store(lambda: store.acquire_lease(_cooldown_key(member_id), take, until, now))
+        if lease is None or lease.holder == take:
+            return None
+        return Denial(DenialReason.COOLDOWN, retry_at=lease.expires_at)
+
+    async def _take_place(self, member_id: int, place: str, now: datetime) -> tuple[Denial | None, bool]:
+        """Take a place in the member's hour in the store; keep it only if it is among the
+        first `limit` places (every process orders them alike). (denial or None, counted)."""
+        store = self.audit.store
+        limit = self.settings.runs_per_member_per_hour
+
+        async def take() -> list:
+            await store.acquire_lease(place, place, now + RATE_WINDOW, now)
+            return await store.leases_with_prefix(_admission_key(member_id, ""), now)
+
+        places = await self._in_store(take)
+        if places is None:
+            self._release_later(((place, place),))
+            return None, False
+        ordered = sorted(places, key=lambda lease: (lease.expires_at, lease.key))
+        keys = [lease.key for lease in ordered]
+        if place in keys and keys.index(place) < limit:
+            return None, True
+        self._release_later(((place, place),))
+        return Denial(DenialReason.RATE, limit=limit, retry_at=ordered[0].expires_at), True
+
+    def _release_later(self, leases: tuple[tuple[str, str], ...]) -> None:
+        """Give leases back in the background (cancel() is synchronous, and never waits on the store)."""
+        if not leases:
+            return
+        store = self.audit.store
+
+        async def release() -> None:
+            for key, holder in leases:
+                try:
+                    await store.release_lease(key, holder)
+                except Exception:  # noqa: BLE001 - it expires by itself
+                    log.warning("could not release lease %s; it expires by itself", key)
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     # --- the hourly limit
 
@@ -189,6 +285,12 @@ class RunAccess:
             log.exception("run limit: could not read the run audit; counting this process's runs only")
             return None
 
+    async def _store_admissions(self, member_id: int, now: datetime) -> list[datetime]:
+        """When the member's admissions in every process (their places in the store) were made."""
+        store = self.audit.store
+        places = await self._in_store(lambda: store.leases_with_prefix(_admission_key(member_id, ""), now))
+        return [lease.expires_at - RATE_WINDOW for lease in places or ()]
+
     async def _rate_denial(self, member_id: int, now: datetime, *, reserved: bool,
                            use_store: bool = True) -> tuple[Denial | None, bool]:
         """(the denial or None, whether the run history in the store was counted)."""
@@ -203,8 +305,20 @@ class RunAccess:
         earlier = sorted(t for t in recorded if t > since)
         if len(remembered) > len(earlier):
             earlier = remembered
+        if counted and not reserved:  # admitting takes its place in the store afterwards (_take_place)
+            admitted = sorted(await self._store_admissions(member_id, now))
+            if len(admitted) > len(earlier):
+                earlier = admitted
         if len(earlier) < limit:
             return None, counted
         # The next run is allowed once enough earlier runs have left the window.
         retry_at = earlier[len(earlier) - limit] + RATE_WINDOW
         return Denial(DenialReason.RATE, limit=limit, retry_at=retry_at), counted
+
+
+def _admission_key(member_id: int, token: str) -> str:
+    return f"admission:{member_id}:{token}"
+
+
+def _cooldown_key(member_id: int) -> str:
+    return f"cooldown:{member_id}"

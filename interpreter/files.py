@@ -11,15 +11,29 @@ record without a blob. The orphan sweep leaves alone blobs an upload in this pro
 is still writing, blobs younger than `orphan_grace_seconds` (an upload in another
 process), and blobs a run is reading (a lease taken by `resolve_for_run`).
 
+Across processes (several bot processes on one database, or on one machine):
+- the quota check and insert run under a lease in the store (`quota:<member>`), not
+  only this process's lock, so two processes uploading for one member at once cannot
+  both take the last place;
+- a run's claim on its input files is a lease in the store too (`reading:<id>:<run>`),
+  so a sweep or delete in another process leaves the blob until the run is done;
+- with MongoDB the bytes live in GridFS (the store `holds_blobs`): any process serves
+  any member's file, and the local blob dir is this process's copy, filled on first use.
+  Upload puts the bytes in GridFS before inserting the record; delete and the sweep
+  remove the record first, then the bytes. The sweep is safe when every process runs
+  it at once: a record is deleted (and counted) by exactly one of them.
+
 Times come from `clock` (default: UTC now), so tests move time without sleeping.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -39,6 +53,12 @@ Clock = Callable[[], datetime]
 # time between resolving files and starting the sandbox.
 _LEASE_MARGIN = timedelta(minutes=2)
 _SWEEP_BATCH = 500
+_COUNTED_MEMORY = timedelta(days=1)  # a file whose blob removal waited for a run stays counted this long
+# How long one process may hold a member's quota lease (check, write, insert); a crashed
+# holder's lease frees itself after this. Waiting for another process's upload polls.
+_QUOTA_LEASE = timedelta(seconds=60)
+_QUOTA_WAIT_POLLS = 200
+_QUOTA_POLL_SECONDS = 0.05
 _SHOWN_ID_LENGTH = 40
 
 
@@ -172,9 +192,26 @@ class FileManager:
             name = "upload." + _default_extension(detection.file_type, data)
         return _Prepared(data, name, detection.file_type, detection.note)
 
+    @contextlib.asynccontextmanager
+    async def _quota_lease(self, user_id: int):
+        """The member's quota, held for every process sharing the store (see the module doc)."""
+        key, token = f"quota:{user_id}", uuid.uuid4().hex
+        for _ in range(_QUOTA_WAIT_POLLS):
+            now = self._now()
+            if (await self.store.acquire_lease(key, token, now + _QUOTA_LEASE, now)).holder == token:
+                break
+            await asyncio.sleep(_QUOTA_POLL_SECONDS)  # another process is storing a file of this member
+        else:
+            raise UploadRefused("Another upload of yours is still being stored; try again in a moment")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.release_lease(key, token)
+
     async def _store_new(self, user_id: int, prepared: _Prepared) -> FileRecord:
-        """Quota check, blob write, record insert: atomic per user within this process."""
-        async with self._shared.user_lock(user_id):
+        """Quota check, blob write, record insert: atomic per member across processes."""
+        async with self._shared.user_lock(user_id), self._quota_lease(user_id):
             now = self._now()
             used = await self.store.usage(user_id, now)
             size = len(prepared.data)
@@ -196,6 +233,8 @@ class FileManager:
                     if is_disk_full(exc):
                         raise StorageFull() from None
                     raise
+                if self.store.holds_blobs:
+                    await self.store.put_blob(file_id, prepared.data)
                 record = FileRecord(file_id=file_id, user_id=user_id, filename=prepared.filename,
                                     file_path=str(path), file_size=size, file_type=prepared.file_type,
                                     uploaded_at=now, expires_at=self._expiry(now))
@@ -284,7 +323,7 @@ class FileManager:
                 continue
             record = (await self._freeing_space(lambda: self.store.get_live(file_id, user_id, now))
                       if is_file_id(file_id) else None)
-            if record is not None and await asyncio.to_thread(self.blobs.size, file_id) != record.file_size:
+            if record is not None and not await self._local_copy(record):
                 log.error("file %s has a record but its blob is missing or damaged; treating it as gone", file_id)
                 record = None
             if record is None:
@@ -300,19 +339,46 @@ class FileManager:
             raise InterpreterError(f"Files {names} were not found, have expired, or are not yours")
         lease_until = now + timedelta(seconds=self.settings.max_run_timeout) + _LEASE_MARGIN
         self._shared.lease([item.file_id for item in inputs], lease_until)
+        run = uuid.uuid4().hex  # and for the other processes sharing the store
+        try:
+            for item in inputs:
+                await self.store.acquire_lease(f"reading:{item.file_id}:{run}", run, lease_until, now)
+        except (StoreUnavailable, StorageFull):  # reading must work on a full disk: this process's lease holds
+            log.warning("could not record a run's claim on its input files; other processes may sweep them meanwhile")
         return inputs
+
+    async def _local_copy(self, record: FileRecord) -> bool:
+        """Whether this process has the file's bytes on disk, fetching them from the store
+        (GridFS) when it holds them and the local copy is missing or damaged."""
+        if await asyncio.to_thread(self.blobs.size, record.file_id) == record.file_size:
+            return True
+        if not self.store.holds_blobs:
+            return False
+        data = await self.store.get_blob(record.file_id)
+        if data is None or len(data) != record.file_size:
+            return False
+        await asyncio.to_thread(self.blobs.write, record.file_id, data)
+        return True
+
+    async def _read_elsewhere(self, file_id: str, now: datetime) -> bool:
+        """A run in some process sharing the store still reads this file."""
+        return bool(await self.store.leases_with_prefix(f"reading:{file_id}:", now))
 
     # --- deleting and expiry
 
     async def _discard_blob(self, file_id: str, now: datetime) -> None:
         """Remove a blob whose record is gone, unless a run is reading it (the sweep will, later)."""
-        if self._shared.is_leased(file_id, now):
+        if self._shared.is_leased(file_id, now) or await self._read_elsewhere(file_id, now):
             self._shared.deferred.add(file_id)
+            # Whichever process removes the blob later must not count the file again.
+            await self.store.acquire_lease(f"counted:{file_id}", "sweep", now + _COUNTED_MEMORY, now)
             return
         try:
-            await asyncio.to_thread(self.blobs.remove, file_id)
-        except OSError as exc:
+            await asyncio.to_thread(self.blobs.remove, file_id)  # this process's copy first: the
+        except OSError as exc:  # shared bytes are what the sweep counts when it finishes the job
             log.warning("could not remove blob %s (the sweep will retry): %s", file_id, exc)
+        if self.store.holds_blobs:
+            await self.store.delete_blob(file_id)
 
     async def delete(self, file_id: str, user_id: int) -> bool:
         """Delete the member's own unexpired file. False when there is no such file (idempotent)."""
@@ -365,16 +431,41 @@ class FileManager:
             if entry.file_id in self._shared.pending or self._shared.is_leased(entry.file_id, now):
                 continue
             candidates[entry.file_id] = entry
+        busy = set(self._shared.pending) | {file_id for file_id in list(self._shared.leases)
+                                            if self._shared.is_leased(file_id, now)}
+        removed = await self._sweep_stored_orphans(now, busy)
         if not candidates:
-            return 0
+            return removed
         known = await self.store.existing_ids(candidates)
-        removed = 0
         for file_id in candidates.keys() - known:
-            # A deferred blob's file was already counted when its record went.
-            counted = file_id in self._shared.deferred
+            if await self._read_elsewhere(file_id, now):
+                continue
+            # A deferred blob's file was already counted when its record went; with the bytes
+            # in the store the local blob is only this process's copy (its file was counted,
+            # or is counted below, by the process that removed the record or stored bytes).
+            counted = (file_id in self._shared.deferred or self.store.holds_blobs
+                       or await self.store.read_lease(f"counted:{file_id}", now) is not None)
             self._shared.deferred.discard(file_id)
+            if self.store.holds_blobs:
+                await self.store.delete_blob(file_id)
             if await asyncio.to_thread(self.blobs.remove, file_id) and not counted:
                 removed += 1
+        return removed
+
+    async def _sweep_stored_orphans(self, now: datetime, busy: set[str]) -> int:
+        """Contents in the store (GridFS) without a record: an upload in some process that
+        died between storing the bytes and inserting the record, or a record MongoDB's TTL
+        monitor removed. `busy`: this process's uploads and runs in progress."""
+        if not self.store.holds_blobs:
+            return 0
+        settled = utc_now() - timedelta(seconds=self.orphan_grace_seconds)  # upload dates are real time
+        stored = set(await self.store.blob_ids_before(settled)) - busy
+        removed = 0
+        for file_id in stored - await self.store.existing_ids(stored):
+            if await self._read_elsewhere(file_id, now) or not await self.store.delete_blob(file_id):
+                continue
+            if await self.store.read_lease(f"counted:{file_id}", now) is None:
+                removed += 1  # a record the TTL monitor removed, or an upload that died half-way
         return removed
 
     # --- runs' outputs

@@ -24,6 +24,7 @@ BANNED_ROLE, OTHER_ROLE = 6001, 6002
 
 
 def make(tmp_path, clock=None, store=None, **environ):
+    environ.setdefault("RUN_COOLDOWN_SECONDS", "0")  # the cooldown has its own tests (test_shared_limits.py)
     settings = file_settings(tmp_path / "data", **environ)
     audit = RunAudit(settings, store or open_store(settings), clock=clock or TestClock())
     return RunAccess(settings, audit), audit

@@ -43,3 +43,15 @@ async def test_expired_leases_are_swept(file_backend):
     await store.acquire_lease("b", "x", now + timedelta(hours=1), now)
     assert await store.delete_expired_leases(now + timedelta(seconds=2)) == 1
     assert await store.read_lease("b", now) is not None
+
+
+async def test_leases_are_listed_by_prefix_soonest_first(file_backend):
+    store = file_backend.store()
+    now = file_backend.clock()
+    await store.acquire_lease("admission:7:b", "b", now + timedelta(seconds=20), now)
+    await store.acquire_lease("admission:7:a", "a", now + timedelta(seconds=10), now)
+    await store.acquire_lease("admission:70:c", "c", now + timedelta(seconds=5), now)
+    await store.acquire_lease("admission:7:old", "o", now + timedelta(seconds=1), now)
+    later = now + timedelta(seconds=2)
+    assert [lease.key for lease in await store.leases_with_prefix("admission:7:", later)] == ["admission:7:a",
+                                                                                              "admission:7:b"]

@@ -119,6 +119,10 @@ class FileStore(abc.ABC):
     """Metadata of user files. Implementations: SQLiteStore, MongoStore."""
 
     backend: str = "?"  # "sqlite" or "mongodb", for status and logs
+    # True when the store also keeps file contents (MongoDB: GridFS) for every process to
+    # read; False when the bytes live only on this machine's disk (SQLite: shared by the
+    # processes of one machine through the data dir).
+    holds_blobs: bool = False
 
     def __init__(self) -> None:
         self._down = False
@@ -207,6 +211,22 @@ class FileStore(abc.ABC):
     @abc.abstractmethod
     async def delete_expired_counters(self, now: datetime) -> int:
         """Delete counters expired at `now`; returns how many went."""
+    # --- file contents, when `holds_blobs` (the local blob dir is then a per-process copy)
+
+    async def put_blob(self, file_id: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def get_blob(self, file_id: str) -> bytes | None:
+        """The contents, or None when the store has none for this id."""
+        raise NotImplementedError
+
+    async def delete_blob(self, file_id: str) -> bool:
+        raise NotImplementedError
+
+    async def blob_ids_before(self, uploaded_before: datetime) -> list[str]:
+        """Ids of contents stored before this time (the sweep's candidates for orphans)."""
+        raise NotImplementedError
+
     # --- leases (atomic across every process sharing the store)
 
     @abc.abstractmethod
@@ -219,6 +239,10 @@ class FileStore(abc.ABC):
     @abc.abstractmethod
     async def read_lease(self, key: str, now: datetime) -> Lease | None:
         """The unexpired lease `key`, or None."""
+
+    @abc.abstractmethod
+    async def leases_with_prefix(self, prefix: str, now: datetime) -> list[Lease]:
+        """Every unexpired lease whose key starts with `prefix`, soonest to expire first."""
 
     @abc.abstractmethod
     async def release_lease(self, key: str, holder: str) -> bool:

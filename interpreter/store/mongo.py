@@ -48,6 +48,7 @@ COLLECTION = "user_files"
 RUN_AUDIT_COLLECTION = "run_audit"
 COUNTERS_COLLECTION = "counters"
 LEASES_COLLECTION = "leases"
+BLOB_BUCKET = "user_blobs"
 _INDEX_CONFLICT_CODES = {85, 86}  # IndexOptionsConflict, IndexKeySpecsConflict
 _AUTH_FAILURE_CODES = {13, 18}  # Unauthorized, AuthenticationFailed: as good as down for us
 _DEFAULT_SERVER_SELECTION_MS = 5000  # fail a call in seconds, not PyMongo's default 30 s
@@ -96,6 +97,7 @@ def _live(now: datetime) -> dict[str, Any]:
 
 class MongoStore(FileStore):
     backend = "mongodb"
+    holds_blobs = True
 
     def __init__(self, *, database: Any = None, uri: str | None = None, database_name: str | None = None) -> None:
         """Either `database` (a PyMongo async or motor database) or `uri` + `database_name`.
@@ -119,8 +121,11 @@ class MongoStore(FileStore):
     # --- plumbing
 
     def _collection(self, name: str = COLLECTION) -> Any:
+        return self._db()[name]
+
+    def _db(self) -> Any:
         if self._database is not None:
-            return self._database[name]
+            return self._database
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
             # A PyMongo async client belongs to the loop it was first used in; a new loop
@@ -133,7 +138,7 @@ class MongoStore(FileStore):
             self._client = AsyncMongoClient(self._uri, **options)
             self._client_loop = loop
             self._indexes_ready = set()
-        return self._client[self._database_name][name]
+        return self._client[self._database_name]
 
     async def _call(self, operation, collection_name: str = COLLECTION):
         """Run `operation(collection)` with indexes in place; outages become StoreUnavailable."""
@@ -339,6 +344,64 @@ class MongoStore(FileStore):
         return result.deleted_count
 
 
+    # --- file contents in GridFS (bucket `user_blobs`, one file per id), shared by every process
+
+    def _bucket(self) -> Any:
+        database = self._db()
+        if type(database).__module__.startswith("motor"):
+            from motor.motor_asyncio import AsyncIOMotorGridFSBucket
+
+            return AsyncIOMotorGridFSBucket(database, bucket_name=BLOB_BUCKET)
+        from gridfs import AsyncGridFSBucket
+
+        return AsyncGridFSBucket(database, bucket_name=BLOB_BUCKET)
+
+    async def _on_bucket(self, operation):
+        async def run():
+            try:
+                return await operation(self._bucket())
+            except OperationFailure as exc:
+                if exc.code in _AUTH_FAILURE_CODES:
+                    raise _Unavailable(f"authorization failed (code {exc.code})") from None
+                raise
+
+        return await self._guarded(run(), (ConnectionFailure, _Unavailable))
+
+    async def put_blob(self, file_id: str, data: bytes) -> None:
+        await self._on_bucket(lambda bucket: bucket.upload_from_stream_with_id(file_id, file_id, data))
+
+    async def get_blob(self, file_id: str) -> bytes | None:
+        from gridfs.errors import NoFile
+
+        async def op(bucket):
+            try:
+                stream = await bucket.open_download_stream(file_id)
+            except NoFile:
+                return None
+            return await stream.read()
+
+        return await self._on_bucket(op)
+
+    async def delete_blob(self, file_id: str) -> bool:
+        from gridfs.errors import NoFile
+
+        async def op(bucket):
+            try:
+                await bucket.delete(file_id)
+            except NoFile:
+                return False
+            return True
+
+        return await self._on_bucket(op)
+
+    async def blob_ids_before(self, uploaded_before: datetime) -> list[str]:
+        async def op(bucket):
+            cursor = bucket.find({"uploadDate": {"$lt": uploaded_before}})
+            items = await cursor.to_list(length=None)  # GridOut objects (PyMongo) or documents (motor)
+            return [str(item["_id"] if isinstance(item, dict) else item._id) for item in items]
+
+        return await self._on_bucket(op)
+
     # --- leases: one document per key (_id), taken with a conditional upsert
 
     async def acquire_lease(self, key: str, holder: str, expires_at: datetime, now: datetime,
@@ -362,6 +425,13 @@ class MongoStore(FileStore):
     async def read_lease(self, key: str, now: datetime) -> Lease | None:
         doc = await self._call(lambda c: c.find_one({"_id": key, "expires_at": {"$gt": now}}), LEASES_COLLECTION)
         return _lease(doc) if doc else None
+
+    async def leases_with_prefix(self, prefix: str, now: datetime) -> list[Lease]:
+        async def op(collection):
+            cursor = collection.find({"_id": {"$gte": prefix, "$lt": prefix + "\uffff"}, "expires_at": {"$gt": now}})
+            return await cursor.sort([("expires_at", ASCENDING), ("_id", ASCENDING)]).to_list(length=None)
+
+        return [_lease(doc) for doc in await self._call(op, LEASES_COLLECTION)]
 
     async def release_lease(self, key: str, holder: str) -> bool:
         result = await self._call(lambda c: c.delete_one({"_id": key, "holder": holder}), LEASES_COLLECTION)

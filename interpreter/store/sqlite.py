@@ -323,6 +323,12 @@ class SQLiteStore(FileStore):
                                   (key, _to_epoch(now)))
         return _lease(rows[0]) if rows else None
 
+    async def leases_with_prefix(self, prefix: str, now: datetime) -> list[Lease]:
+        rows, _ = await self._run(
+            "SELECT key, holder, expires_at, data FROM leases WHERE key >= ? AND key < ? AND expires_at > ? "
+            "ORDER BY expires_at, key", (prefix, prefix + "\uffff", _to_epoch(now)))
+        return [_lease(row) for row in rows]
+
     async def release_lease(self, key: str, holder: str) -> bool:
         _, count = await self._run("DELETE FROM leases WHERE key = ? AND holder = ?", (key, holder))
         return count > 0

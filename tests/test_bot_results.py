@@ -164,3 +164,30 @@ async def test_a_binary_file_named_csv_is_not_previewed_as_a_table(discord_world
     uploaded = await w.harness.slash("upload", w.alice, attachments={"file": attachment_payload(fake)})
     assert "**Shape:**" not in uploaded.content and "binary" in uploaded.content, uploaded.content
     assert "Analyse in /run" not in uploaded.buttons()
+
+
+async def test_errors_point_at_the_members_line_with_pythons_hint(discord_world):
+    w = discord_world
+    reply = await w.harness.slash("run", w.alice, code="total = 3\nprint(totl)")
+    assert "Did you mean: 'total'?" in reply.content
+    assert "/opt/runtime" not in reply.content and "bootstrap" not in reply.content
+    keyed = await w.harness.slash("run", w.alice, code="import pandas as pd\ndf = pd.DataFrame({'revenue': [1]})\ndf['revenu']")
+    assert "columns are: 'revenue'" in keyed.content and "site-packages" not in keyed.content
+
+
+async def test_plotly_comes_back_as_html_that_needs_no_internet(discord_world):
+    w = discord_world
+    reply = await w.harness.slash("run", w.alice, code="import plotly.express as px\npx.bar(x=[1, 2], y=[3, 4])")
+    [html] = [data for name, data in reply.final.files.items() if name.endswith(".html")]
+    assert b"Plotly.newPlot" in html and b'<script src="http' not in html and b"cdn.plot.ly/plotly" not in html[:5000]
+    assert "(no output)" not in reply.content
+
+
+async def test_someone_elses_code_cannot_load_the_clickers_files(discord_world):
+    w = discord_world
+    mine = await interpreter.upload_file(w.alice.id, b"secret\ncanary-7731\n", "mine.csv")
+    target = w.harness.message_payload(w.bob, f"```py\nprint(load_file('{mine['file_id']}'))\n```")
+    reply = await w.harness.message_menu("Run code", w.alice, target)
+    assert "fresh sandbox" in reply.content
+    assert "canary-7731" not in reply.content, "the clicker's file was made available to someone else's code"
+    assert "Files available: none" in reply.content

@@ -157,7 +157,8 @@ class FileRegistry:
         entry = self._find(file_id)
         if entry is None:
             known = ", ".join(f"{e['file_id']} ({e['filename']})" for e in self._entries.values()) or "none"
-            raise FileNotFoundError(f"No file {file_id!r} in this run. Files available: {known}")
+            raise FileNotFoundError(f"No file {file_id!r} in this run: it is not one of your live files (they expire; "
+                                    f"/files list shows yours). Files available: {known}")
         path = entry["path"]
         ext = entry["filename"].rpartition(".")[2].lower() if "." in entry["filename"] else ""
         kind = entry.get("file_type") or ext

@@ -169,3 +169,9 @@ async def test_plotly_html_works_offline(runner):
 
     assert not re.search(r"<script[^>]*\bsrc=", text), "no script is loaded from elsewhere"
     assert "Plotly.newPlot" in text and html.size > 1_000_000, "plotly.js is inlined"
+
+
+async def test_plotly_write_image_says_what_works_instead(runner):
+    outcome = await run(runner, "import plotly.express as px\npx.bar(x=[1], y=[2]).write_image('c.png')", timeout=60)
+    assert outcome.cause is ExitCause.EXCEPTION
+    assert "interactive HTML file" in outcome.error and "matplotlib" in outcome.error

@@ -197,6 +197,10 @@ def _hint(exc: BaseException) -> str | None:
     if isinstance(exc, NameError) and getattr(exc, "name", None) in USUAL_IMPORTS:
         return f"Each run starts fresh: add `{USUAL_IMPORTS[exc.name]}` at the top of your code."
     text = str(exc)
+    if "kaleido" in text.lower() and ("requires" in text or "Chrome" in text):
+        return ("Plotly figures cannot be saved as images here (no browser in the sandbox): show the figure "
+                "(fig.show(), or `fig` as the last line) to get it as an interactive HTML file, or draw the "
+                "chart with matplotlib/seaborn for a PNG.")
     if isinstance(exc, (ValueError, TypeError)) and (
         text.startswith("could not convert string to float") or "Could not convert" in text
             or "could not convert" in text and "numeric" in text):

@@ -89,11 +89,11 @@ async def test_the_seeds_seaborn_example_runs_as_written(discord_world):
 async def test_load_file_in_a_one_off_run_needs_no_files_option_and_checks_ownership(discord_world):
     w = discord_world
     mine = await interpreter.upload_file(w.alice.id, b"a,b\n1,2\n3,4\n", "mine.csv")
-    theirs = await interpreter.upload_file(w.bob.id, b"secret\n42\n", "bobs.csv")
+    theirs = await interpreter.upload_file(w.bob.id, b"secret\ncanary-5120\n", "bobs.csv")
     reply = await w.harness.slash("run", w.alice, code=f"df = load_file('{mine['file_id']}')\nprint(df.shape)")
     assert "(2, 2)" in reply.content, reply.content
     stolen = await w.harness.slash("run", w.alice, code=f"print(load_file('{theirs['file_id']}'))")
-    assert "42" not in stolen.content and stolen.content.startswith("❌")
+    assert "canary-5120" not in stolen.content and stolen.content.startswith("❌")
 
 
 async def test_pasted_code_is_dedented(discord_world):

@@ -14,10 +14,12 @@ follow-ups and /run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import discord
@@ -93,6 +95,7 @@ class Thread:
     guild_id: int | None
     channel_id: int | None
     file_ids: list[str]
+    session_wanted: str | None = None  # the session to open before the first run (sessions on)
     opened_session: bool = False  # /ask opened the member's session (it was not open before)
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
@@ -141,6 +144,24 @@ class ProgressEditor:
         except discord.HTTPException:
             log.warning("could not show /ask progress")
 
+    @contextlib.asynccontextmanager
+    async def queue_notices(self) -> AsyncIterator[None]:
+        """Within this block, a run (or a session's sandbox) that waits in the engine's queue
+        shows its place in line; the line is shown before the block ends, never after."""
+        shown: list[asyncio.Task] = []
+
+        def queued(position: int) -> None:
+            if position:
+                shown.append(asyncio.get_running_loop().create_task(
+                    self.show(f"⏳ Queued: number {position} in line…", force=True)))
+
+        try:
+            with interpreter.observe_queue(queued):
+                yield
+        finally:
+            if shown:
+                await asyncio.wait(shown)
+
     def stop(self) -> None:
         """No more progress: the answer replaces it."""
         self._pending = None
@@ -183,9 +204,8 @@ class AskCog(commands.Cog, name="Ask"):
                 await interaction.edit_original_response(content=stored.content, allowed_mentions=NO_MENTIONS)
                 return
             file_ids.append(str(stored.file_id))
-        session_id, opened = await self._session_for(interaction)
-        thread = Thread(Conversation(interaction.user.id, session_id=session_id), interaction.guild_id,
-                        interaction.channel_id, file_ids, opened_session=opened)
+        thread = Thread(Conversation(interaction.user.id), interaction.guild_id, interaction.channel_id, file_ids,
+                        session_id_for(interaction) if self.settings.max_sessions > 0 else None)
         await self.answer(interaction, thread, question, allowance)
 
     # --- gates shared by /ask and Follow up (both before deferring: refusals are ephemeral)
@@ -221,19 +241,23 @@ class AskCog(commands.Cog, name="Ask"):
             return None
         return allowance
 
-    async def _session_for(self, interaction: discord.Interaction) -> tuple[str | None, bool]:
-        """The member's session in this channel and whether it was opened now; None when
-        sessions are off or none can be opened (then every run starts fresh, and the model
-        is told so)."""
-        if self.settings.max_sessions <= 0:
-            return None, False
-        session_id = session_id_for(interaction)
+    @staticmethod
+    async def _open_session(thread: Thread, editor: "ProgressEditor") -> None:
+        """Open (or join) the member's session in this channel before the first run, so the
+        model is told runs share variables; when none can be opened every run starts fresh
+        and the model is told that instead. Opening starts a sandbox, which waits its turn
+        in the queue like a run: the member sees where it stands."""
+        session_id, thread.session_wanted = thread.session_wanted, None
+        if session_id is None:
+            return
         try:
-            opened = await interpreter.start_session(session_id, interaction.user.id)
+            async with editor.queue_notices():
+                opened = await interpreter.start_session(session_id, thread.conversation.member_id)
         except interpreter.InterpreterError as exc:
-            log.info("/ask runs without a session for member %s: %s", interaction.user.id, exc)
-            return None, False
-        return session_id, bool(opened["created"])
+            log.info("/ask runs without a session for member %s: %s", thread.conversation.member_id, exc)
+            return
+        thread.conversation.session_id = session_id
+        thread.opened_session = bool(opened["created"])
 
     # --- one question
 
@@ -265,6 +289,7 @@ class AskCog(commands.Cog, name="Ask"):
                          interaction: discord.Interaction) -> Answer:
         engine = await interpreter.get_engine()
         await editor.show("🤔 Looking at your files…", force=True)
+        await self._open_session(thread, editor)
         in_reach = await self._files_in_reach(thread)
         runner = QueuedRunner(self.bot, interaction, thread, in_reach, editor)
         try:
@@ -405,23 +430,12 @@ class QueuedRunner:
                 admission.cancel()
             raise RunNotStarted(str(refusal)) from None
         self.submitted = True
-        shown: list[asyncio.Task] = []
-
-        def queued(position: int) -> None:  # the engine's queue says where the run stands
-            if position:
-                shown.append(asyncio.get_running_loop().create_task(
-                    self.editor.show(f"⏳ Queued: number {position} in line…", force=True)))
-
-        async with ticket:
-            with interpreter.observe_queue(queued):
-                result = await interpreter.run_code(
-                    code, user_id=self.interaction.user.id, user_files=self.file_ids or None,
-                    install_packages=list(packages) or None, timeout=PREVIEW_TIMEOUT_SECONDS if preview else None,
-                    session_id=None if preview else self.thread.conversation.session_id,
-                    guild_id=self.thread.guild_id, channel_id=self.thread.channel_id)
-            if shown:
-                await asyncio.wait(shown)  # the queue line never lands after what follows the run
-            return result
+        async with ticket, self.editor.queue_notices():
+            return await interpreter.run_code(
+                code, user_id=self.interaction.user.id, user_files=self.file_ids or None,
+                install_packages=list(packages) or None, timeout=PREVIEW_TIMEOUT_SECONDS if preview else None,
+                session_id=None if preview else self.thread.conversation.session_id,
+                guild_id=self.thread.guild_id, channel_id=self.thread.channel_id)
 
 
 class FollowUpModal(discord.ui.Modal, title="Follow up"):

@@ -19,7 +19,8 @@ from tests.discord_harness import admin_permissions, attachment_payload
 from tests.fixtures_discord import start_bot
 from tests.test_bot_help import fields_of
 from tests.openai_script import answer, garbage, model, refusal, status, tool_call  # noqa: F401 (model: fixture)
-from tests.test_bot_run import no_pings
+from interpreter.engine import default_engine
+from tests.test_bot_run import no_pings, occupy_every_slot
 
 API_KEY = "sk-test-0123456789-very-secret-key"
 
@@ -299,16 +300,41 @@ async def test_progress_edits_are_throttled_and_the_latest_wins():
 
 async def test_the_models_runs_wait_their_turn_in_the_fair_queue(ask_world, model):
     w = ask_world
-    holders = [w.bot.scheduler.submit(10_000 + i) for i in range(w.bot.scheduler.capacity)]  # others' runs
+    gate = default_engine().runner._admission()
+    holders = await occupy_every_slot(gate.capacity)  # other members' runs hold the engine's queue
     model.script = [tool_call("print('my turn')"), answer("Done: my turn came.")]
     asked = w.harness.start_slash("ask", w.alice, question="run something")
+    # The session's sandbox waits its turn first (sessions are on in these tests).
     await eventually(lambda: "number 1 in line" in asked.content if asked.message_id else False)
-    assert len(model.received) == 1  # the model asked for a run, which waits in line
+    assert len(model.received) == 0
     for holder in holders:
-        holder.release()
+        gate.release(holder)
     await asked.wait()
     assert "Done: my turn came." in asked.content
     assert "my turn" in model.received[1].last_tool_result
+
+
+async def test_without_sessions_each_of_the_models_runs_waits_in_the_queue(bot_settings, model, monkeypatch, tmp_path):
+    import interpreter
+
+    settings = bot_settings.replace(openai_base_url=model.url, openai_api_key=Secret(API_KEY), max_sessions=0)
+    w = await start_bot(settings, monkeypatch, tmp_path)
+    try:
+        gate = default_engine().runner._admission()
+        holders = await occupy_every_slot(gate.capacity)
+        model.script = [tool_call("x = 41\nprint('my turn')"), tool_call("print(x + 1)"), answer("It was not kept.")]
+        asked = w.harness.start_slash("ask", w.alice, question="run something")
+        await eventually(lambda: "number 1 in line" in asked.content if asked.message_id else False)
+        assert len(model.received) == 1  # the model asked for a run, which waits in line
+        for holder in holders:
+            gate.release(holder)
+        await asked.wait()
+        assert "It was not kept." in asked.content and "session" not in asked.content
+        assert "Each run starts fresh" in model.received[0].messages[0]["content"]
+        assert "NameError" in model.received[2].last_tool_result  # no session: nothing persists
+    finally:
+        w.bot.expiry_sweep.cancel()
+        await (await interpreter.get_engine()).close()
 
 
 async def test_the_hourly_run_limit_stops_the_question_between_runs(bot_settings, model, monkeypatch, tmp_path):

@@ -201,7 +201,8 @@ class FileStore(abc.ABC):
         """Atomically add one to counter `key` unless it already reached `limit`.
 
         Returns the new count, or None (nothing changed) when the limit was reached. A
-        missing counter, or one expired at `now`, starts from 0 and expires at `expires_at`. Safe when many processes call at once.
+        missing counter, or one expired at `now`, starts from 0 and expires at
+        `expires_at`. Safe when many processes call at once.
         """
 
     @abc.abstractmethod
@@ -211,6 +212,7 @@ class FileStore(abc.ABC):
     @abc.abstractmethod
     async def delete_expired_counters(self, now: datetime) -> int:
         """Delete counters expired at `now`; returns how many went."""
+
     # --- file contents, when `holds_blobs` (the local blob dir is then a per-process copy)
 
     async def put_blob(self, file_id: str, data: bytes) -> None:

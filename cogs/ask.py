@@ -411,7 +411,8 @@ class QueuedRunner:
         self.thread = thread
         self.file_ids = [str(meta["file_id"]) for meta in in_reach]
         self.editor = editor
-        self.submitted = False
+        self.submitted = False  # by the bot's scheduler (its cooldown applies to the first)
+        self.admitted = False  # by the access rules (their cooldown applies to the first)
 
     async def run(self, code: str, packages: tuple[str, ...], *, preview: bool = False) -> interpreter.RunResult:
         """One of the model's runs; with `preview`, the look at the member's files before the
@@ -419,10 +420,12 @@ class QueuedRunner:
         the session)."""
         admission = None
         if not preview:
-            outcome = await interpreter.admit_run(run_context(self.interaction))
+            # The cooldown between requests applies to the question's first run only.
+            outcome = await interpreter.admit_run(run_context(self.interaction), cooldown=not self.admitted)
             if isinstance(outcome, Denial):
                 raise RunNotStarted(denial_message(outcome))
             admission = outcome
+            self.admitted = True
         try:
             ticket = self.bot.scheduler.submit(self.interaction.user.id, cooldown=not self.submitted)
         except RunRefused as refusal:

@@ -123,15 +123,16 @@ async def get_executor() -> Executor:
     return (await get_engine()).executor
 
 
-async def admit_run(context: RunContext, *, count: bool = True) -> Admission | Denial:
+async def admit_run(context: RunContext, *, count: bool = True, cooldown: bool = True) -> Admission | Denial:
     """The run access rules (denied members/roles, run channels, hourly limit) for `context`.
 
     With `count` the run counts against the member's hourly limit from now on (cancel
-    the Admission if it never starts); without it nothing is counted.
+    the Admission if it never starts); without it nothing is counted. `cooldown=False`:
+    a later run of a request already admitted (an /ask question's next run).
     """
     access = (await get_engine()).access
     if count:
-        return await access.admit(context)
+        return await access.admit(context, cooldown=cooldown)
     return await access.check(context) or Admission()
 
 

@@ -151,15 +151,18 @@ class RunAccess:
                                                 use_store=use_store)
         return denial
 
-    async def admit(self, context: RunContext) -> Admission | Denial:
-        """Every rule; when they pass, the run counts against the hourly limit from now on."""
+    async def admit(self, context: RunContext, *, cooldown: bool = True) -> Admission | Denial:
+        """Every rule; when they pass, the run counts against the hourly limit from now on.
+
+        `cooldown=False`: a later run of one request already admitted (the second run of an
+        /ask question), which the cooldown between requests does not apply to."""
         denial = self.check_identity(context)
         if denial is not None:
             return denial
         now = self.audit.now()
         token = uuid.uuid4().hex
         leases: tuple[tuple[str, str], ...] = ()
-        if self.settings.run_cooldown_seconds:
+        if cooldown and self.settings.run_cooldown_seconds:
             denial = await self._cooldown_denial(context.member_id, now, take=token)
             if denial is not None:
                 return denial

@@ -375,3 +375,21 @@ async def test_a_long_answer_is_cut_to_one_message_and_attached_whole(ask_world,
     reply = await w.harness.slash("ask", w.alice, question="tell me everything")
     assert len(reply.content) <= 2000 and "the whole answer is in answer.md" in reply.content
     assert reply.final.files["answer.md"].decode() == words.strip()
+
+
+async def test_the_cooldown_applies_to_a_question_not_to_each_of_its_runs(bot_settings, model, monkeypatch, tmp_path):
+    import interpreter
+
+    settings = bot_settings.replace(openai_base_url=model.url, openai_api_key=Secret(API_KEY),
+                                    run_cooldown_seconds=3600.0)
+    w = await start_bot(settings, monkeypatch, tmp_path)
+    try:
+        model.script = [tool_call("print(1)"), tool_call("print(2)"), tool_call("print(3)"), answer("three runs")]
+        reply = await w.harness.slash("ask", w.alice, question="run three times")
+        assert "three runs" in reply.content and "3 runs" in reply.content, reply.content
+        model.script = [tool_call("print(4)")]
+        again = await w.harness.slash("ask", w.alice, question="and again, at once")
+        assert "could not run" in again.content and "Slow down" in again.content, again.content
+    finally:
+        w.bot.expiry_sweep.cancel()
+        await (await interpreter.get_engine()).close()

@@ -1,9 +1,10 @@
 """Execution workers (`python -m interpreter.service`) as real processes on loopback.
 
-`executor_workers(n)` starts n workers, each with its own data dir, sharing the test
-session's sandbox venv, and waits until each answers /readyz. A worker's environment
-is built from scratch: it holds no bot token and no database URI, only its own token,
-as in production. Workers are stopped (SIGKILL if they ignore SIGTERM) after the test.
+`executor_workers(n)` starts n workers (interpreter/service/local.py), each with its own
+data dir, sharing the test session's sandbox venv, and waits until each answers /readyz.
+A worker's environment is built from scratch: it holds no bot token and no database URI,
+only its own token, as in production. Workers are stopped (SIGKILL if they ignore
+SIGTERM) after the test.
 
 Helpers read the process tree from /proc: `descendants(pid)` and `cgroups_of(pids)`,
 to prove no sandbox process or run cgroup outlives a worker.
@@ -12,55 +13,21 @@ to prove no sandbox process or run cgroup outlives a worker.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
-import select
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from tests.fixtures_mongo import free_port
+from interpreter.service.local import LocalWorker, WorkerStartError, start_local_worker, wait_ready
 from tests.fixtures_sandbox import DEFAULT_TEST_VENV
 
-REPO = Path(__file__).resolve().parent.parent
 WORKER_TOKEN = "test-worker-token-7f3a"
-START_SECONDS = 120
-READY_POLLS = 1200  # of 0.1 s: warm-up imports the data libraries, slowly on a shared machine
 
 
-@dataclasses.dataclass
-class WorkerProcess:
-    process: subprocess.Popen
-    port: int
-    data_dir: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-
-def worker_environment(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(data_dir),
-        "PYTHONPATH": str(REPO),
-        "DATA_DIR": str(data_dir),
+def worker_settings(**extra: str) -> dict[str, str]:
+    settings = {
         "SANDBOX_VENV_DIR": os.environ.get("TEST_SANDBOX_VENV_DIR", DEFAULT_TEST_VENV),
         "VENV_MAX_AGE_DAYS": "0",
-        "EXECUTOR_HOST": "127.0.0.1",
-        "EXECUTOR_PORT": str(port),
-        "EXECUTOR_TOKEN": WORKER_TOKEN,
         "SANDBOX_POOL_SIZE": "0",  # cold runs: warm-up costs CPU the shared test machine lacks
         "SANDBOX_LIGHT_POOL_SIZE": "1",
         "MAX_CONCURRENT_RUNS": "4",
@@ -68,53 +35,8 @@ def worker_environment(data_dir: Path, port: int, **extra: str) -> dict[str, str
         "MAX_RUN_TIMEOUT_SECONDS": "30",
         "LOG_LEVEL": "INFO",
     }
-    env.update(extra)
-    return env
-
-
-def start_worker(tmp_path: Path, name: str, **extra: str) -> WorkerProcess:
-    data_dir = tmp_path / name
-    data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "interpreter.service"], cwd=data_dir,
-                               env=worker_environment(data_dir, port, **extra),
-                               stdout=subprocess.PIPE, stderr=open(data_dir / "worker.log", "wb"))
-    ready, _, _ = select.select([process.stdout], [], [], START_SECONDS)
-    line = process.stdout.readline() if ready else b""
-    if not line.startswith(b"listening on"):
-        process.kill()
-        process.wait()
-        pytest.fail(f"worker {name} did not start: {line!r}\n{(data_dir / 'worker.log').read_text()[-3000:]}",
-                    pytrace=False)
-    return WorkerProcess(process, port, data_dir)
-
-
-async def wait_ready(worker: WorkerProcess) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(READY_POLLS):
-            try:
-                async with http.get(worker.url + "/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            if not worker.alive():
-                break
-            await asyncio.sleep(0.1)  # polling a probe, not timing a behaviour
-    pytest.fail(f"worker on {worker.url} never became ready:\n{(worker.data_dir / 'worker.log').read_text()[-3000:]}",
-                pytrace=False)
-
-
-def stop_worker(worker: WorkerProcess) -> None:
-    if worker.alive():
-        worker.process.send_signal(signal.SIGTERM)
-        try:
-            worker.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.process.kill()
-            worker.process.wait()
-    if worker.process.stdout:
-        worker.process.stdout.close()
+    settings.update(extra)
+    return settings
 
 
 def descendants(pid: int) -> set[int]:
@@ -177,15 +99,21 @@ async def until_gone(pids: set[int], polls: int = 300) -> set[int]:
 
 @pytest.fixture
 async def executor_workers(tmp_path, sandbox_venv):
-    """Factory: `await executor_workers(2)` -> [WorkerProcess, ...], ready."""
-    started: list[WorkerProcess] = []
+    """Factory: `await executor_workers(2)` -> [LocalWorker, ...], ready."""
+    started: list[LocalWorker] = []
 
-    async def start(count: int, **extra: str) -> list[WorkerProcess]:
-        workers = [start_worker(tmp_path, f"worker{len(started) + i}", **extra) for i in range(count)]
-        started.extend(workers)
-        await asyncio.gather(*(wait_ready(w) for w in workers))
+    async def start(count: int, **extra: str) -> list[LocalWorker]:
+        try:
+            workers = []
+            for _ in range(count):
+                workers.append(start_local_worker(tmp_path / f"worker{len(started)}", WORKER_TOKEN,
+                                                  **worker_settings(**extra)))
+                started.append(workers[-1])
+            await asyncio.gather(*(wait_ready(w) for w in workers))
+        except WorkerStartError as exc:
+            pytest.fail(str(exc), pytrace=False)
         return workers
 
     yield start
     for worker in started:
-        stop_worker(worker)
+        worker.stop()

@@ -316,11 +316,13 @@ def read_turn(response: Any) -> ModelTurn:
     calls = []
     for index, call in enumerate((getattr(message, "tool_calls", None) or ())[:MAX_CALLS_PER_REPLY]):
         function = getattr(call, "function", None)
+        arguments = getattr(function, "arguments", "") or ""
+        if isinstance(arguments, dict):  # some local servers send an object, not a JSON string
+            arguments = json.dumps(arguments)
         calls.append({
             "id": str(getattr(call, "id", None) or f"call_{index}")[:100],
             "type": "function",
-            "function": {"name": str(getattr(function, "name", "") or ""),
-                         "arguments": str(getattr(function, "arguments", "") or "")},
+            "function": {"name": str(getattr(function, "name", "") or ""), "arguments": str(arguments)},
         })
     content = getattr(message, "content", None)
     text = content.strip()[:MAX_ANSWER_CHARS] if isinstance(content, str) else ""
@@ -493,6 +495,9 @@ class Assistant:
         except (openai.APIResponseValidationError, ValueError, TypeError, KeyError) as exc:
             log.warning("ask: the model endpoint sent a reply that is not a chat completion (%s)", type(exc).__name__)
             return state.answer(AskOutcome.GARBAGE, detail="not a chat completion")
+        except Exception as exc:  # noqa: BLE001 - whatever the SDK or a proxy throws, the member gets a clear line
+            log.warning("ask: the request to the model endpoint failed (%s)", type(exc).__name__)
+            return state.answer(AskOutcome.ENDPOINT_ERROR, detail=f"unexpected {type(exc).__name__}")
         return read_turn(response)
 
     async def _run_call(self, call: dict[str, Any], conversation: Conversation, run_code: RunCode,

@@ -15,7 +15,7 @@ from interpreter.assistant import (
     tool_result_text,
     CodeRun,
 )
-from tests.openai_script import answer, completion, hang, model, tool_call  # noqa: F401 (model: fixture)
+from tests.openai_script import answer, completion, garbage, hang, model, tool_call  # noqa: F401 (model: fixture)
 
 MEMBER = 424242424242424242
 
@@ -125,3 +125,22 @@ async def test_a_flood_of_tool_calls_runs_only_within_the_limits(assistant, mode
     stored_calls = [c for m in conversation.messages if m.get("tool_calls") for c in m["tool_calls"]]
     answered = [m for m in conversation.messages if m["role"] == "tool"]
     assert len(stored_calls) == len(answered) == 5
+
+
+@pytest.mark.parametrize("reply", [
+    garbage("<html>502 Bad Gateway</html>", content_type="text/html"),
+    garbage("{\"choices\": \"not a list\"}"),
+    garbage("not json at all"),
+])
+async def test_replies_that_are_not_chat_completions_end_clearly(assistant, model, reply):
+    model.script = [reply]
+    answered, _ = await ask(assistant)
+    assert answered.outcome in (AskOutcome.GARBAGE, AskOutcome.ENDPOINT_ERROR) and answered.steps == 1
+
+
+async def test_tool_arguments_sent_as_an_object_still_run(assistant, model):
+    call = tool_call("")
+    call["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = {"code": "print('object args')"}
+    model.script = [call, answer("ok")]
+    reply, _ = await ask(assistant)
+    assert [run.output for run in reply.runs] == ["object args\n"]

@@ -160,8 +160,11 @@ class CodeInterpreterBot(commands.Bot):
 
     async def close(self) -> None:
         self.expiry_sweep.cancel()
-        await interpreter.shutdown()  # sessions ended, warm sandboxes destroyed: no sandbox left running
+        # Cogs unload first (discord.py's close), while the engine still serves what their
+        # unloading needs; then the engine: local sessions ended, warm sandboxes destroyed,
+        # connections to remote workers closed.
         await super().close()
+        await interpreter.shutdown()
 
 
 class ShardedCodeInterpreterBot(CodeInterpreterBot, commands.AutoShardedBot):

@@ -116,6 +116,10 @@ class SessionCog(commands.Cog, name="Session"):
 
     async def cog_unload(self) -> None:
         self.sweep.cancel()
+        if self.settings.executor_urls:
+            # Sessions on remote workers outlive this bot process: it may be one of several
+            # pods, or restarting, and their members go on with them.
+            return
         try:  # shutdown: no session's sandbox may outlive the bot
             executor = await interpreter.get_executor()
             for info in await executor.list_sessions():

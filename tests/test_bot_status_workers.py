@@ -111,3 +111,32 @@ async def test_a_draining_worker_shows_as_draining_not_gone(executor_workers, bo
         await run.wait()
     finally:
         await close(world)
+
+
+async def test_a_bot_process_that_stops_leaves_sessions_on_the_workers(executor_workers, bot_settings,
+                                                                       monkeypatch, tmp_path):
+    """Several bot pods share the workers, and a restarting pod comes back: stopping one bot
+    process must not end members' sessions (it once ended every session of the deployment)."""
+    import aiohttp
+
+    worker, = await executor_workers(1)
+    world = await remote_bot(bot_settings, monkeypatch, tmp_path, [worker.url])
+    started = await world.harness.slash("session", world.alice, subcommand="start")
+    assert "session" in started.content.lower(), started.content
+
+    async def sessions_on_worker() -> list:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {WORKER_TOKEN}"}) as http:
+            async with http.get(worker.url + "/v1/sessions") as resp:
+                assert resp.status == 200
+                return (await resp.json())["sessions"]
+
+    assert len(await sessions_on_worker()) == 1
+    # What close() does after a drain (discord.py unloads every extension, then the engine
+    # closes); the harness's fake gateway cannot be closed itself.
+    import interpreter
+
+    for extension in list(world.bot.extensions):
+        await world.bot.unload_extension(extension)
+    await interpreter.shutdown()
+    world.bot.expiry_sweep.cancel()
+    assert len(await sessions_on_worker()) == 1, "a bot process stopping ended a member's session"

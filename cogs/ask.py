@@ -272,8 +272,8 @@ class AskCog(commands.Cog, name="Ask"):
                     reply = await self._ask_model(thread, question, editor, interaction)
                 finally:
                     editor.stop()
-            if reply.outcome in NOT_CHARGED and reply.steps <= 1 or (reply.outcome is AskOutcome.RUN_REFUSED and not reply.steps):
-                await engine.ask_budget.give_back(allowance)  # nothing was done for this question
+            if nothing_was_done(reply):
+                await engine.ask_budget.give_back(allowance)
             content, files = await self._render(interaction, thread, asked, reply)
             await interaction.edit_original_response(content=content, attachments=files,
                                                      view=AskView(self, thread, reply, interaction),
@@ -296,7 +296,8 @@ class AskCog(commands.Cog, name="Ask"):
             files = await self._describe_files(in_reach, runner)
         except RunNotStarted as refusal:  # the look at the files could not start (queue, cooldown)
             return Answer(AskOutcome.RUN_REFUSED, detail=str(refusal))
-        facts = sandbox_facts(self.settings, interpreter.get_package_manager().approved, stateful=thread.conversation.session_id is not None)
+        facts = sandbox_facts(self.settings, interpreter.get_package_manager().approved,
+                              stateful=thread.conversation.session_id is not None)
         return await engine.assistant.ask(thread.conversation, question, system=system_prompt(facts, files),
                                           run_code=runner.run, progress=editor.on_progress)
 
@@ -373,6 +374,14 @@ class AskCog(commands.Cog, name="Ask"):
         lines.append(body)
         lines.extend(footer)
         return "\n".join(lines)[:MESSAGE_LIMIT], files
+
+
+def nothing_was_done(reply: Answer) -> bool:
+    """The question cost nothing, so it does not count against the daily budget: the
+    endpoint refused or failed its first request, or no run could start before it."""
+    if reply.outcome in NOT_CHARGED:
+        return reply.steps <= 1
+    return reply.outcome is AskOutcome.RUN_REFUSED and reply.steps == 0
 
 
 def attach_generated(generated: list, limit: int) -> tuple[list[discord.File], list[str]]:

@@ -255,6 +255,13 @@ def test_executor_security_context_is_the_narrow_sandbox_host():
     assert init["capabilities"] == {"drop": ["ALL"]} and init["allowPrivilegeEscalation"] is False
 
 
+def test_run_uids_fit_in_the_pods_user_namespace():
+    """hostUsers: false maps 65,536 ids into the pod: a run's uid outside them cannot exist there."""
+    settings = load_settings(effective_environment(container(executor(), "executor")), dotenv=False)
+    assert settings.sandbox_uid + settings.sandbox_uid_count <= 65536
+    assert settings.sandbox_gid < 65536
+
+
 def test_every_line_of_the_executor_security_context_is_explained():
     """Each capability added carries its reason on its line, and docs/deploy.md explains each one."""
     source = (KUBERNETES / "base" / "executor.yaml").read_text()

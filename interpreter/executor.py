@@ -167,8 +167,12 @@ class LocalExecutor:
     async def warm_up(self) -> dict:
         await self.packages.ensure_venv()
         layers = self.runner.describe()
-        await self.runner.start_pool()
+        self.runner.start_warm_capacity()  # the fork server or the pool, filling in the background
         return layers
+
+    async def wait_warm(self) -> bool:
+        """Until warm capacity is ready (False: configured off or failed; runs start cold)."""
+        return await self.runner.warm_up()
 
     async def close(self) -> None:
         await self.sessions.close()

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 DRAIN_MARGIN_SECONDS = 15.0  # past the longest run timeout: result upload, sandbox teardown
 SWEEP_SECONDS = 60.0
 CGROUP_POLLS = 50  # of 0.1 s
+WARM_UP_SECONDS = 300.0
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -278,6 +279,11 @@ class ExecutionService:
             missing = [name for name in ("cgroups", "seccomp") if str(layers.get(name, "")).startswith("off")]
             if missing:
                 log.warning("sandbox layers missing on this worker: %s", ", ".join(missing))
+            async with asyncio.timeout(WARM_UP_SECONDS):  # ready means warm, unless warming is stuck
+                await self.executor.wait_warm()
+        except TimeoutError:
+            log.warning("warm capacity not ready after %.0f s; accepting runs, which start cold meanwhile",
+                        WARM_UP_SECONDS)
         except Exception:  # noqa: BLE001 - runs still work cold; status says why
             log.exception("warm-up failed; this worker serves runs cold")
         self.ready = True

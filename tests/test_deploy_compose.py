@@ -70,7 +70,8 @@ def test_executors_scale_without_editing(model):
     url = urlsplit(bot_env["EXECUTOR_URLS"])
     assert url.hostname == "executor" and url.port == int(executor["environment"]["EXECUTOR_PORT"])
     assert executor["environment"]["EXECUTOR_HOST"] == "0.0.0.0"
-    assert "/readyz" in " ".join(executor["healthcheck"]["test"])
+    probe = " ".join(executor["healthcheck"]["test"])
+    assert f"127.0.0.1:{executor['environment']['EXECUTOR_PORT']}/readyz" in probe
 
 
 def test_workers_hold_no_secret_but_their_token(model):

@@ -150,7 +150,6 @@ class Conversation:
     member_id: int
     session_id: str | None = None  # runs continue this session (variables persist), when sessions are on
     messages: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    questions: int = 0
 
     def trim(self, limit: int = HISTORY_CHARS) -> None:
         """Drop the oldest whole turns (a question and everything after it) while the
@@ -416,7 +415,6 @@ class Assistant:
                   progress: ProgressCallback | None = None) -> Answer:
         """Answer `question` as the next turn of `conversation` (which is updated)."""
         scrub = _Scrubber(self._key())
-        conversation.questions += 1
         conversation.messages.append({"role": "user", "content": scrub(question)})
         conversation.trim()
         state = _QuestionState(self.settings.ask_max_steps)

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures_mongo",
     "tests.fixtures_discord",
     "tests.fixtures_executor",
+    "tests.openai_script",  # `model`: a scripted OpenAI-compatible server (/ask)
 ]

@@ -137,7 +137,7 @@ class ScriptedModel:
 
 @pytest.fixture
 async def model():
-    """A scripted model server for one test (set `.script` / `.then`); import this fixture to use it."""
+    """A scripted model server for one test (set `.script` / `.then`); tests/conftest.py registers it."""
     server = await ScriptedModel.start([])
     yield server
     await server.close()

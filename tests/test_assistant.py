@@ -15,7 +15,7 @@ from interpreter.assistant import (
     tool_result_text,
     CodeRun,
 )
-from tests.openai_script import answer, completion, garbage, hang, model, tool_call  # noqa: F401 (model: fixture)
+from tests.openai_script import answer, completion, garbage, hang, tool_call
 
 MEMBER = 424242424242424242
 

@@ -18,7 +18,7 @@ from config.settings import Secret
 from tests.discord_harness import admin_permissions, attachment_payload
 from tests.fixtures_discord import start_bot
 from tests.test_bot_help import fields_of
-from tests.openai_script import answer, garbage, model, refusal, status, tool_call  # noqa: F401 (model: fixture)
+from tests.openai_script import answer, garbage, refusal, status, tool_call
 from interpreter.engine import default_engine
 from tests.test_bot_run import no_pings, occupy_every_slot
 

@@ -140,3 +140,17 @@ async def test_a_bot_process_that_stops_leaves_sessions_on_the_workers(executor_
     await interpreter.shutdown()
     world.bot.expiry_sweep.cancel()
     assert len(await sessions_on_worker()) == 1, "a bot process stopping ended a member's session"
+
+
+async def test_status_names_the_shards_of_the_bot_process_that_answered(discord_world):
+    from bot.sharding import ShardPlan
+
+    w = discord_world
+    reply = await w.harness.slash("status", w.carol, permissions=admin_permissions())
+    fields = {f["name"]: f["value"] for f in reply.message["embeds"][0]["fields"]}
+    assert "this bot process" not in fields["Uptime"]  # not sharded: nothing to say
+    assert "Execution workers" not in fields  # in-process engine: no workers to list
+    w.bot.shards_plan = ShardPlan(4, (2, 3))  # as pod 1 of a StatefulSet with SHARDS_PER_POD=2
+    reply = await w.harness.slash("status", w.carol, permissions=admin_permissions())
+    fields = {f["name"]: f["value"] for f in reply.message["embeds"][0]["fields"]}
+    assert "**this bot process:** shards 2, 3 of 4" in fields["Uptime"]

@@ -155,18 +155,20 @@ class RunCog(commands.Cog, name="Run"):
             in_session = not request.fresh_sandbox and await (await interpreter.get_executor()).session_continues(session_id)
             notices = QueueNotices(interaction)
             try:
-                with interpreter.observe_queue(notices.report):  # the engine's queue says where the run stands
-                    result = await interpreter.run_code(
-                        request.code,
-                        user_id=request.author_id,
-                        user_files=list(request.files) or None,
-                        install_packages=list(request.packages) or None,
-                        timeout=request.timeout,
-                        guild_id=interaction.guild_id,
-                        channel_id=interaction.channel_id,
-                        session_id=session_id if in_session else None,
-                        attach_named_files=not request.fresh_sandbox,
-                    )
+                # the engine's queue says where the run stands; the member's runs in other processes go first
+                with interpreter.observe_queue(notices.report):
+                    async with admission.running():
+                        result = await interpreter.run_code(
+                            request.code,
+                            user_id=request.author_id,
+                            user_files=list(request.files) or None,
+                            install_packages=list(request.packages) or None,
+                            timeout=request.timeout,
+                            guild_id=interaction.guild_id,
+                            channel_id=interaction.channel_id,
+                            session_id=session_id if in_session else None,
+                            attach_named_files=not request.fresh_sandbox,
+                        )
             except Exception:
                 log.exception("execute_code failed for member %s", request.author_id)
                 await notices.settle()

@@ -26,7 +26,9 @@ takes its lease first, then counts the member's leases, and keeps its place only
 is among the first RUNS_PER_MEMBER_PER_HOUR (ordered by time, then id, which every
 process sees alike), so two processes admitting at the same moment can never both take
 the last run. The cooldown (RUN_COOLDOWN_SECONDS) is a lease too (`cooldown:<member>`),
-so a member cannot dodge it by landing on another process.
+so a member cannot dodge it by landing on another process; and a run holds
+`running:<member>` while it executes (`Admission.running()`), so one member's runs
+execute one at a time across processes as they do within one.
 
 When the run history cannot be read (the database is down, or does not answer within
 STORE_CHECK_SECONDS), the limit is NOT a reason to stop runs that need no database:
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -55,6 +58,8 @@ log = logging.getLogger(__name__)
 
 RATE_WINDOW = timedelta(hours=1)
 STORE_CHECK_SECONDS = 2.0
+RUN_LEASE_MARGIN = timedelta(seconds=60)  # past the longest run: queueing and answering
+RUN_LEASE_POLL_SECONDS = 0.25
 UNCOUNTED_NOTE = ("The run history can't be read right now, so your hourly run limit only counts "
                   "the runs since the bot last started.")
 _PRUNE_ALL_ABOVE = 1000  # members remembered before stale windows of absent members are dropped
@@ -110,7 +115,23 @@ class Admission:
         self._member_id = member_id
         self._at = at
         self._leases = leases  # (key, holder) of the store leases it holds: its place in the hour, the cooldown
+        self._runner = access  # for running(), also after cancel()
         self.note = note
+
+    @contextlib.asynccontextmanager
+    async def running(self):
+        """Hold the member's run lease while the run executes: a run of the same member in
+        another process (another shard) waits for it, as two runs in one process do."""
+        access = self._runner
+        if access is None:
+            yield
+            return
+        holder = await access._hold_run_lease(self._member_id)
+        try:
+            yield
+        finally:
+            if holder is not None:
+                access._release_later(((_running_key(self._member_id), holder),))
 
     def cancel(self) -> None:
         access, self._access = self._access, None
@@ -168,7 +189,7 @@ class RunAccess:
                 return denial
             leases = ((_cooldown_key(context.member_id), token),)
         if not self.settings.runs_per_member_per_hour:
-            return Admission(self, context.member_id, None, leases=leases) if leases else Admission()
+            return Admission(self, context.member_id, None, leases=leases)
         if len(self._admitted) > _PRUNE_ALL_ABOVE:
             for member_id in list(self._admitted):
                 self._remembered(member_id, now)
@@ -233,6 +254,25 @@ class RunAccess:
             return None, True
         self._release_later(((place, place),))
         return Denial(DenialReason.RATE, limit=limit, retry_at=ordered[0].expires_at), True
+
+    async def _hold_run_lease(self, member_id: int) -> str | None:
+        """Take `running:<member>`, waiting while another process's run of theirs holds it
+        (bounded by the longest run); None when the store cannot say (then runs go ahead)."""
+        store = self.audit.store
+        token = uuid.uuid4().hex
+        hold = timedelta(seconds=self.settings.max_run_timeout) + RUN_LEASE_MARGIN
+        deadline = time.monotonic() + hold.total_seconds()
+        while True:
+            now = self.audit.now()
+            lease = await self._in_store(lambda: store.acquire_lease(_running_key(member_id), token, now + hold, now))
+            if lease is None:
+                return None
+            if lease.holder == token:
+                return token
+            if time.monotonic() >= deadline:
+                log.warning("member %s: another process's run held the run lease too long; running anyway", member_id)
+                return None
+            await asyncio.sleep(RUN_LEASE_POLL_SECONDS)
 
     def _release_later(self, leases: tuple[tuple[str, str], ...]) -> None:
         """Give leases back in the background (cancel() is synchronous, and never waits on the store)."""
@@ -325,3 +365,7 @@ def _admission_key(member_id: int, token: str) -> str:
 
 def _cooldown_key(member_id: int) -> str:
     return f"cooldown:{member_id}"
+
+
+def _running_key(member_id: int) -> str:
+    return f"running:{member_id}"

@@ -24,7 +24,7 @@ def no_pings(sent) -> None:
     assert mentions.get("parse") == [] and not mentions.get("users") and not mentions.get("roles"), mentions
 
 
-async def until(condition, *, turns: int = 2000) -> None:
+async def until(condition, *, turns: int = 20000) -> None:
     """Let the event loop run until `condition()` holds (no wall-clock sleeps)."""
     for _ in range(turns):
         if condition():

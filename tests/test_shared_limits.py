@@ -168,3 +168,28 @@ async def test_an_admission_cancelled_in_one_process_frees_its_place_for_another
         await asyncio.gather(*first._releasing)
     outcome = await second.admit(RunContext(member_id=MEMBER))
     assert isinstance(outcome, Admission) is cancel
+
+
+async def test_one_members_runs_execute_one_at_a_time_across_processes(tmp_path, mongo_server, mongo_db_name):
+    settings = _settings(tmp_path, "a", mongo_server, mongo_db_name, RUN_COOLDOWN_SECONDS="0")
+    first, second = (RunAccess(settings, RunAudit(settings, open_store(settings))) for _ in range(2))
+    mine, theirs = await first.admit(RunContext(member_id=MEMBER)), await second.admit(RunContext(member_id=MEMBER))
+    other_member = await second.admit(RunContext(member_id=MEMBER + 1))
+    order: list[str] = []
+
+    async def run(admission, name):
+        async with admission.running():
+            order.append(f"{name} starts")
+            await started.wait() if name == "first" else None
+            order.append(f"{name} ends")
+
+    started = asyncio.Event()
+    running_first = asyncio.ensure_future(run(mine, "first"))
+    while order != ["first starts"]:
+        await asyncio.sleep(0)
+    waiting = asyncio.ensure_future(run(theirs, "second"))
+    await run(other_member, "another member")  # not held up by someone else's run
+    assert "second starts" not in order, "the member's second run waits in the other process"
+    started.set()
+    await asyncio.wait_for(asyncio.gather(running_first, waiting), 10)
+    assert order.index("first ends") < order.index("second starts")

@@ -442,7 +442,8 @@ class QueuedRunner:
                 admission.cancel()
             raise RunNotStarted(str(refusal)) from None
         self.submitted = True
-        async with ticket, self.editor.queue_notices():
+        # Admitted runs hold the member's run lease: their runs in other bot processes go first.
+        async with ticket, self.editor.queue_notices(), admission.running() if admission else contextlib.nullcontext():
             return await interpreter.run_code(
                 code, user_id=self.interaction.user.id, user_files=self.file_ids or None,
                 install_packages=list(packages) or None, timeout=PREVIEW_TIMEOUT_SECONDS if preview else None,

@@ -29,6 +29,7 @@ from interpreter.assistant import Assistant
 from interpreter.audit import Clock, RunAudit
 from interpreter.budget import DailyBudget
 from interpreter.packages import PackageManager
+from interpreter.clock import store_time
 from interpreter.executor import ExecutionRequest, Executor, LocalExecutor
 from interpreter.result import RunResult
 from interpreter.sandbox import SandboxRunner
@@ -221,10 +222,11 @@ class Engine:
         return await self.audit.recent(limit, user_id, guild_id)
 
     async def cleanup_expired(self) -> int:
-        """The hourly sweep: expired files (returns how many), expired run records and sessions."""
+        """The hourly sweep: expired files (returns how many), expired run records, leases and sessions."""
         removed = await self.files.cleanup_expired()
         await self.audit.purge_expired()
         await self.ask_budget.purge_expired()
+        await self.store.delete_expired_leases(store_time(self.files.clock))  # SQLite has no TTL index
         await self.executor.sweep_sessions()
         return removed
 

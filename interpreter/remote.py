@@ -426,7 +426,6 @@ class RemoteExecutor:
         for _, answer in await self._every_worker("POST", "/v1/sessions/sweep", b"{}"):
             if isinstance(answer, Answer):
                 ended += int(answer.body.get("ended") or 0)
-        await self.store.delete_expired_leases(self._now())
         return ended
 
     # ------------------------------------------------------------------ status, warm-up, close

@@ -193,3 +193,14 @@ async def test_one_members_runs_execute_one_at_a_time_across_processes(tmp_path,
     started.set()
     await asyncio.wait_for(asyncio.gather(running_first, waiting), 10)
     assert order.index("first ends") < order.index("second starts")
+
+
+async def test_the_hourly_sweep_drops_expired_leases(tmp_path):
+    engine = Engine(file_settings(tmp_path / "data"))  # SQLite: no TTL index does it
+    now = engine.files._now()
+    await engine.store.acquire_lease("cooldown:1", "x", now - timedelta(seconds=1), now - timedelta(seconds=5))
+    await engine.store.acquire_lease("cooldown:2", "y", now + timedelta(hours=1), now)
+    await engine.cleanup_expired()
+    assert [lease.key for lease in await engine.store.leases_with_prefix("cooldown:", now - timedelta(days=1))] == [
+        "cooldown:2"]
+    await engine.close()

@@ -135,7 +135,10 @@ class RemoteExecutor:
             infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port, type=socket.SOCK_STREAM)
         except OSError:
             return [base]  # unresolvable now: keep it, connecting will fail and be retried elsewhere
-        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        # One family: a name such as localhost gives ::1 and 127.0.0.1 for one and the same
+        # process, and a pod has one address per family.
+        family = socket.AF_INET if any(info[0] == socket.AF_INET for info in infos) else socket.AF_INET6
+        addresses = list(dict.fromkeys(info[4][0] for info in infos if info[0] == family))
         if len(addresses) <= 1:
             return [base]
         port = f":{parts.port}" if parts.port else ""

@@ -184,3 +184,13 @@ async def test_no_worker_reachable_is_a_clear_refusal(tmp_path, mongo_server, mo
     finally:
         await engine.close()
         await engine.store.close()
+
+
+async def test_a_name_counts_once_per_address_of_one_family(tmp_path):
+    """`localhost` (::1 and 127.0.0.1: one process) is one worker; the loopback range
+    stands in for a headless Service's pods."""
+    from interpreter.remote import RemoteExecutor
+
+    assert await RemoteExecutor._expand("http://localhost:8790") == ["http://localhost:8790"]
+    assert await RemoteExecutor._expand("http://127.0.0.1:8790") == ["http://127.0.0.1:8790"]
+    assert await RemoteExecutor._expand("http://no-such-host.invalid:8790") == ["http://no-such-host.invalid:8790"]

@@ -67,6 +67,19 @@ async def burst(engine, runs: int, members: int) -> float:
     return runs / elapsed
 
 
+async def round_trips(engine, repeats: int) -> list[float]:
+    """The HTTP hop alone: a session lookup on the worker (no sandbox), over the client's
+    pooled connection, as every run pays it."""
+    executor = engine.executor
+    [worker] = (await executor.workers())[:1]
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        await executor._call(worker, "GET", "/v1/sessions/bench")
+        times.append(time.perf_counter() - started)
+    return times
+
+
 async def measure(engine, args) -> dict:
     await engine.executor.warm_up()
     await one_at_a_time(engine, PLOT, 1)  # first chart: font cache, imports
@@ -106,7 +119,9 @@ async def through_workers(root: Path, count: int, args, *, full: bool) -> dict:
                                      max_concurrent_runs=2 * count))
         try:
             if full:
-                return await measure(engine, args)
+                measured = await measure(engine, args)
+                measured["round_trip"] = await round_trips(engine, args.tiny * 4)
+                return measured
             await engine.executor.warm_up()
             return {"runs_per_s": await burst(engine, args.load, args.members)}
         finally:
@@ -128,6 +143,7 @@ async def main(args: argparse.Namespace) -> None:
     print(line("one worker chart", one["chart"]))
     hop = statistics.median(one["tiny"]) - statistics.median(local["tiny"])
     print(f"HTTP hop (p50 difference, print('hi')): {hop * 1000:+.1f} ms")
+    print(line("HTTP round trip alone", one["round_trip"]))
     print(f"burst of {args.load} short runs from {args.members} members:")
     print(f"  in-process    {local['runs_per_s']:6.1f} runs/s")
     print(f"  one worker    {one['runs_per_s']:6.1f} runs/s")

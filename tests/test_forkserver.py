@@ -300,12 +300,13 @@ async def test_a_dead_template_means_cold_runs_until_it_is_replaced(forking):
         os.kill(pid, signal.SIGKILL)
     await template.proc.wait()
     cold = await run(forking, "print('cold but fine')")
-    assert cold.success and cold.output == "cold but fine\n"
-    assert await asyncio.wait_for(forking.warm_up(), READY_TIMEOUT)
-    assert server.template is not template and stats(forking)["template_deaths"] == 1
+    assert cold.success and cold.output == "cold but fine\n", (cold.error, cold.output)
+    assert await asyncio.wait_for(forking.warm_up(), READY_TIMEOUT), stats(forking)
+    assert server.template is not template and stats(forking)["template_deaths"] == 1, stats(forking)
     forked_before = stats(forking)["runs_forked"]
     warm = await run(forking, "print('forked again')")
-    assert warm.output == "forked again\n" and stats(forking)["runs_forked"] == forked_before + 1
+    assert warm.output == "forked again\n", (warm.error, warm.output)
+    assert stats(forking)["runs_forked"] == forked_before + 1, stats(forking)
 
 
 async def test_a_new_venv_generation_gets_a_new_template_and_the_old_one_goes(forking):

@@ -99,7 +99,7 @@ class CodeInterpreterBot(commands.Bot):
             self._sandbox_warmup = asyncio.create_task(self.prepare_sandbox())
 
     async def prepare_sandbox(self) -> None:
-        """Build the sandbox venv now rather than on the first /run, start the warm pool,
+        """Build the sandbox venv and the warm capacity now rather than on the first /run,
         and say in the log which isolation layers are in force."""
         try:
             layers = await interpreter.warm_up()

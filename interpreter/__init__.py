@@ -156,8 +156,13 @@ async def recent_runs(limit: int = 10, user_id: int | None = None, guild_id: int
 
 
 async def warm_up() -> dict:
-    """Prepare execution now (sandbox venv, warm capacity) rather than on the first run;
-    returns the sandbox layers in force."""
+    """Prepare execution now rather than on the first run: build the sandbox venv and
+    start the warm capacity (the fork-server template, or the pool), returning once it
+    is ready (or could not start within WARM_UP_TIMEOUT; runs then start cold while it
+    keeps trying). Returns the sandbox layers in force, warm capacity included.
+
+    Without it, the first execute_code starts the warm capacity in the background
+    (SANDBOX_WARM_ON_FIRST_RUN)."""
     return await (await get_executor()).warm_up()
 
 

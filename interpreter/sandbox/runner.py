@@ -57,6 +57,7 @@ assert all(len(source) < PIPE_BUFFER for source in [BOOTSTRAP_SOURCE, *RUNTIME_M
 COLLECT_GRACE_SECONDS = 15.0  # after the code ends, time to save figures and send files
 READ_CHUNK = 64 * 1024
 CONTROL_READER_LIMIT = 64 * 1024  # StreamReader buffer; protocol.py bounds headers itself
+WARM_UP_TIMEOUT = 180.0  # warm_up() gives up waiting (not preparing) after this long
 DRAIN_TURNS = 400  # after a session job's "end": event-loop turns allowed for reading its output
 
 # What the member reads. The reason (it can quote host paths and settings) goes to the
@@ -625,28 +626,37 @@ class SandboxRunner:
     async def _set_priority(sandbox: SandboxProcess, nice: int) -> None:
         await asyncio.to_thread(renice_sandbox, sandbox, nice)
 
-    async def warm_up(self) -> bool:
+    async def warm_up(self, timeout: float = WARM_UP_TIMEOUT) -> bool:
         """Start the warm capacity and return once it is ready: the fork-server template
         has imported its libraries (SANDBOX_FORK_SERVER), or every pool lane is full.
 
-        False when warm capacity is configured off, or it could not start (the keeper
-        retries; runs start cold meanwhile). Stop it with `await close()` before the
-        event loop ends (a loop that ends without it drains it when it cancels the keeper).
+        False when warm capacity is configured off, or it could not start (within
+        `timeout`; it keeps trying in the background and runs start cold meanwhile).
+        Stop it with `await close()` before the event loop ends (a loop that ends
+        without it drains it when it cancels the keeper).
         """
-        capacity = self.start_warm_capacity()
-        if isinstance(capacity, SandboxPool):
-            await capacity.wait_until_full()
-            return not capacity.closed
-        if capacity is not None:
-            return await capacity.wait_ready()
-        return False
+        server, pool = self.start_warm_capacity()
+        ready = server is not None or pool is not None
+        try:
+            async with asyncio.timeout(timeout):
+                if server is not None:
+                    ready = await server.wait_ready()
+                if pool is not None:
+                    await pool.wait_until_full()
+                    ready = ready and not pool.closed
+        except TimeoutError:
+            log.warning("warm capacity not ready after %ss; runs start cold until it is", timeout)
+            return False
+        return ready
 
-    def start_warm_capacity(self) -> "ForkServer | SandboxPool | None":
-        """Begin preparing warm capacity in the background (idempotent): the fork server
-        when SANDBOX_FORK_SERVER is on, else the pool. None: configured off."""
+    def start_warm_capacity(self) -> tuple["ForkServer | None", SandboxPool | None]:
+        """Begin preparing warm capacity in the background (idempotent). With SANDBOX_FORK_SERVER:
+        the fork-server template, and the pool's light lane only (a bare sandbox that is already
+        running answers a print() faster than a fork of the 200 MB template can be set up);
+        else the pool. None where configured off."""
         if self.settings.sandbox_fork_server:
-            return self._start_fork_server()
-        return self._start_pool()
+            return self._start_fork_server(), self._start_pool()
+        return None, self._start_pool()
 
     def warm_in_background(self) -> None:
         """First run on this loop and nothing warm started (a library calling execute_code):
@@ -675,12 +685,13 @@ class SandboxRunner:
     async def take_warm(self, workload: Workload, cpu_seconds: float) -> "SandboxProcess | None":
         """A started sandbox for one run or a session, with `cpu_seconds` of CPU: forked from
         the template, else from the pool. None: start cold."""
-        server = self.fork_server_of_this_loop()
+        server, pool = self.fork_server_of_this_loop(), self.pool_of_this_loop()
+        if pool is not None and server is not None and workload is Workload.LIGHT and pool.has_idle(workload):
+            server = None  # a ready bare sandbox beats a fork for code that imports no data library
         if server is not None:
             sandbox = await server.fork(cpu_seconds)
             if sandbox is not None:
                 return sandbox
-        pool = self.pool_of_this_loop()
         if pool is not None:
             sandbox = await pool.acquire(workload)
             if sandbox is not None:
@@ -698,12 +709,13 @@ class SandboxRunner:
 
     def _start_pool(self) -> SandboxPool | None:
         s = self.settings
-        if s.sandbox_pool_size <= 0 and s.sandbox_light_pool_size <= 0:
+        heavy = 0 if s.sandbox_fork_server else s.sandbox_pool_size  # the template serves data work
+        if heavy <= 0 and s.sandbox_light_pool_size <= 0:
             return None
         if self.pool is not None and self.pool.loop is not asyncio.get_running_loop():
             self._forget_pool_of_another_loop()
         if self.pool is None:
-            self.pool = SandboxPool(self, heavy=s.sandbox_pool_size, light=s.sandbox_light_pool_size,
+            self.pool = SandboxPool(self, heavy=heavy, light=s.sandbox_light_pool_size,
                                     heavy_preload=",".join(s.sandbox_pool_preload))
             self.pool.start()
         return self.pool

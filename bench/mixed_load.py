@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.bot_path import bot_scheduler, run_like_a_member
 from bench.run_bench import PLOT, make_settings, p95
 
 MIX = (("print", 0.5), ("chart", 0.2), ("error", 0.2), ("timeout", 0.1))
@@ -65,26 +66,18 @@ def plan(members: int, runs_each: int, seed: int) -> list[tuple[int, str, str]]:
 async def mixed_load(data_dir: Path, members: int, runs_each: int, timeout: int, *, long_runs: int,
                      seed: int = 13) -> dict:
     import interpreter
-    from cogs._queue import RunScheduler
 
     settings = make_settings(data_dir, heavy=1, light=2).replace(max_long_runs=long_runs)
     engine = interpreter.configure(settings)
     await asyncio.wait_for((await engine.runner.start_pool()).wait_until_full(), 120)
-    # The bot's rules, as bot/client.py builds them, but accepting every run of the plan.
-    scheduler = RunScheduler(capacity=settings.max_concurrent_runs, per_member_queued=runs_each,
-                             max_waiting=members * runs_each, cooldown_seconds=0,
-                             queue_waiting=interpreter.queued_runs)
+    scheduler = bot_scheduler(settings, members=members, runs_each=runs_each)
     done: list[tuple[str, float, str]] = []  # kind, latency, exit cause
     most_long = 0
 
     async def one(member: int, kind: str, code: str) -> None:
         nonlocal most_long
-        started = time.perf_counter()
-        async with scheduler.submit(member):
-            with interpreter.observe_queue(lambda position: None):
-                result = await interpreter.run_code(code, user_id=member,
-                                                    timeout=timeout if kind == "timeout" else 60)
-        done.append((kind, time.perf_counter() - started, result.exit_cause.value if result.exit_cause else "refused"))
+        latency, result = await run_like_a_member(scheduler, member, code, timeout if kind == "timeout" else 60)
+        done.append((kind, latency, result.exit_cause.value if result.exit_cause else "refused"))
         most_long = max(most_long, engine.runner.load()["long"])
 
     began = time.perf_counter()

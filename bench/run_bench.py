@@ -65,7 +65,9 @@ def summary(values: list[float]) -> str:
 # ---------------------------------------------------------------------- engine set-up
 
 
-def make_settings(data_dir: Path, *, heavy: int, light: int, concurrent: int = 2):
+def make_settings(data_dir: Path, *, heavy: int, light: int, concurrent: int = 2, fork_server: bool = False):
+    """Explicit warm capacity: `fork_server` (the template, plus `light` bare sandboxes), else the
+    pool's `heavy` and `light` lanes. Nothing starts by itself on a first run."""
     from config import load_settings
 
     return load_settings({
@@ -75,6 +77,8 @@ def make_settings(data_dir: Path, *, heavy: int, light: int, concurrent: int = 2
         "MAX_CONCURRENT_RUNS": str(concurrent),
         "SANDBOX_POOL_SIZE": str(heavy),
         "SANDBOX_LIGHT_POOL_SIZE": str(light),
+        "SANDBOX_FORK_SERVER": "true" if fork_server else "false",
+        "SANDBOX_WARM_ON_FIRST_RUN": "false",
     }, dotenv=False)
 
 

@@ -43,7 +43,7 @@ def pool_runner(data_dir: Path, *, heavy: int = 1, light: int = 1, **environ: st
         data_dir,
         SANDBOX_POOL_SIZE=str(heavy),
         SANDBOX_LIGHT_POOL_SIZE=str(light),
-        **environ,
+        **({"SANDBOX_FORK_SERVER": "false"} | environ),  # the pool's own promises (test_forkserver.py has the template's)
     )
     return SandboxRunner(settings, BumpablePackages(settings))
 

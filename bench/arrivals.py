@@ -1,0 +1,182 @@
+"""Benchmark: issue 16's arrival patterns, through the bot's path, with each kind of warm capacity.
+
+    cd /work/main && .venv/bin/python -m bench.arrivals                    # fork server and pool, ~3 min
+    .venv/bin/python -m bench.arrivals --warm fork --charts 6 --tiny 40   # a quick sanity check
+    .venv/bin/python -m bench.arrivals --snekbox http://127.0.0.1:8060   # also 8 prints at a running snekbox
+
+Every run goes the way a member's /run does (bench/bot_path.py: the bot's request
+rules, then `interpreter.run_code` into the engine's one queue), MAX_CONCURRENT_RUNS=2.
+For each warm capacity (`fork`: the fork-server template plus the light lane; `pool`:
+one heavy and two light pooled sandboxes) it measures, after `interpreter.warm_up()`:
+
+  idle      print('hi') and the chart one at a time, warm capacity ready before each
+  memory    what the idle warm capacity holds: anonymous memory of its processes
+            (what the kernel charges; library files mapped from the page cache are
+            shared with every process) and RSS
+  steady    a chart from a different member every --interval seconds (--charts of them)
+  burst     --burst charts from different members at once
+  tiny      --tiny print('hi') runs from different members at once: runs/s
+  8 prints  8 print('hi') at once: time until all 8 answered (and at snekbox, if given)
+
+Goals (issue 16; the lead measures them on a quiet machine): steady p50 <= 150 ms and
+max <= 400 ms; burst max <= 500 ms; print <= 40 ms; idle memory <= 150 MB; tiny >= 40/s;
+8 prints in at most half of snekbox's time. Figures taken while other work shares
+the CPUs are noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.bot_path import bot_scheduler, run_like_a_member
+from bench.run_bench import PLOT, TINY, make_settings, p95
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:7.1f} ms"
+
+
+def stats_line(values: list[float]) -> str:
+    return f"p50 {ms(statistics.median(values))}  p95 {ms(p95(values))}  max {ms(max(values))}  (n={len(values)})"
+
+
+async def checked(scheduler, member: int, code: str) -> float:
+    latency, result = await run_like_a_member(scheduler, member, code)
+    if not result.success:
+        raise SystemExit(f"benchmark run failed: {result.error[:500]}")
+    return latency
+
+
+async def warm_capacity_memory(runner) -> dict[str, float]:
+    """Anonymous memory and RSS (MB) of every process of the idle warm capacity."""
+    pids: set[int] = set()
+    server = runner.fork_server
+    if server is not None:
+        pids |= server.template_pids()
+    if runner.pool is not None:
+        from interpreter.sandbox.pool import sandbox_pids
+
+        for lane in runner.pool.lanes.values():
+            for warm in lane.idle:
+                pids |= sandbox_pids(warm.sandbox)
+    return {"anon_mb": sum(_status_kb(pid, "RssAnon") for pid in pids) / 1024,
+            "rss_mb": sum(_status_kb(pid, "VmRSS") for pid in pids) / 1024, "processes": len(pids)}
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+async def measure(data_dir: Path, warm: str, args: argparse.Namespace) -> dict:
+    import interpreter
+
+    fork = warm == "fork"
+    settings = make_settings(data_dir / warm, heavy=0 if fork else 1, light=2, fork_server=fork)
+    engine = interpreter.configure(settings)
+    members = max(args.charts, args.burst, args.tiny, 8) + 1
+    scheduler = bot_scheduler(settings, members=members, runs_each=args.repeats + 2)
+    out: dict = {}
+    try:
+        await interpreter.warm_up()
+        await checked(scheduler, 1, PLOT)  # page cache, font cache, SQLite file: not measured
+        out["idle_print"], out["idle_chart"] = [], []
+        for _ in range(args.repeats):
+            for key, code in (("idle_print", TINY), ("idle_chart", PLOT)):
+                await engine.runner.warm_up()
+                out[key].append(await checked(scheduler, 2, code))
+        await engine.runner.warm_up()
+        out["memory"] = await warm_capacity_memory(engine.runner)
+
+        async def arriving(index: int) -> float:
+            await asyncio.sleep(index * args.interval)
+            return await checked(scheduler, 10 + index, PLOT)
+
+        out["steady"] = list(await asyncio.gather(*(arriving(i) for i in range(args.charts))))
+        await engine.runner.warm_up()
+        out["burst"] = list(await asyncio.gather(*(checked(scheduler, 100 + i, PLOT) for i in range(args.burst))))
+        await engine.runner.warm_up()
+        began = time.perf_counter()
+        await asyncio.gather(*(checked(scheduler, 200 + i, TINY) for i in range(args.tiny)))
+        out["tiny_per_s"] = args.tiny / (time.perf_counter() - began)
+        await engine.runner.warm_up()
+        began = time.perf_counter()
+        await asyncio.gather(*(checked(scheduler, 300 + i, TINY) for i in range(8)))
+        out["eight_prints"] = time.perf_counter() - began
+        out["warm"] = engine.runner.describe().get("fork_server"), engine.runner.pool.describe() if engine.runner.pool else {}
+    finally:
+        await engine.close()
+    return out
+
+
+def snekbox_eight_prints(url: str) -> float:
+    """8 concurrent `print('hi')` at a running snekbox (POST /eval); seconds until all answered."""
+    body = json.dumps({"input": TINY}).encode()
+
+    def one() -> None:
+        request = urllib.request.Request(f"{url.rstrip('/')}/eval", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+
+    async def all_eight() -> float:
+        one()  # warm its process pool first, as ours is warm
+        began = time.perf_counter()
+        await asyncio.gather(*(asyncio.to_thread(one) for _ in range(8)))
+        return time.perf_counter() - began
+
+    return asyncio.run(all_eight())
+
+
+def report(warm: str, out: dict) -> None:
+    print(f"\n{warm}:")
+    print(f"  idle print   {stats_line(out['idle_print'])}")
+    print(f"  idle chart   {stats_line(out['idle_chart'])}")
+    memory = out["memory"]
+    print(f"  idle warm capacity: anonymous {memory['anon_mb']:.0f} MB, RSS {memory['rss_mb']:.0f} MB "
+          f"({memory['processes']} processes)")
+    print(f"  steady       {stats_line(out['steady'])}")
+    print(f"  burst        {stats_line(out['burst'])}")
+    print(f"  tiny at once {out['tiny_per_s']:.1f} runs/s")
+    print(f"  8 prints     {ms(out['eight_prints'])}")
+
+
+async def main(args: argparse.Namespace) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    if os.geteuid() != 0:
+        print("note: not root: no per-run cgroups; figures differ from production")
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
+    with tempfile.TemporaryDirectory(prefix="bench-arrivals-") as tmp:
+        for warm in (["fork", "pool"] if args.warm == "both" else [args.warm]):
+            report(warm, await measure(Path(tmp), warm, args))
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end (other work on this machine adds noise)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--warm", choices=("fork", "pool", "both"), default="both")
+    parser.add_argument("--repeats", type=int, default=10, help="idle runs of each kind")
+    parser.add_argument("--charts", type=int, default=20, help="charts in the steady pattern")
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between steady charts")
+    parser.add_argument("--burst", type=int, default=4)
+    parser.add_argument("--tiny", type=int, default=120, help="tiny runs submitted at once")
+    parser.add_argument("--snekbox", default="", help="URL of a running snekbox to compare 8 prints with")
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments))
+    if arguments.snekbox:
+        print(f"snekbox 8 prints {ms(snekbox_eight_prints(arguments.snekbox))}")

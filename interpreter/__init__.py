@@ -25,7 +25,7 @@ from typing import Any
 
 from interpreter.access import Admission, Denial, RunContext
 from interpreter.engine import Engine, configure, get_engine
-from interpreter.executor import ExecutionRequest, Executor, SessionOpened
+from interpreter.executor import ExecutionRequest, Executor, LocalExecutor, SessionOpened
 from interpreter.result import RunResult, SessionState
 from interpreter.sandbox.admission import observe_queue
 from interpreter.sessions import EndReason, SessionInfo
@@ -156,14 +156,20 @@ async def recent_runs(limit: int = 10, user_id: int | None = None, guild_id: int
 
 
 async def warm_up() -> dict:
-    """Prepare execution now rather than on the first run: build the sandbox venv and
-    start the warm capacity (the fork-server template, or the pool), returning once it
-    is ready (or could not start within WARM_UP_TIMEOUT; runs then start cold while it
-    keeps trying). Returns the sandbox layers in force, warm capacity included.
+    """Prepare execution now rather than on the first run: build the sandbox venv, start
+    the warm capacity (the fork-server template, or the pool) and return once it is ready
+    (or could not start within a bound; runs then start cold while it keeps trying).
+    Returns the sandbox layers in force, warm capacity included. With EXECUTOR_URLS the
+    workers warm themselves and report ready on /readyz when they are.
 
     Without it, the first execute_code starts the warm capacity in the background
-    (SANDBOX_WARM_ON_FIRST_RUN)."""
-    return await (await get_executor()).warm_up()
+    (SANDBOX_WARM_ON_FIRST_RUN) and runs start cold until it is ready."""
+    executor = await get_executor()
+    layers = await executor.warm_up()
+    if isinstance(executor, LocalExecutor):
+        await executor.wait_warm()
+        layers = executor.runner.describe()
+    return layers
 
 
 async def shutdown() -> None:

@@ -213,6 +213,30 @@ async def test_each_live_sandbox_has_a_host_uid_of_its_own(runner):
     assert hog.uid is None  # released once nothing of it was left
 
 
+async def test_a_run_learns_nothing_host_wide_from_proc(runner, tmp_path):
+    """Before: /proc/cmdline showed the host's boot parameters and /proc/locks every lock held on
+    the host (device and inode, other runs' included); inotify on the shared venv showed other
+    runs' file opens."""
+    import fcntl
+
+    with open(tmp_path / "host-lock", "w") as held:
+        fcntl.lockf(held, fcntl.LOCK_EX)  # a lock held on the host while the run looks
+        assert Path("/proc/locks").read_text() and Path("/proc/cmdline").read_text()
+        outcome = await run(runner, """
+            import ctypes, errno, os
+            for name in ('/proc/cmdline', '/proc/locks', '/proc/kallsyms'):
+                if os.path.exists(name):
+                    print(name, repr(open(name).read()))
+            libc = ctypes.CDLL(None, use_errno=True)
+            print('inotify', libc.inotify_init1(0), errno.errorcode[ctypes.get_errno()])
+            """)
+    assert outcome.cause is ExitCause.OK, outcome.error
+    lines = outcome.output.splitlines()
+    assert lines[:2] == ["/proc/cmdline ''", "/proc/locks ''"]
+    assert all(line.endswith("''") for line in lines[:-1])
+    assert lines[-1] == "inotify -1 ENOSYS"
+
+
 # --------------------------------------------------------------------------- other users
 
 

@@ -25,6 +25,11 @@ FORK_SERVER_PATH = f"{RUNTIME_MOUNT}/forkserver.py"
 WORK_MOUNT = "/work"
 DATA_MOUNT = "/data"
 SANDBOX_UID_INSIDE = 1000
+# Host-wide facts a run has no use for, shown empty: the kernel command line (boot
+# parameters, sometimes paths or tokens of the host's own setup), every lock held on
+# the host with its device and inode (other runs' activity included), the kernel's
+# modules and symbol names.
+MASKED_PROC_FILES = ("/proc/cmdline", "/proc/locks", "/proc/modules", "/proc/kallsyms")
 MB = 1024 * 1024
 
 
@@ -92,6 +97,7 @@ def build_bwrap_args(
     env: dict[str, str],
     module_fds: Mapping[str, int] | None = None,
     fork_server: bool = False,
+    empty_fds: Mapping[str, int] | None = None,
 ) -> list[str]:
     """`module_fds`: file name -> read end of a pipe holding a runtime module, bound beside the bootstrap.
 
@@ -101,6 +107,10 @@ def build_bwrap_args(
     user namespaces for its runs, so it keeps that ability, and it loads no seccomp
     filter itself: it hands `seccomp_fd`'s program to each run, which loads it after
     setting up its namespaces and dropping its capabilities.
+
+    `empty_fds`: a path of MASKED_PROC_FILES -> an fd with nothing to read, whose (empty)
+    content bwrap puts over it. A bind of /dev/null would not do: bwrap mounts binds
+    nodev, so it could not be opened.
     """
     args = [
         bwrap.path,
@@ -119,6 +129,7 @@ def build_bwrap_args(
         *[arg for name, fd in (module_fds or {}).items() for arg in ("--ro-bind-data", str(fd), f"{RUNTIME_MOUNT}/{name}")],
         "--proc", "/proc",
         "--dev", "/dev",
+        *[arg for path, fd in (empty_fds or {}).items() for arg in ("--ro-bind-data", str(fd), path)],
         *(arg for target, size in run_tmpfs_sizes(settings).items() for arg in ("--size", str(size), "--tmpfs", target)),
         "--remount-ro", "/",
         "--chdir", WORK_MOUNT,

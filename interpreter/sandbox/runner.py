@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from config import Settings
-from interpreter.sandbox.bwrap import BwrapBinary, BwrapNotFound, build_bwrap_args, find_bwrap, sandbox_env
+from interpreter.sandbox.bwrap import (
+    MASKED_PROC_FILES, BwrapBinary, BwrapNotFound, build_bwrap_args, find_bwrap, sandbox_env,
+)
 from interpreter.sandbox.admission import AdmissionGate, Grant
 from interpreter.sandbox.job import SandboxJob, SandboxOutcome
 from interpreter.sandbox.limits import CgroupManager, RunCgroup, prlimit_args
@@ -120,7 +122,15 @@ class SandboxProcess:
         bootstrap_r, bootstrap_w = os.pipe()
         fds = [control_w, job_r, bootstrap_r]
         seccomp_r = None
+        empty_fds: dict[str, int] = {}
         try:
+            for path in MASKED_PROC_FILES:
+                if not os.path.exists(path):  # e.g. /proc/modules on a kernel built without modules
+                    continue
+                empty_r, empty_w = os.pipe()
+                os.close(empty_w)  # at EOF: bwrap reads nothing, so the file is empty
+                empty_fds[path] = empty_r
+                fds.append(empty_r)
             os.write(bootstrap_w, BOOTSTRAP_SOURCE)  # < pipe buffer; bwrap copies it in
             os.close(bootstrap_w)
             module_fds = {}
@@ -139,7 +149,7 @@ class SandboxProcess:
             bwrap_args = build_bwrap_args(
                 settings, runner.bwrap, self.venv_dir,
                 bootstrap_fd=bootstrap_r, control_fd=control_w, job_fd=job_r, seccomp_fd=seccomp_r,
-                env=sandbox_env(self.preload), module_fds=module_fds,
+                env=sandbox_env(self.preload), module_fds=module_fds, empty_fds=empty_fds,
             )
             argv = runner.launch_prefix(self.cgroup, self.cpu_seconds, self.uid) + bwrap_args
             self.proc = await asyncio.create_subprocess_exec(

@@ -23,7 +23,7 @@ If the member process dies during a job (os._exit, a signal, the CPU limit), the
 supervisor exits the same way, so the host reads the cause from bwrap's exit status.
 
 Protocol (see interpreter/sandbox/protocol.py for the host side):
-  JOB_FD  one JSON line (the job: code, input files, limits) followed by the raw
+  JOB_FD  one JSON line (the job: code, input files, limits, last) followed by the raw
           bytes of each input file, in order; then the next job, or EOF.
   stdin   /dev/null (input() fails at once instead of hanging).
   fd 1+2  the member's output (stdout and stderr share one pipe, so order is kept).
@@ -528,7 +528,7 @@ def _processes():
                 continue  # gone meanwhile
 
 
-def pause_run(keep: set[int]) -> None:
+def pause_run(keep: set[int], *, settle: bool = True) -> None:
     """SIGSTOP every process of the run (the member's Python included) but bwrap's pid 1 and us.
 
     Between the runs of a session nothing of the member runs: whatever a run left going
@@ -538,8 +538,11 @@ def pause_run(keep: set[int]) -> None:
     multiprocessing pool kept in a session survives (a worker killed holding the pool's
     queue lock would hang it). Files are collected after this, so nothing changes them
     meanwhile.
+
+    Without `settle` (the last job of a one-shot run, whose sandbox the host kills right
+    after "end") one pass of signals, without waiting for the stops to take effect.
     """
-    for _ in range(PAUSE_PASSES):  # pids.max bounds how many can appear meanwhile
+    for _ in range(PAUSE_PASSES if settle else 1):  # pids.max bounds how many can appear meanwhile
         running = [pid for pid, state in _processes() if pid not in keep and state not in b"TtZX"]
         if not running:
             return
@@ -573,15 +576,18 @@ def supervise(member: MemberLink, jobs) -> None:
     send("ready")
     keep = {1, os.getpid()}
     exit_code = 0
+    jobs_done = 0
     while (job := read_job(jobs)) is not None:
         before = snapshot(WORK_DIR)  # only files new or changed by this job come back
-        resume_run(keep)
+        if jobs_done:
+            resume_run(keep)
         if not member.order({"code": job["code"], "files": job.get("files", [])}):
             member.exit_like_member()
         report = member.next_report()
         if report is None:
             member.exit_like_member()
-        pause_run(keep)
+        pause_run(keep, settle=not job.get("last"))
+        jobs_done += 1
         status = report.get("status") if report.get("status") in ("ok", "exception", "exit", "memory") else "exception"
         exit_code = report.get("exit_code") if isinstance(report.get("exit_code"), int) else 1
         if not -(2**31) <= exit_code < 2**31:

@@ -119,32 +119,24 @@ class SandboxProcess:
             self.uid = runner.uids.acquire()
         control_r, control_w = os.pipe()
         job_r, job_w = os.pipe()
-        bootstrap_r, bootstrap_w = os.pipe()
-        fds = [control_w, job_r, bootstrap_r]
+        fds = [control_w, job_r]
         seccomp_r = None
         empty_fds: dict[str, int] = {}
         try:
+            bootstrap_r = _data_fd("bootstrap", BOOTSTRAP_SOURCE)
+            fds.append(bootstrap_r)
             for path in MASKED_PROC_FILES:
                 if not os.path.exists(path):  # e.g. /proc/modules on a kernel built without modules
                     continue
-                empty_r, empty_w = os.pipe()
-                os.close(empty_w)  # at EOF: bwrap reads nothing, so the file is empty
-                empty_fds[path] = empty_r
-                fds.append(empty_r)
-            os.write(bootstrap_w, BOOTSTRAP_SOURCE)  # < pipe buffer; bwrap copies it in
-            os.close(bootstrap_w)
+                empty_fds[path] = _data_fd("empty", b"")
+                fds.append(empty_fds[path])
             module_fds = {}
             for name, source in RUNTIME_MODULES.items():
-                module_r, module_w = os.pipe()
-                fds.append(module_r)
-                os.write(module_w, source)
-                os.close(module_w)
-                module_fds[name] = module_r
+                module_fds[name] = _data_fd(name, source)
+                fds.append(module_fds[name])
             program = runner.seccomp_program
             if program is not None:
-                seccomp_r, seccomp_w = os.pipe()
-                os.write(seccomp_w, program)
-                os.close(seccomp_w)
+                seccomp_r = _data_fd("seccomp", program)
                 fds.append(seccomp_r)
             bwrap_args = build_bwrap_args(
                 settings, runner.bwrap, self.venv_dir,
@@ -399,6 +391,7 @@ class SandboxProcess:
                 for f in job.input_files
             ],
             "limits": limits,
+            "last": close,  # the sandbox is killed after this job: no need to settle its processes
         }
         channel = self._job_writer
         try:
@@ -842,6 +835,21 @@ class SandboxRunner:
             } if self.pool is not None else {},
             "failures_by_cause": dict(self.failures_by_cause),
         }
+
+
+def _data_fd(name: str, data: bytes) -> int:
+    """An fd to read `data` from, for bwrap to copy in (--ro-bind-data, --seccomp).
+
+    A memfd, not a pipe: writing into a pipe nobody reads yet blocks (the event loop!)
+    once the data passes the pipe's buffer, and an unprivileged bot's pipes shrink to
+    one page when its uid's pipe quota is used up, which a run of the same uid can do.
+    """
+    fd = os.memfd_create(f"sandbox-{name}", os.MFD_CLOEXEC)  # pass_fds hands bwrap a copy
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _signal_name(sig: int) -> str:

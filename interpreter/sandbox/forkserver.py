@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 
 from interpreter.sandbox.bwrap import build_bwrap_args, run_tmpfs_sizes, sandbox_env
 from interpreter.sandbox.limits import RunCgroup, run_rlimits
-from interpreter.sandbox.runner import BOOTSTRAP_SOURCE, RUNTIME_MODULES, SandboxProcess
+from interpreter.sandbox.runner import BOOTSTRAP_SOURCE, RUNTIME_MODULES, SandboxProcess, data_fd
 
 if TYPE_CHECKING:
     from interpreter.sandbox.runner import SandboxRunner
@@ -241,15 +241,15 @@ class ForkServer:
         ours.setblocking(False)
         fds = [theirs.detach()]
         try:
-            bootstrap_fd = _pipe_with(BOOTSTRAP_SOURCE)
+            bootstrap_fd = data_fd("bootstrap", BOOTSTRAP_SOURCE)
             fds.append(bootstrap_fd)
             module_fds = {}
             for name, source in RUNTIME_MODULES.items():  # forkserver.py among them
-                module_fds[name] = _pipe_with(source)
+                module_fds[name] = data_fd(name, source)
                 fds.append(module_fds[name])
             seccomp_fd = None
             if runner.seccomp_program is not None:
-                seccomp_fd = _pipe_with(runner.seccomp_program)
+                seccomp_fd = data_fd("seccomp", runner.seccomp_program)
                 fds.append(seccomp_fd)
             args = build_bwrap_args(settings, runner.bwrap, venv_dir, bootstrap_fd=bootstrap_fd,
                                     control_fd=fds[0], job_fd=-1, seccomp_fd=seccomp_fd,
@@ -550,15 +550,6 @@ class ForkedSandbox(SandboxProcess):
 
 # ---------------------------------------------------------------------- small helpers
 
-
-def _pipe_with(data: bytes) -> int:
-    """A pipe's read end holding `data` (less than a pipe buffer)."""
-    read_end, write_end = os.pipe()
-    try:
-        os.write(write_end, data)
-    finally:
-        os.close(write_end)
-    return read_end
 
 
 async def _receive(sock: socket.socket, timeout: float | None, *,

@@ -54,8 +54,6 @@ BOOTSTRAP_SOURCE = (_RUNTIME_DIR / "bootstrap.py").read_bytes()
 # The bootstrap's companion modules (display, errors, offline), bound beside it at /opt/runtime.
 RUNTIME_MODULES = {path.name: path.read_bytes() for path in sorted(_RUNTIME_DIR.glob("*.py"))
                    if path.name not in {"bootstrap.py", "__init__.py"}}
-PIPE_BUFFER = 65536  # each file is written whole into its pipe before bwrap starts
-assert all(len(source) < PIPE_BUFFER for source in [BOOTSTRAP_SOURCE, *RUNTIME_MODULES.values()])
 COLLECT_GRACE_SECONDS = 15.0  # after the code ends, time to save figures and send files
 READ_CHUNK = 64 * 1024
 CONTROL_READER_LIMIT = 64 * 1024  # StreamReader buffer; protocol.py bounds headers itself
@@ -123,20 +121,20 @@ class SandboxProcess:
         seccomp_r = None
         empty_fds: dict[str, int] = {}
         try:
-            bootstrap_r = _data_fd("bootstrap", BOOTSTRAP_SOURCE)
+            bootstrap_r = data_fd("bootstrap", BOOTSTRAP_SOURCE)
             fds.append(bootstrap_r)
             for path in MASKED_PROC_FILES:
                 if not os.path.exists(path):  # e.g. /proc/modules on a kernel built without modules
                     continue
-                empty_fds[path] = _data_fd("empty", b"")
+                empty_fds[path] = data_fd("empty", b"")
                 fds.append(empty_fds[path])
             module_fds = {}
             for name, source in RUNTIME_MODULES.items():
-                module_fds[name] = _data_fd(name, source)
+                module_fds[name] = data_fd(name, source)
                 fds.append(module_fds[name])
             program = runner.seccomp_program
             if program is not None:
-                seccomp_r = _data_fd("seccomp", program)
+                seccomp_r = data_fd("seccomp", program)
                 fds.append(seccomp_r)
             bwrap_args = build_bwrap_args(
                 settings, runner.bwrap, self.venv_dir,
@@ -837,7 +835,7 @@ class SandboxRunner:
         }
 
 
-def _data_fd(name: str, data: bytes) -> int:
+def data_fd(name: str, data: bytes) -> int:
     """An fd to read `data` from, for bwrap to copy in (--ro-bind-data, --seccomp).
 
     A memfd, not a pipe: writing into a pipe nobody reads yet blocks (the event loop!)

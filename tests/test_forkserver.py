@@ -226,6 +226,28 @@ async def test_a_forked_run_holds_no_capability_no_template_descriptor_and_runs_
     assert not any(link.startswith("socket:") for link in seen["fds"]), seen["fds"]
 
 
+async def test_a_forked_run_learns_nothing_host_wide_from_its_proc(forking, tmp_path):
+    """The run mounts a /proc of its own, over the template's masked one: the masks are made again."""
+    import fcntl
+
+    from interpreter.sandbox.bwrap import MASKED_PROC_FILES
+
+    import ast
+
+    template = ast.parse((Path(interpreter.__file__).parent / "runtime" / "forkserver.py").read_text())
+    [masked] = [ast.literal_eval(node.value) for node in template.body if isinstance(node, ast.Assign)
+                and any(getattr(t, "id", "") == "MASKED_PROC_FILES" for t in node.targets)]
+    assert masked == MASKED_PROC_FILES  # the template runs inside the sandbox: it cannot import bwrap.py
+    with open(tmp_path / "host-lock", "w") as held:
+        fcntl.lockf(held, fcntl.LOCK_EX)
+        outcome = await run(forking, """
+            import os
+            print([(name, open(name).read()) for name in ('/proc/cmdline', '/proc/locks') if os.path.exists(name)])
+            """)
+    assert stats(forking)["runs_forked"] >= 1
+    assert outcome.output.strip() == "[('/proc/cmdline', ''), ('/proc/locks', '')]", (outcome.output, outcome.error)
+
+
 async def test_nothing_a_run_leaves_in_memory_or_files_reaches_the_next_run(forking):
     writer = await run(forking, """
         import json, os, sys

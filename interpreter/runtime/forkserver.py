@@ -77,6 +77,8 @@ CONTROL_FD, JOB_FD = 3, 4  # where the run's supervisor finds its pipes (fd 0 is
 DEVICE_NODES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
 # Mounts a run may write to, all made fresh for it by its init (the device nodes are
 # the template's, but writing to a device node changes no file).
+# The same list as interpreter/sandbox/bwrap.py's MASKED_PROC_FILES (tests/test_forkserver.py checks).
+MASKED_PROC_FILES = ("/proc/cmdline", "/proc/locks", "/proc/modules", "/proc/kallsyms")
 RUN_WRITABLE = {"/proc", "/tmp", "/dev/shm", "/work", "/data", "/dev/pts", *DEVICE_NODES}
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -215,6 +217,11 @@ def _mount_private_world(sizes: dict) -> None:
     # A proc of the run's own pid namespace: it lists the run's processes and nobody else's.
     # (bwrap, started unprivileged as here, covers nothing in its /proc, so the kernel allows it.)
     _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mounting /proc")
+    for masked in MASKED_PROC_FILES:  # host-wide facts shown empty, as bwrap does for launched runs
+        if os.path.exists(masked):
+            _check(_libc.mount(b"/dev/null", masked.encode(), None, MS_BIND, None), f"masking {masked}")
+            _check(_libc.mount(None, masked.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID, None),
+                   f"masking {masked} read-only")
     for target, size in sizes.items():
         options = f"size={int(size)},mode=0755".encode()
         _check(_libc.mount(b"tmpfs", target.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options), f"mounting {target}")

@@ -44,7 +44,9 @@ class BumpablePackages(PackageManager):
 def fork_runner(tmp_path: Path, **environ: str) -> SandboxRunner:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    values = {"SANDBOX_FORK_SERVER": "true", "SANDBOX_POOL_PRELOAD": "json", "SANDBOX_LIGHT_POOL_SIZE": "0"} | environ
+    # No spare: each run is forked when it arrives (the spares have a test of their own).
+    values = {"SANDBOX_FORK_SERVER": "true", "SANDBOX_POOL_PRELOAD": "json", "SANDBOX_LIGHT_POOL_SIZE": "0",
+              "SANDBOX_FORK_SPARES": "0"} | environ
     settings = make_settings(data, **values)
     return SandboxRunner(settings, BumpablePackages(settings))
 
@@ -101,7 +103,8 @@ async def test_execute_code_warms_in_the_background_on_first_use(tmp_path, sandb
     data = tmp_path / "data"
     data.mkdir()
     engine = interpreter.configure(make_settings(data, SANDBOX_FORK_SERVER="true", SANDBOX_POOL_PRELOAD="json",
-                                                 SANDBOX_WARM_ON_FIRST_RUN="true", SANDBOX_LIGHT_POOL_SIZE="0"))
+                                                 SANDBOX_WARM_ON_FIRST_RUN="true", SANDBOX_LIGHT_POOL_SIZE="0",
+                                                 SANDBOX_FORK_SPARES="0"))
     try:
         assert engine.runner.fork_server is None
         first = await interpreter.execute_code("print(1)", user_id=1)
@@ -120,7 +123,7 @@ async def test_the_public_warm_up_returns_once_the_template_is_ready(tmp_path, s
     data = tmp_path / "data"
     data.mkdir()
     engine = interpreter.configure(make_settings(data, SANDBOX_FORK_SERVER="true", SANDBOX_POOL_PRELOAD="json",
-                                                 SANDBOX_LIGHT_POOL_SIZE="0"))
+                                                 SANDBOX_LIGHT_POOL_SIZE="0", SANDBOX_FORK_SPARES="0"))
     try:
         layers = await asyncio.wait_for(interpreter.warm_up(), READY_TIMEOUT)
         assert layers["fork_server"]["ready"], layers["fork_server"]
@@ -141,6 +144,46 @@ async def test_with_the_fork_server_a_light_lane_answers_code_without_data_libra
         assert runner.pool.describe()["light"]["served_warm"] == 1 and stats(runner)["runs_forked"] == 0
         assert (await run(runner, "print(callable(load_file))")).output == "True\n"  # data work, by its names
         assert stats(runner)["runs_forked"] == 1
+    finally:
+        await runner.close()
+
+
+async def test_a_spare_forked_ahead_serves_the_next_run_and_is_replaced(tmp_path, sandbox_venv):
+    """warm_up() waits for the spare too; a run takes it (skipping the fork's set-up), and the
+    keeper forks the next one. A spare is forked before its job is known, so it has the CPU
+    budget of the longest run or a session (as a pooled sandbox); the run's own limit is its
+    wall-clock time-out."""
+    runner = fork_runner(tmp_path, SANDBOX_FORK_SPARES="1", RUN_TIMEOUT_SECONDS="20", MAX_RUN_TIMEOUT_SECONDS="30",
+                         SESSION_CPU_SECONDS="40")
+    try:
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
+        assert stats(runner)["spares"] == "1 of 1"
+        spare = runner.fork_server.spares[0]
+        outcome = await run(runner, "import resource; print(resource.getrlimit(resource.RLIMIT_CPU))", timeout=5)
+        assert outcome.output == "(41, 43)\n", outcome.output
+        assert stats(runner)["served_by_a_spare"] == 1
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
+        assert runner.fork_server.spares[0] is not spare and stats(runner)["spares"] == "1 of 1"
+        spin = await run(runner, "while True: pass", timeout=2)
+        assert spin.cause is ExitCause.TIMEOUT  # the wall clock, not the spare's larger CPU budget
+    finally:
+        await runner.close()
+
+
+async def test_spares_of_an_old_generation_are_never_handed_out(tmp_path, sandbox_venv):
+    runner = fork_runner(tmp_path, SANDBOX_FORK_SPARES="1")
+    try:
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
+        old_spare = runner.fork_server.spares[0]
+        old_template = runner.fork_server.template
+        runner.packages.bump += 1
+        outcome = await run(runner, "print('new')")
+        assert outcome.success
+        assert old_spare not in runner.fork_server.spares
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
+        assert runner.fork_server.template is not old_template
+        assert all(spare.template is runner.fork_server.template for spare in runner.fork_server.spares)
+        await asyncio.wait_for(old_template.proc.wait(), 30)  # no run of it is left, so it went
     finally:
         await runner.close()
 

@@ -32,6 +32,7 @@ only dies by a bug or an admin's kill, and such a run reports that it was killed
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING
 
 from interpreter.sandbox.bwrap import build_bwrap_args, run_tmpfs_sizes, sandbox_env
 from interpreter.sandbox.limits import RunCgroup, run_rlimits
+from interpreter.sandbox.pool import REFILL_DEFER_SECONDS, pooled_cpu_seconds
 from interpreter.sandbox.runner import BOOTSTRAP_SOURCE, RUNTIME_MODULES, SandboxProcess, data_fd
 
 if TYPE_CHECKING:
@@ -125,12 +127,16 @@ class ForkServer:
         self.retired: list[_Template] = []  # old generations, waiting for their runs to end
         self.closed = False
         self.started = 0
-        self.launch_attempts = 0  # finished ones, successful or not
+        self.launch_failures = 0
         self.deaths = 0  # templates that died while serving
         self.forked = 0
         self.fork_failures = 0
         self.last_failure = ""
+        self.spares_target = runner.settings.sandbox_fork_spares
+        self.spares: collections.deque[ForkedSandbox] = collections.deque()  # forked ahead, waiting for a job
+        self.served_spare = 0
         self._wake = asyncio.Event()
+        self._runs_ended = asyncio.Event()
         self._ready_changed = asyncio.Condition()
         self._keeper: asyncio.Task | None = None
         self._reaping: set[asyncio.Task] = set()
@@ -148,16 +154,19 @@ class ForkServer:
     def ready(self) -> bool:
         return self.template is not None and self.template.can_fork(self.packages.generation)
 
+    @property
+    def full(self) -> bool:
+        return self.ready and len(self.spares) >= self.spares_target
+
     async def wait_ready(self) -> bool:
-        """Until a template of the current generation is ready (True), or the server closed or
-        the next template start failed (False: the keeper retries later, runs start cold)."""
+        """Until a template of the current generation is ready with its spares forked (True), or
+        the server closed or the next template start failed (False: the keeper retries later,
+        runs start cold)."""
         if not self.ready:
             self._wake.set()  # perhaps a new generation the keeper has not noticed yet
-        attempts = self.launch_attempts
-        in_progress = self.template is not None and not self.template.ready
+        failures = self.launch_failures
         async with self._ready_changed:
-            await self._ready_changed.wait_for(
-                lambda: self.ready or self.closed or self.launch_attempts > attempts + int(in_progress))
+            await self._ready_changed.wait_for(lambda: self.full or self.closed or self.launch_failures > failures)
         return self.ready
 
     async def close(self) -> None:
@@ -171,6 +180,9 @@ class ForkServer:
         await self._stop_all()
 
     async def _stop_all(self) -> None:
+        spares = list(self.spares)
+        self.spares.clear()
+        await asyncio.gather(*(spare.destroy() for spare in spares), return_exceptions=True)
         templates = [t for t in [self.template, *self.retired] if t is not None]
         self.template, self.retired = None, []
         await asyncio.gather(*(t.destroy(self.runner) for t in templates), return_exceptions=True)
@@ -185,8 +197,15 @@ class ForkServer:
         try:
             while not self.closed:
                 current = self.template
+                if current is not None and current.failed_forks >= FAILED_FORKS_BEFORE_RESTART and not current.retired:
+                    log.warning("fork-server template failed %d forks in a row; replacing it: %s",
+                                current.failed_forks, self.last_failure)
+                    current.retired = True
                 if current is not None and current.can_fork(self.packages.generation):
-                    await self._wait_for_change(current)
+                    if len(self.spares) < self.spares_target:
+                        await self._add_spare(current)
+                    else:
+                        await self._wait_for_change(current)
                     continue
                 if current is not None:
                     self.template = None
@@ -214,10 +233,30 @@ class ForkServer:
         finally:
             died.cancel()
             woken.cancel()
-        if template.alive and template.failed_forks >= FAILED_FORKS_BEFORE_RESTART:
-            log.warning("fork-server template failed %d forks in a row; replacing it: %s",
-                        template.failed_forks, self.last_failure)
-            template.retired = True  # the keeper replaces it
+
+    async def _add_spare(self, template: _Template) -> None:
+        """Fork one run ahead, once the runs in flight have ended (or after REFILL_DEFER_SECONDS):
+        setting a fork up costs CPU the run that just took a spare would feel."""
+        deadline = time.monotonic() + REFILL_DEFER_SECONDS
+        while self.runner.in_flight > 0 and not self.closed and (remaining := deadline - time.monotonic()) > 0:
+            self._runs_ended.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._runs_ended.wait(), remaining)
+        if self.closed or self.template is not template or not template.can_fork(self.packages.generation):
+            return
+        spare = await self._fork_now(template, pooled_cpu_seconds(self.runner.settings))
+        if spare is None:
+            await asyncio.sleep(min(MAX_BACKOFF, 0.5 * 2 ** template.failed_forks))  # a broken fork must not spin
+        elif self.closed or self.template is not template:
+            await spare.destroy()
+        else:
+            self.spares.append(spare)
+            async with self._ready_changed:
+                self._ready_changed.notify_all()
+
+    def run_ended(self) -> None:
+        """The runner's word that a run left its slot: a deferred spare may be forked now."""
+        self._runs_ended.set()
 
     def _replace(self, template: _Template) -> None:
         """The template can no longer fork runs: say why, and let it go."""
@@ -266,7 +305,7 @@ class ForkServer:
             runner.uids.release(uid)
             self.last_failure = f"the template could not be launched: {exc}"
             log.error("fork server: %s", self.last_failure)
-            await self._attempt_finished()
+            await self._launch_failed()
             return False
         finally:
             for fd in fds:
@@ -285,25 +324,29 @@ class ForkServer:
             log.error("fork server: %s", self.last_failure)
             self.template = None
             self._reap(template)
-            await self._attempt_finished()
+            await self._launch_failed()
             return False
         template.python_pid = credentials[0]
         template.ready = True
-        self.launch_attempts += 1
+        async with self._ready_changed:
+            self._ready_changed.notify_all()
         log.info("fork-server template ready (generation %s, preload %s) in %.1f s",
                  generation, self.preload or "(none)", time.monotonic() - template.started_at)
         async with self._ready_changed:
             self._ready_changed.notify_all()
         return True
 
-    async def _attempt_finished(self) -> None:
-        self.launch_attempts += 1
+    async def _launch_failed(self) -> None:
+        self.launch_failures += 1
         async with self._ready_changed:
             self._ready_changed.notify_all()
 
     def _retire(self, template: _Template) -> None:
         """No new runs from it; it is stopped once the runs forked from it have ended."""
         template.retired = True
+        for spare in [spare for spare in self.spares if spare.template is template]:
+            self.spares.remove(spare)
+            self._destroy_later(spare)
         if template.in_use == 0:
             self._reap(template)
         else:
@@ -311,7 +354,14 @@ class ForkServer:
 
     def _reap(self, template: _Template) -> None:
         template.stop()
-        task = asyncio.get_running_loop().create_task(template.destroy(self.runner))
+        self._track(template.destroy(self.runner))
+
+    def _destroy_later(self, sandbox: "ForkedSandbox") -> None:
+        sandbox.kill()
+        self._track(sandbox.destroy())
+
+    def _track(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
 
@@ -333,6 +383,20 @@ class ForkServer:
         if self.closed or template is None or not template.can_fork(self.packages.generation):
             self._wake.set()  # perhaps a new generation: the keeper looks
             return None
+        while self.spares:
+            spare = self.spares.popleft()
+            self._wake.set()  # the keeper forks the next one
+            if spare.template is template and spare.can_take_job and cpu_seconds <= spare.cpu_seconds:
+                self.served_spare += 1
+                self.forked += 1
+                return spare
+            self._destroy_later(spare)
+        sandbox = await self._fork_now(template, cpu_seconds)
+        if sandbox is not None:
+            self.forked += 1
+        return sandbox
+
+    async def _fork_now(self, template: _Template, cpu_seconds: float) -> "ForkedSandbox | None":
         sandbox = ForkedSandbox(self, template, cpu_seconds=cpu_seconds)
         try:
             await sandbox.start()
@@ -352,7 +416,6 @@ class ForkServer:
             self._wake.set()
             return None
         template.failed_forks = 0
-        self.forked += 1
         return sandbox
 
     def describe(self) -> dict:
@@ -364,6 +427,8 @@ class ForkServer:
             "templates_started": self.started,
             "template_deaths": self.deaths,
             "runs_forked": self.forked,
+            "spares": f"{len(self.spares)} of {self.spares_target}",
+            "served_by_a_spare": self.served_spare,
             "fork_failures": self.fork_failures,
             "retired_templates_in_use": len(self.retired),
             "last_failure": self.last_failure or None,
@@ -379,6 +444,9 @@ class ForkServer:
 
     def abandon(self) -> None:
         """Kill everything at once, without waiting (a loop that ended without close())."""
+        for spare in self.spares:
+            spare.abandon()
+        self.spares.clear()
         for template in [self.template, *self.retired]:
             if template is not None:
                 template.stop()

@@ -596,6 +596,8 @@ class SandboxRunner:
             gate.release(grant)
             if (pool := self.pool_of_this_loop()) is not None:
                 pool.run_ended()  # refills wait for runs in flight (pool.py)
+            if (server := self.fork_server_of_this_loop()) is not None:
+                server.run_ended()  # so do spare forks (forkserver.py)
 
     def _count(self, outcome: SandboxOutcome) -> None:
         self.completed += 1

@@ -6,13 +6,13 @@
 
 Every run goes the way a member's /run does (bench/bot_path.py: the bot's request
 rules, then `interpreter.run_code` into the engine's one queue), MAX_CONCURRENT_RUNS=2.
-For each warm capacity (`fork`: the fork-server template plus the light lane; `pool`:
-one heavy and two light pooled sandboxes) it measures, after `interpreter.warm_up()`:
+For each warm capacity (`fork`: the fork-server template and its spare; `pool`: one
+heavy and two light pooled sandboxes) it measures, after `interpreter.warm_up()`:
 
   idle      print('hi') and the chart one at a time, warm capacity ready before each
-  memory    what the idle warm capacity holds: anonymous memory of its processes
-            (what the kernel charges; library files mapped from the page cache are
-            shared with every process) and RSS
+  memory    what the idle warm capacity holds: the memory its cgroups are charged (a
+            page a fork shares with its template counts once) and the RSS of its
+            processes (shared pages once per process, library files included)
   steady    a chart from a different member every --interval seconds (--charts of them)
   burst     --burst charts from different members at once
   tiny      --tiny print('hi') runs from different members at once: runs/s
@@ -56,19 +56,33 @@ async def checked(scheduler, member: int, code: str) -> float:
 
 
 async def warm_capacity_memory(runner) -> dict[str, float]:
-    """Anonymous memory and RSS (MB) of every process of the idle warm capacity."""
-    pids: set[int] = set()
+    """What the idle warm capacity holds (MB): the memory its cgroups are charged (pages a fork
+    shares with its template are charged once, to the template), and the RSS of its processes
+    (which counts shared pages once per process, and library files from the page cache)."""
+    from interpreter.sandbox.pool import sandbox_pids
+
+    sandboxes = []
     server = runner.fork_server
     if server is not None:
-        pids |= server.template_pids()
+        sandboxes += list(server.spares)
     if runner.pool is not None:
-        from interpreter.sandbox.pool import sandbox_pids
-
-        for lane in runner.pool.lanes.values():
-            for warm in lane.idle:
-                pids |= sandbox_pids(warm.sandbox)
-    return {"anon_mb": sum(_status_kb(pid, "RssAnon") for pid in pids) / 1024,
-            "rss_mb": sum(_status_kb(pid, "VmRSS") for pid in pids) / 1024, "processes": len(pids)}
+        sandboxes += [warm.sandbox for lane in runner.pool.lanes.values() for warm in lane.idle]
+    groups = [sandbox.cgroup for sandbox in sandboxes if sandbox.cgroup is not None]
+    pids: set[int] = set()
+    for sandbox in sandboxes:
+        pids |= sandbox_pids(sandbox)
+    if server is not None and server.template is not None:
+        pids |= server.template_pids()
+        if server.template.cgroup is not None:
+            groups.append(server.template.cgroup)
+    charged = 0
+    for group in groups:
+        for folder in group.dirs:
+            for name in ("memory.usage_in_bytes", "memory.current"):
+                if (folder / name).exists():
+                    charged += int((folder / name).read_text())
+    return {"charged_mb": charged / 2**20, "rss_mb": sum(_status_kb(pid, "VmRSS") for pid in pids) / 1024,
+            "processes": len(pids)}
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -146,7 +160,7 @@ def report(warm: str, out: dict) -> None:
     print(f"  idle print   {stats_line(out['idle_print'])}")
     print(f"  idle chart   {stats_line(out['idle_chart'])}")
     memory = out["memory"]
-    print(f"  idle warm capacity: anonymous {memory['anon_mb']:.0f} MB, RSS {memory['rss_mb']:.0f} MB "
+    print(f"  idle warm capacity: cgroups charged {memory['charged_mb']:.0f} MB, RSS {memory['rss_mb']:.0f} MB "
           f"({memory['processes']} processes)")
     print(f"  steady       {stats_line(out['steady'])}")
     print(f"  burst        {stats_line(out['burst'])}")

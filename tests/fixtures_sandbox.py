@@ -48,8 +48,6 @@ def make_settings(data_dir: Path, **environ: str) -> Settings:
         "VENV_MAX_AGE_DAYS": "0",
         "MAX_CONCURRENT_RUNS": "4",
         "SANDBOX_FORK_SERVER": "true" if FORK_SERVER else "false",
-        # Every run through a fork (the light lane would otherwise take the runs without data libraries).
-        **({"SANDBOX_LIGHT_POOL_SIZE": "0"} if FORK_SERVER else {}),
         "SANDBOX_WARM_ON_FIRST_RUN": "false",
     }
     values.update(environ)

@@ -21,7 +21,6 @@ import interpreter
 from interpreter.packages import PackageManager
 from interpreter.sandbox import SandboxRunner
 from interpreter.sandbox.pool import is_running
-from interpreter.sandbox.workload import Workload
 from interpreter.types import ExitCause
 from tests.fixtures_sandbox import FAKE_TOKEN, make_settings
 from tests.sandbox_helpers import files_by_name, run
@@ -45,8 +44,7 @@ def fork_runner(tmp_path: Path, **environ: str) -> SandboxRunner:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     # No spare: each run is forked when it arrives (the spares have a test of their own).
-    values = {"SANDBOX_FORK_SERVER": "true", "SANDBOX_POOL_PRELOAD": "json", "SANDBOX_LIGHT_POOL_SIZE": "0",
-              "SANDBOX_FORK_SPARES": "0"} | environ
+    values = {"SANDBOX_FORK_SERVER": "true", "SANDBOX_POOL_PRELOAD": "json", "SANDBOX_FORK_SPARES": "0"} | environ
     settings = make_settings(data, **values)
     return SandboxRunner(settings, BumpablePackages(settings))
 
@@ -103,8 +101,7 @@ async def test_execute_code_warms_in_the_background_on_first_use(tmp_path, sandb
     data = tmp_path / "data"
     data.mkdir()
     engine = interpreter.configure(make_settings(data, SANDBOX_FORK_SERVER="true", SANDBOX_POOL_PRELOAD="json",
-                                                 SANDBOX_WARM_ON_FIRST_RUN="true", SANDBOX_LIGHT_POOL_SIZE="0",
-                                                 SANDBOX_FORK_SPARES="0"))
+                                                 SANDBOX_WARM_ON_FIRST_RUN="true", SANDBOX_FORK_SPARES="0"))
     try:
         assert engine.runner.fork_server is None
         first = await interpreter.execute_code("print(1)", user_id=1)
@@ -123,7 +120,7 @@ async def test_the_public_warm_up_returns_once_the_template_is_ready(tmp_path, s
     data = tmp_path / "data"
     data.mkdir()
     engine = interpreter.configure(make_settings(data, SANDBOX_FORK_SERVER="true", SANDBOX_POOL_PRELOAD="json",
-                                                 SANDBOX_LIGHT_POOL_SIZE="0", SANDBOX_FORK_SPARES="0"))
+                                                 SANDBOX_FORK_SPARES="0"))
     try:
         layers = await asyncio.wait_for(interpreter.warm_up(), READY_TIMEOUT)
         assert layers["fork_server"]["ready"], layers["fork_server"]
@@ -133,17 +130,13 @@ async def test_the_public_warm_up_returns_once_the_template_is_ready(tmp_path, s
         await engine.close()
 
 
-async def test_with_the_fork_server_a_light_lane_answers_code_without_data_libraries(tmp_path, sandbox_venv):
-    """A bare sandbox already running answers print() sooner than a fork of the template is
-    set up; data work is forked. The pool keeps no heavy sandbox: the template replaces it."""
-    runner = fork_runner(tmp_path, SANDBOX_LIGHT_POOL_SIZE="1", SANDBOX_POOL_SIZE="1")
+async def test_with_the_fork_server_no_pool_is_started(tmp_path, sandbox_venv):
+    """The template and its spares replace both pool lanes (and their memory)."""
+    runner = fork_runner(tmp_path, SANDBOX_LIGHT_POOL_SIZE="2", SANDBOX_POOL_SIZE="1")
     try:
         assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
-        assert runner.pool.lanes[Workload.HEAVY].target == 0
-        assert (await run(runner, "print('light')")).output == "light\n"
-        assert runner.pool.describe()["light"]["served_warm"] == 1 and stats(runner)["runs_forked"] == 0
-        assert (await run(runner, "print(callable(load_file))")).output == "True\n"  # data work, by its names
-        assert stats(runner)["runs_forked"] == 1
+        assert runner.pool is None
+        assert (await run(runner, "print('light')")).output == "light\n" and stats(runner)["runs_forked"] == 1
     finally:
         await runner.close()
 

@@ -145,10 +145,6 @@ class SandboxPool:
     def full(self) -> bool:
         return all(len(lane.idle) >= lane.target for lane in self.lanes.values())
 
-    def has_idle(self, workload: Workload) -> bool:
-        """A ready sandbox of this lane is waiting (acquire would hand it out at once)."""
-        return any(warm.alive and warm.generation == self.generation for warm in self.lanes[workload].idle)
-
     async def wait_until_full(self) -> None:
         """Until every lane holds its target of ready sandboxes (start-up, tests, benchmarks)."""
         async with self._filled:

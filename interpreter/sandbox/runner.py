@@ -653,12 +653,11 @@ class SandboxRunner:
         return ready
 
     def start_warm_capacity(self) -> tuple["ForkServer | None", SandboxPool | None]:
-        """Begin preparing warm capacity in the background (idempotent). With SANDBOX_FORK_SERVER:
-        the fork-server template, and the pool's light lane only (a bare sandbox that is already
-        running answers a print() faster than a fork of the 200 MB template can be set up);
-        else the pool. None where configured off."""
+        """Begin preparing warm capacity in the background (idempotent): the fork-server template
+        and its spares with SANDBOX_FORK_SERVER (they replace both pool lanes), else the pool.
+        None where configured off."""
         if self.settings.sandbox_fork_server:
-            return self._start_fork_server(), self._start_pool()
+            return self._start_fork_server(), None
         return None, self._start_pool()
 
     def warm_in_background(self) -> None:
@@ -689,8 +688,6 @@ class SandboxRunner:
         """A started sandbox for one run or a session, with `cpu_seconds` of CPU: forked from
         the template, else from the pool. None: start cold."""
         server, pool = self.fork_server_of_this_loop(), self.pool_of_this_loop()
-        if pool is not None and server is not None and workload is Workload.LIGHT and pool.has_idle(workload):
-            server = None  # a ready bare sandbox beats a fork for code that imports no data library
         if server is not None:
             sandbox = await server.fork(cpu_seconds)
             if sandbox is not None:
@@ -712,13 +709,12 @@ class SandboxRunner:
 
     def _start_pool(self) -> SandboxPool | None:
         s = self.settings
-        heavy = 0 if s.sandbox_fork_server else s.sandbox_pool_size  # the template serves data work
-        if heavy <= 0 and s.sandbox_light_pool_size <= 0:
+        if s.sandbox_pool_size <= 0 and s.sandbox_light_pool_size <= 0:
             return None
         if self.pool is not None and self.pool.loop is not asyncio.get_running_loop():
             self._forget_pool_of_another_loop()
         if self.pool is None:
-            self.pool = SandboxPool(self, heavy=heavy, light=s.sandbox_light_pool_size,
+            self.pool = SandboxPool(self, heavy=s.sandbox_pool_size, light=s.sandbox_light_pool_size,
                                     heavy_preload=",".join(s.sandbox_pool_preload))
             self.pool.start()
         return self.pool

@@ -3,9 +3,12 @@ between runs, as a notebook kernel does.
 
 A session is one `SandboxProcess` given job after job (`SandboxRunner.run_in`):
 the bootstrap keeps one `__main__` module and one work dir for as long as it lives.
-The same launch chain, cgroup (memory, pids), rlimits and seccomp as one-shot runs
-apply; the cgroup lives as long as the session. Each run is bound by its timeout and
-takes one of the MAX_CONCURRENT_RUNS slots while it runs.
+The same launch chain, cgroup (memory, pids, CPU quota RUN_CPU_CORES), host uid,
+rlimits and seccomp as one-shot runs apply; the cgroup lives as long as the session.
+Each run is bound by its timeout and takes one of the MAX_CONCURRENT_RUNS slots while
+it runs. Between runs nothing of the session runs: when a job ends the sandbox's
+supervisor stops every process of it (threads and background processes included),
+and continues them with the next job (interpreter/runtime/bootstrap.py `pause_run`).
 
 Lifetime:
 - idle expiry (SESSION_IDLE_MINUTES after the last run) and a maximum age

@@ -166,10 +166,15 @@ def _limits_text(limits: dict[str, Any]) -> str:
 
 
 def _runs_fields(status: dict[str, Any]) -> list[tuple[str, str]]:
-    """The audit's part of /status: failure causes over 24 h and the latest runs."""
-    if status.get("run_audit_error"):
-        return [("Recent runs", clean_text(str(status["run_audit_error"])))]
+    """The audit's part of /status: records not in the database yet, failure causes over
+    24 h and the latest runs."""
     fields = []
+    backlog = status.get("run_audit_backlog")
+    if isinstance(backlog, dict) and any(backlog.values()):
+        fields.append(("Run audit backlog", f"**waiting:** {backlog.get('waiting', 0)} · "
+                       f"**kept on disk:** {backlog.get('on_disk', 0)} · **dropped:** {backlog.get('dropped', 0)}"))
+    if status.get("run_audit_error"):
+        return fields + [("Recent runs", clean_text(str(status["run_audit_error"])))]
     counts = status.get("failure_causes")
     if isinstance(counts, dict):
         fields.append(("Runs (24 h)", f"**runs:** {status.get('runs_last_24h', 0)}\n{failures_text(counts)}"))

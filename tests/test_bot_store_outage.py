@@ -154,3 +154,18 @@ async def test_a_limit_only_the_run_history_knows_is_refused_privately_after_the
         world.bot.expiry_sweep.cancel()
         await dpytest.empty_queue()
         await engine.close()
+
+
+def test_status_shows_audit_records_not_yet_in_the_database():
+    from cogs._queue import QueueStats
+    from cogs.admin import status_embed
+
+    status = {"run_audit_error": "The file database is unavailable right now; try again in a minute",
+              "run_audit_backlog": {"waiting": 1, "on_disk": 3, "dropped": 0}}
+    embed = status_embed(status, queue=QueueStats(0, 0, 0, 2), bot_uptime=1.0, latency=0.1)
+    fields = {field.name: field.value for field in embed.fields}
+    assert fields["Run audit backlog"] == "**waiting:** 1 · **kept on disk:** 3 · **dropped:** 0"
+    assert "unavailable" in fields["Recent runs"]
+    quiet = status_embed({"run_audit_backlog": {"waiting": 0, "on_disk": 0, "dropped": 0}},
+                         queue=QueueStats(0, 0, 0, 2), bot_uptime=1.0, latency=0.1)
+    assert "Run audit backlog" not in {field.name for field in quiet.fields}

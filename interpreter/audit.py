@@ -159,12 +159,13 @@ class RunAudit:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
-        """The single writer: the spool first (it holds older runs), then waiting records, in order."""
+        """The single writer: the spool first (it holds older runs), then waiting records, in
+        order; but waiting records first once half of MAX_PENDING of them have piled up."""
         while self._pending or await self._spooled():
             if self.store_known_down():
                 await self._spool_pending()
                 return
-            if await self._spooled():
+            if await self._spooled() and len(self._pending) < MAX_PENDING // 2:
                 written = await self._replay()
             else:
                 written = await self._write(self._pending[0])
@@ -191,6 +192,11 @@ class RunAudit:
         records, unreadable = await asyncio.to_thread(self.spool.read)
         self.dropped += unreadable
         for index, record in enumerate(records):
+            if len(self._pending) >= MAX_PENDING // 2:
+                # Runs went on during a long replay: write theirs first rather than drop them
+                # at MAX_PENDING (readers sort by start time, so the order of writes does not show).
+                await asyncio.to_thread(self.spool.replace, records[index:])
+                return True
             if not await self._write(record):
                 await asyncio.to_thread(self.spool.replace, records[index:])
                 return False

@@ -108,3 +108,25 @@ async def test_shutdown_is_bounded_and_spools_what_is_left(tmp_path, monkeypatch
     await audit.close()
     assert time.monotonic() - started < 2
     assert AuditSpool(audit.spool.path).count == 4  # all four, including the one being written
+
+
+async def test_records_of_new_runs_are_not_dropped_during_a_long_replay(tmp_path, monkeypatch):
+    monkeypatch.setattr(audit_module, "MAX_PENDING", 4)
+    audit = make_audit(tmp_path)
+    earlier = records(audit, 10)
+    audit.spool.append(earlier)  # an earlier outage's records, on disk
+    replayed = {record.code_sha256 for record in earlier}
+    arriving = iter(records(audit, 10, start=10))
+    real_insert = audit.store.insert_run
+
+    async def a_run_ends_during_each_replayed_write(record):
+        await real_insert(record)
+        if record.code_sha256 in replayed:
+            audit.record_later(next(arriving))
+
+    monkeypatch.setattr(audit.store, "insert_run", a_run_ends_during_each_replayed_write)
+    audit._wake()  # the database answers again: the replay starts
+    assert await audit.flush(timeout=10)
+    assert audit.backlog() == {"waiting": 0, "on_disk": 0, "dropped": 0}
+    assert len(await audit.recent(100)) == 20
+    await audit.store.close()

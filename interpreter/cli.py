@@ -32,7 +32,7 @@ async def run_script(settings: Settings, code: str, files: list[Path], out_dir: 
                      timeout: float | None) -> RunResult:
     from interpreter.engine import Engine
 
-    engine = Engine(settings)
+    engine = Engine(settings.replace(sandbox_warm_on_first_run=False))  # one run, then exit: warming would only cost
     try:
         result = await engine.run_snippet(code, local_inputs(files), timeout)
     finally:

@@ -64,10 +64,12 @@ def plan(members: int, runs_each: int, seed: int) -> list[tuple[int, str, str]]:
 
 
 async def mixed_load(data_dir: Path, members: int, runs_each: int, timeout: int, *, long_runs: int,
-                     seed: int = 13) -> dict:
+                     long_after: float | None = None, seed: int = 13) -> dict:
     import interpreter
 
     settings = make_settings(data_dir, heavy=1, light=2).replace(max_long_runs=long_runs)
+    if long_after is not None:
+        settings = settings.replace(run_long_after_seconds=long_after)
     engine = interpreter.configure(settings)
     await asyncio.wait_for((await engine.runner.start_pool()).wait_until_full(), 120)
     scheduler = bot_scheduler(settings, members=members, runs_each=runs_each)
@@ -115,10 +117,11 @@ async def main(args: argparse.Namespace) -> None:
     print(f"mixed load: {args.members} members x {args.runs_per_member} runs at once, 10% time-outs of "
           f"{args.timeout} s, MAX_CONCURRENT_RUNS=2, through the bot's request rules and the engine's queue")
     with tempfile.TemporaryDirectory(prefix="bench-mixed-") as tmp:
-        lanes = [("long lane on (MAX_LONG_RUNS=8)", 8)] + ([("long lane off (MAX_LONG_RUNS=0)", 0)] if args.compare else [])
+        lanes = [(f"long lane on (MAX_LONG_RUNS={args.long_runs})", args.long_runs)]
+        lanes += [("long lane off (MAX_LONG_RUNS=0)", 0)] if args.compare else []
         for index, (label, long_runs) in enumerate(lanes):
             result = await mixed_load(Path(tmp) / str(index), args.members, args.runs_per_member, args.timeout,
-                                      long_runs=long_runs)
+                                      long_runs=long_runs, long_after=args.long_after)
             report(label, result, args.goal)
     print(f"load average {os.getloadavg()[0]:.2f} at the end (other work on this machine adds noise)")
 
@@ -130,4 +133,7 @@ if __name__ == "__main__":
     parser.add_argument("--timeout", type=int, default=10, help="seconds before a time-out run is stopped")
     parser.add_argument("--goal", type=float, default=2.0, help="print p95 goal, seconds")
     parser.add_argument("--compare", action="store_true", help="run the same load again with the long lane off")
+    parser.add_argument("--long-runs", type=int, default=8, help="MAX_LONG_RUNS for the first run")
+    parser.add_argument("--long-after", type=float, default=None,
+                        help="RUN_LONG_AFTER_SECONDS for this run (default: the setting's default)")
     asyncio.run(main(parser.parse_args()))

@@ -199,7 +199,7 @@ FIELDS: tuple[Field, ...] = (
     Field("max_generated_files", "MAX_GENERATED_FILES", "20", _int_range(0), "Files returned from one run; more are listed as skipped."),
     Field("max_concurrent_runs", "MAX_CONCURRENT_RUNS", "2", _int_range(1, 256), "Runs executing at once across the whole bot; others wait in a queue."),
     Field("max_long_runs", "MAX_LONG_RUNS", "8", _int_range(0, 1024), "Runs still going after RUN_LONG_AFTER_SECONDS give their slot to the next run and go on beside the MAX_CONCURRENT_RUNS slots at the lowest CPU priority, up to this many at once (one per member), so short runs never wait behind a sleeping or looping one. 0: long runs keep their slot."),
-    Field("run_long_after_seconds", "RUN_LONG_AFTER_SECONDS", "2", _float_range(0.1), "Seconds after which a run counts as long (see MAX_LONG_RUNS)."),
+    Field("run_long_after_seconds", "RUN_LONG_AFTER_SECONDS", "0.5", _float_range(0.1), "Seconds after which a run counts as long (see MAX_LONG_RUNS); four times that for runs that import the data libraries (charts)."),
     Field("run_queue_per_member", "RUN_QUEUE_PER_MEMBER", "2", _int_range(0, 50), "Runs one member may have waiting behind their running one; more are refused."),
     Field("run_queue_max", "RUN_QUEUE_MAX", "20", _int_range(0, 10_000), "Runs waiting across the whole bot; when full, new runs are refused until the queue drains."),
     Field("run_cooldown_seconds", "RUN_COOLDOWN_SECONDS", "3", _float_range(0), "Seconds a member must wait between starting two runs. 0: no cooldown."),

@@ -115,6 +115,27 @@ async def test_one_long_run_per_member():
     gate.release(second)
 
 
+async def test_charts_count_as_long_only_after_several_times_as_long():
+    """Charts need most of a second of CPU: they must not fill the lane meant for runs
+    the import-based guess got wrong."""
+    from interpreter.sandbox.admission import HEAVY_LONG_FACTOR
+
+    gate = AdmissionGate(2, long_capacity=2, long_after=0.05)
+    light = await gate.acquire(light=True, member=ALICE)
+    heavy = await gate.acquire(light=False, member=BOB)
+    light_long, heavy_long = asyncio.Event(), asyncio.Event()
+    light.on_long(light_long.set)
+    heavy.on_long(heavy_long.set)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(light_long.wait(), 5)
+    assert not heavy.long
+    await asyncio.wait_for(heavy_long.wait(), 5)
+    assert loop.time() - started >= 0.05 * HEAVY_LONG_FACTOR * 0.9
+    gate.release(light)
+    gate.release(heavy)
+
+
 # ---------------------------------------------------------------------- real runs
 
 

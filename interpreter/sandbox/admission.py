@@ -17,10 +17,11 @@ Who goes next, when a slot frees:
 
 The lane is a guess from the code's imports (workload.py), and a guess can be wrong: a
 `time.sleep` loop or a plain-Python loop looks light. So the queue does not trust it
-for long: a run still executing after `long_after` seconds becomes "long". It gives its
-slot to the next waiter and goes on in the long lane (at most `long_capacity` runs, and
-one per member), where the runner lowers its CPU priority to the minimum (`on_long`
-callbacks), so it uses only the CPU short runs leave. When the long lane is full the
+for long: a run still executing after `long_after` seconds (heavy runs: HEAVY_LONG_FACTOR
+times that) becomes "long". It gives its slot to the next waiter and goes on in the
+long lane (at most `long_capacity` runs, and one per member), where the runner lowers
+its CPU priority to the minimum (`on_long` callbacks), so it uses only the CPU short
+runs leave. When the long lane is full the
 run keeps its slot until a long run ends. `long_capacity=0` turns this off.
 
 Queue position: a caller that wants to tell a member where their run stands wraps the
@@ -41,7 +42,11 @@ from collections.abc import Callable, Iterator
 log = logging.getLogger(__name__)
 
 DEFAULT_HEAVY_MAX_WAIT = 5.0
-DEFAULT_LONG_AFTER = 2.0
+DEFAULT_LONG_AFTER = 0.5
+# A heavy run (a chart) needs most of a second of CPU alone, more under load: it counts
+# as long only after this many times `long_after`, so charts do not fill the long lane
+# that exists for runs the guess called light.
+HEAVY_LONG_FACTOR = 4
 _REMEMBERED_MEMBERS = 10_000  # last-start times kept; beyond, only those of waiting members
 
 QueueObserver = Callable[[int], None]
@@ -170,7 +175,8 @@ class AdmissionGate:
                 self._last_start = {g.member: self._last_start.get(g.member, 0) for g in self._waiting}
             self._last_start[grant.member] = next(self._starts)
         if self.long_capacity > 0:
-            grant._timer = asyncio.get_running_loop().call_later(self.long_after, self._became_long, grant)
+            after = self.long_after * (1 if grant.light else HEAVY_LONG_FACTOR)
+            grant._timer = asyncio.get_running_loop().call_later(after, self._became_long, grant)
         if grant._future is not None and not grant._future.done():
             grant._future.set_result(None)
 

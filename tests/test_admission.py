@@ -139,12 +139,19 @@ async def test_charts_count_as_long_only_after_several_times_as_long():
 # ---------------------------------------------------------------------- real runs
 
 
-@pytest.fixture
-async def one_slot_engine(tmp_path: Path, sandbox_venv):
+@pytest.fixture(params=["cold", "forked"])
+async def one_slot_engine(request, tmp_path: Path, sandbox_venv):
+    """One run slot; runs start cold, or are forked from the fork server's template."""
     data = tmp_path / "data"
     data.mkdir()
-    engine = interpreter.configure(make_settings(data, MAX_CONCURRENT_RUNS="1", MAX_LONG_RUNS="4",
-                                                 RUN_LONG_AFTER_SECONDS="0.5", MAX_RUN_TIMEOUT_SECONDS="60"))
+    forked = request.param == "forked"
+    engine = interpreter.configure(make_settings(
+        data, MAX_CONCURRENT_RUNS="1", MAX_LONG_RUNS="4", RUN_LONG_AFTER_SECONDS="0.5",
+        MAX_RUN_TIMEOUT_SECONDS="60", SANDBOX_WARM_ON_FIRST_RUN="false",
+        SANDBOX_FORK_SERVER="true" if forked else "false"))
+    if forked:
+        await interpreter.warm_up()
+        assert engine.runner.fork_server_of_this_loop() is not None
     yield engine
     await engine.close()
 

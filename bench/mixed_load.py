@@ -9,7 +9,8 @@ Every member submits all their runs at once; the runs are shuffled. Each run goe
 way a /run does after Discord: the bot's request rules (cogs/_queue.py RunScheduler,
 with the cooldown off and room for every run of a member, so none is refused), then
 `interpreter.run_code` inside `observe_queue`, into the engine's one queue with
-MAX_CONCURRENT_RUNS=2 and the warm pool started. What is left out is Discord itself
+MAX_CONCURRENT_RUNS=2 and the warm capacity started (the pool, or with --fork-server
+the fork server). What is left out is Discord itself
 (rendering, HTTP), which costs the same whatever the queue does.
 
 The mix: `print` (50%), a pandas/seaborn chart (20%), an exception (20%), and a
@@ -64,14 +65,15 @@ def plan(members: int, runs_each: int, seed: int) -> list[tuple[int, str, str]]:
 
 
 async def mixed_load(data_dir: Path, members: int, runs_each: int, timeout: int, *, long_runs: int,
-                     long_after: float | None = None, seed: int = 13) -> dict:
+                     long_after: float | None = None, fork_server: bool = False, seed: int = 13) -> dict:
     import interpreter
 
-    settings = make_settings(data_dir, heavy=1, light=2).replace(max_long_runs=long_runs)
+    settings = make_settings(data_dir, heavy=1, light=2).replace(max_long_runs=long_runs,
+                                                                 sandbox_fork_server=fork_server)
     if long_after is not None:
         settings = settings.replace(run_long_after_seconds=long_after)
     engine = interpreter.configure(settings)
-    await asyncio.wait_for((await engine.runner.start_pool()).wait_until_full(), 120)
+    await asyncio.wait_for(interpreter.warm_up(), 180)  # the pool, or the fork server's template
     scheduler = bot_scheduler(settings, members=members, runs_each=runs_each)
     done: list[tuple[str, float, str]] = []  # kind, latency, exit cause
     most_long = 0
@@ -121,7 +123,8 @@ async def main(args: argparse.Namespace) -> None:
         lanes += [("long lane off (MAX_LONG_RUNS=0)", 0)] if args.compare else []
         for index, (label, long_runs) in enumerate(lanes):
             result = await mixed_load(Path(tmp) / str(index), args.members, args.runs_per_member, args.timeout,
-                                      long_runs=long_runs, long_after=args.long_after)
+                                      long_runs=long_runs, long_after=args.long_after,
+                                      fork_server=args.fork_server)
             report(label, result, args.goal)
     print(f"load average {os.getloadavg()[0]:.2f} at the end (other work on this machine adds noise)")
 
@@ -134,6 +137,7 @@ if __name__ == "__main__":
     parser.add_argument("--goal", type=float, default=2.0, help="print p95 goal, seconds")
     parser.add_argument("--compare", action="store_true", help="run the same load again with the long lane off")
     parser.add_argument("--long-runs", type=int, default=8, help="MAX_LONG_RUNS for the first run")
+    parser.add_argument("--fork-server", action="store_true", help="warm capacity by forking (SANDBOX_FORK_SERVER)")
     parser.add_argument("--long-after", type=float, default=None,
                         help="RUN_LONG_AFTER_SECONDS for this run (default: the setting's default)")
     asyncio.run(main(parser.parse_args()))

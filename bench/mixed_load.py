@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from bench.bot_path import bot_scheduler, run_like_a_member
-from bench.run_bench import PLOT, make_settings, p95
+from bench.run_bench import PLOT, announce_machine, make_settings, p95
 
 MIX = (("print", 0.5), ("chart", 0.2), ("error", 0.2), ("timeout", 0.1))
 CODE = {
@@ -110,12 +110,7 @@ def report(label: str, result: dict, goal: float) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
-    if os.geteuid() != 0:
-        print("note: not root: no per-run cgroups, so no long lane; figures differ from production")
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
+    announce_machine("no per-run cgroups, so no long lane")
     print(f"mixed load: {args.members} members x {args.runs_per_member} runs at once, 10% time-outs of "
           f"{args.timeout} s, MAX_CONCURRENT_RUNS=2, through the bot's request rules and the engine's queue")
     with tempfile.TemporaryDirectory(prefix="bench-mixed-") as tmp:

@@ -288,15 +288,21 @@ def print_saturation(label: str, sat: dict) -> None:
 # ---------------------------------------------------------------------- main
 
 
-async def main(args: argparse.Namespace) -> None:
+def announce_machine(without_root: str) -> None:
+    """What every benchmark says first: quiet logging, the machine and its load, and what
+    differs when not run as root (`without_root`)."""
     import logging
 
     logging.basicConfig(level=logging.WARNING)
     if os.geteuid() != 0:
-        print("note: not root: no per-run cgroups and no low-priority warming; figures differ from production")
+        print(f"note: not root: {without_root}; figures differ from production")
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
+
+
+async def main(args: argparse.Namespace) -> None:
+    announce_machine("no per-run cgroups and no low-priority warming")
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         data = Path(tmp)
-        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
 
         print("\n1. single runs through execute_code (median / p95; warm = a ready pooled sandbox)")
         times = await warm_vs_cold(data, args.repeats)

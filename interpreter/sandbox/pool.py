@@ -200,8 +200,11 @@ class SandboxPool:
     async def _keep(self) -> None:
         backoff = 0.5
         deferred = False
+        me = asyncio.current_task()
         try:
-            while not self._closed:
+            # cancelling(): a cancellation some await inside swallowed still ends the keeper;
+            # otherwise a loop shutting down (asyncio.run's end) would wait on it for ever.
+            while not self._closed and not me.cancelling():
                 self._check_generation()
                 lane = self._lane_to_fill()
                 if lane is None:

@@ -194,8 +194,9 @@ class ForkServer:
 
     async def _keep(self) -> None:
         backoff = 0.5
+        me = asyncio.current_task()
         try:
-            while not self.closed:
+            while not self.closed and not me.cancelling():  # see SandboxPool._keep
                 current = self.template
                 if current is not None and current.failed_forks >= FAILED_FORKS_BEFORE_RESTART and not current.retired:
                     log.warning("fork-server template failed %d forks in a row; replacing it: %s",

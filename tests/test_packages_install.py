@@ -374,6 +374,23 @@ async def test_a_venv_rebuilt_by_another_process_is_not_rebuilt_again(offline_se
     assert bot.generation == 2 and bot.venv_dir == cli.venv_dir
 
 
+async def test_a_venv_of_an_older_build_recipe_is_rebuilt_once(offline_settings) -> None:
+    """A new build step (e.g. the offline example datasets) reaches venvs built before it existed."""
+    from interpreter.packages import VENV_RECIPE
+
+    manager = PackageManager(offline_settings.replace(venv_max_age_days=0), base_packages=())
+    first = await manager.ensure_venv()
+    marker = manager.marker()
+    manager._write_marker(first, {**marker, "recipe": VENV_RECIPE - 1})
+    assert await manager.ensure_venv() == first, "runs keep the old venv while the new one builds"
+    await manager.wait_for_rebuild()
+    assert manager.venv_dir != first and manager.marker()["recipe"] == VENV_RECIPE
+    rebuilt = manager.venv_dir
+    await manager.ensure_venv()
+    await manager.wait_for_rebuild()
+    assert manager.venv_dir == rebuilt, "once"
+
+
 async def test_max_age_zero_never_rebuilds(offline_settings) -> None:
     now = [1_700_000_000.0]
     manager = PackageManager(offline_settings.replace(venv_max_age_days=0), base_packages=(), clock=lambda: now[0])

@@ -23,6 +23,16 @@ from tests.test_deploy_kubernetes import bot, container, effective_environment
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def code_back_over_tmpfs() -> list[str]:
+    """Read-only binds of the checkout and its venv where they live under /tmp (a CI clone
+    can): the pod's empty /tmp would otherwise hide the code the pod has in its image."""
+    binds: list[str] = []
+    for path in sorted({ROOT, Path(sys.prefix).resolve()}):
+        if path.is_relative_to("/tmp"):
+            binds += ["--ro-bind", str(path), str(path)]
+    return binds
+
+
 async def test_bot_pod_starts_on_a_read_only_root_and_drains(tmp_path, executor_workers, mongo_server,
                                                              mongo_db_name):
     worker, = await executor_workers(1)
@@ -39,12 +49,14 @@ async def test_bot_pod_starts_on_a_read_only_root_and_drains(tmp_path, executor_
                FAKE_DISCORD_GATEWAY=f"ws://127.0.0.1:{fake.port}/gateway")
     # readOnlyRootFilesystem, an emptyDir at DATA_DIR and at /tmp, the StatefulSet's host name.
     command = [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-               "--tmpfs", "/tmp", "--bind", str(data), str(data),
+               "--tmpfs", "/tmp", *code_back_over_tmpfs(), "--bind", str(data), str(data),
                "--unshare-uts", "--hostname", "code-interpreter-bot-0", "--die-with-parent",
                sys.executable, "-c", LAUNCH]
     proc = subprocess.Popen(command, cwd=data, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert identified.wait(120), "the bot never reached the gateway"
+        if not identified.wait(120):
+            proc.kill()
+            raise AssertionError(f"the bot never reached the gateway: {proc.communicate()[1][-4000:]}")
         bot_process = next(pid for pid in descendants(proc.pid)
                            if b"-c" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
         os.kill(bot_process, signal.SIGTERM)  # what the kubelet sends the container's process

@@ -37,7 +37,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.bot_path import bot_scheduler, run_like_a_member
-from bench.run_bench import PLOT, TINY, make_settings, p95
+from bench.run_bench import PLOT, TINY, make_settings, p95, status_kb
 
 
 def ms(seconds: float) -> str:
@@ -81,18 +81,9 @@ async def warm_capacity_memory(runner) -> dict[str, float]:
             for name in ("memory.usage_in_bytes", "memory.current"):
                 if (folder / name).exists():
                     charged += int((folder / name).read_text())
-    return {"charged_mb": charged / 2**20, "rss_mb": sum(_status_kb(pid, "VmRSS") for pid in pids) / 1024,
+    return {"charged_mb": charged / 2**20, "rss_mb": sum(status_kb(pid, "VmRSS") for pid in pids) / 1024,
             "processes": len(pids)}
 
-
-def _status_kb(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 async def measure(data_dir: Path, warm: str, args: argparse.Namespace) -> dict:

@@ -207,8 +207,8 @@ async def idle_memory(data_dir: Path) -> dict[str, float]:
     for workload in (Workload.HEAVY, Workload.LIGHT):
         sandbox = pool.idle_sandboxes(workload)[0]
         pids = sandbox.cgroup.pids() if sandbox.cgroup else {sandbox.proc.pid}
-        out[f"{workload.value}_rss_mb"] = sum(_status_kb(pid, "VmRSS") for pid in pids) / 1024
-        out[f"{workload.value}_anon_mb"] = sum(_status_kb(pid, "RssAnon") for pid in pids) / 1024
+        out[f"{workload.value}_rss_mb"] = sum(status_kb(pid, "VmRSS") for pid in pids) / 1024
+        out[f"{workload.value}_anon_mb"] = sum(status_kb(pid, "RssAnon") for pid in pids) / 1024
         if sandbox.cgroup:
             for d in sandbox.cgroup.dirs:
                 for name in ("memory.usage_in_bytes", "memory.current"):
@@ -218,7 +218,7 @@ async def idle_memory(data_dir: Path) -> dict[str, float]:
     return out
 
 
-def _status_kb(pid: int, key: str) -> int:
+def status_kb(pid: int, key: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):

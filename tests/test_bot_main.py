@@ -32,6 +32,25 @@ def bot_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def run_bot_main(monkeypatch, tmp_path: Path, fake, **environ: str) -> int:
+    """`python -m bot`'s main() in this process against `fake` (tests/fake_discord.py), with
+    bot_env(tmp_path, **environ) and no warm pool; the root logger's handlers are restored."""
+    import bot.__main__ as bot_main
+
+    monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{fake.port}/api/v10")
+    monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY",
+                        yarl.URL(f"ws://127.0.0.1:{fake.port}/gateway"))
+    for key, value in bot_env(tmp_path, DISCORD_TOKEN=REJECTED_TOKEN, SANDBOX_POOL_SIZE="0",
+                              SANDBOX_LIGHT_POOL_SIZE="0", **environ).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    root_handlers = list(logging.getLogger().handlers)
+    try:
+        return bot_main.main()
+    finally:
+        logging.getLogger().handlers[:] = root_handlers
+
+
 class _DiscordSaysUnauthorized(http.server.BaseHTTPRequestHandler):
     """Discord's answer to a bad token: 401 on GET /users/@me."""
 
@@ -117,18 +136,7 @@ def test_without_the_message_content_intent_the_bot_starts_with_drops_off(tmp_pa
     fake = FakeDiscord(close_the_bot)
     try:
         monkeypatch.setattr(bot_main, "create_bot", recording_create_bot)
-        monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{fake.port}/api/v10")
-        monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY",
-                            yarl.URL(f"ws://127.0.0.1:{fake.port}/gateway"))
-        for key, value in bot_env(tmp_path, DISCORD_TOKEN=REJECTED_TOKEN, SANDBOX_POOL_SIZE="0",
-                                  SANDBOX_LIGHT_POOL_SIZE="0").items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.chdir(tmp_path)
-        root_handlers = list(logging.getLogger().handlers)
-        try:
-            code = bot_main.main()
-        finally:
-            logging.getLogger().handlers[:] = root_handlers
+        code = run_bot_main(monkeypatch, tmp_path, fake)
     finally:
         fake.stop()
 

@@ -7,17 +7,14 @@ Discord's API and gateway, which records each IDENTIFY's shard and each API call
 from __future__ import annotations
 
 import asyncio
-import logging
 
-import discord
 import pytest
-import yarl
 from discord.ext import commands
 
 from bot.sharding import ShardPlan, plan_shards
 from config import SettingsError, load_settings
 from tests.fake_discord import FakeDiscord
-from tests.test_bot_main import REJECTED_TOKEN, bot_env
+from tests.test_bot_main import REJECTED_TOKEN, bot_env, run_bot_main
 
 
 def settings_with(**env: str):
@@ -113,18 +110,7 @@ def start_bot(monkeypatch, tmp_path, *, hostname: str, shards_to_wait: int, **en
     try:
         monkeypatch.setattr(bot_main, "create_bot", recording_create_bot)
         monkeypatch.setattr(bot.sharding.socket, "gethostname", lambda: hostname)
-        monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{fake.port}/api/v10")
-        monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY",
-                            yarl.URL(f"ws://127.0.0.1:{fake.port}/gateway"))
-        for key, value in bot_env(tmp_path, DISCORD_TOKEN=REJECTED_TOKEN, AUTO_UPLOAD="false",
-                                  SANDBOX_POOL_SIZE="0", SANDBOX_LIGHT_POOL_SIZE="0", **env).items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.chdir(tmp_path)
-        root_handlers = list(logging.getLogger().handlers)
-        try:
-            code = bot_main.main()
-        finally:
-            logging.getLogger().handlers[:] = root_handlers
+        code = run_bot_main(monkeypatch, tmp_path, fake, AUTO_UPLOAD="false", **env)
     finally:
         fake.stop()
     return code, (bots[-1] if bots else None), fake

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 
 from interpreter.sandbox.bwrap import build_bwrap_args, run_tmpfs_sizes, sandbox_env
 from interpreter.sandbox.limits import RunCgroup, run_rlimits
-from interpreter.sandbox.pool import REFILL_DEFER_SECONDS, pooled_cpu_seconds
+from interpreter.sandbox.pool import REFILL_DEFER_SECONDS, pooled_cpu_seconds, stop_keeper
 from interpreter.sandbox.runner import BOOTSTRAP_SOURCE, RUNTIME_MODULES, SandboxProcess, data_fd
 
 if TYPE_CHECKING:
@@ -173,10 +173,7 @@ class ForkServer:
         """Stop the template(s); runs already forked finish first (their template must outlive them)."""
         self.closed = True
         keeper, self._keeper = self._keeper, None
-        if keeper is not None and not keeper.done():
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+        await stop_keeper(keeper)
         await self._stop_all()
 
     async def _stop_all(self) -> None:

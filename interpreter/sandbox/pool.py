@@ -134,10 +134,7 @@ class SandboxPool:
         """Stop replenishing and destroy every pooled sandbox (runs already handed out finish)."""
         self._closed = True
         keeper, self._keeper = self._keeper, None
-        if keeper is not None and not keeper.done():
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+        await stop_keeper(keeper)
         await self._drain()
         _OPEN_POOLS.discard(self)
 
@@ -387,6 +384,14 @@ class SandboxPool:
 
     def idle_sandboxes(self, workload: Workload) -> list["SandboxProcess"]:
         return [warm.sandbox for warm in self.lanes[workload].idle]
+
+
+async def stop_keeper(keeper: asyncio.Task | None) -> None:
+    """Cancel a background keeper (the pool's, the fork server's) and wait until it has ended."""
+    if keeper is not None and not keeper.done():
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
 
 
 async def destroy_fully(sandbox: "SandboxProcess", pids: set[int]) -> None:

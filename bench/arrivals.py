@@ -3,6 +3,7 @@
     cd /work/main && .venv/bin/python -m bench.arrivals                    # fork server and pool, ~3 min
     .venv/bin/python -m bench.arrivals --warm fork --charts 6 --tiny 40   # a quick sanity check
     .venv/bin/python -m bench.arrivals --snekbox http://127.0.0.1:8060   # also 8 prints at a running snekbox
+    (bench/snekbox.py starts snekbox itself and compares side by side, round by round)
 
 Every run goes the way a member's /run does (bench/bot_path.py: the bot's request
 rules, then `interpreter.run_code` into the engine's one queue), MAX_CONCURRENT_RUNS=2.
@@ -28,16 +29,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from bench.bot_path import bot_scheduler, run_like_a_member
 from bench.run_bench import PLOT, TINY, make_settings, p95, status_kb
+from bench.snekbox import snekbox_eight_prints
 
 
 def ms(seconds: float) -> str:
@@ -125,25 +125,6 @@ async def measure(data_dir: Path, warm: str, args: argparse.Namespace) -> dict:
     finally:
         await engine.close()
     return out
-
-
-def snekbox_eight_prints(url: str) -> float:
-    """8 concurrent `print('hi')` at a running snekbox (POST /eval); seconds until all answered."""
-    body = json.dumps({"input": TINY}).encode()
-
-    def one() -> None:
-        request = urllib.request.Request(f"{url.rstrip('/')}/eval", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            response.read()
-
-    async def all_eight() -> float:
-        one()  # warm its process pool first, as ours is warm
-        began = time.perf_counter()
-        await asyncio.gather(*(asyncio.to_thread(one) for _ in range(8)))
-        return time.perf_counter() - began
-
-    return asyncio.run(all_eight())
 
 
 def report(warm: str, out: dict) -> None:

@@ -65,21 +65,25 @@ def summary(values: list[float]) -> str:
 # ---------------------------------------------------------------------- engine set-up
 
 
-def make_settings(data_dir: Path, *, heavy: int, light: int, concurrent: int = 2, fork_server: bool = False):
+def make_settings(data_dir: Path, *, heavy: int | None, light: int | None, concurrent: int = 2,
+                  fork_server: bool | None = False):
     """Explicit warm capacity: `fork_server` (the template, plus `light` bare sandboxes), else the
-    pool's `heavy` and `light` lanes. Nothing starts by itself on a first run."""
+    pool's `heavy` and `light` lanes; None leaves that setting at the project's default. Nothing
+    starts by itself on a first run."""
     from config import load_settings
 
-    return load_settings({
+    values = {
         "DATA_DIR": str(data_dir),
         "SANDBOX_VENV_DIR": os.environ.get("SANDBOX_VENV_DIR", DEFAULT_VENV),
         "VENV_MAX_AGE_DAYS": "0",
         "MAX_CONCURRENT_RUNS": str(concurrent),
-        "SANDBOX_POOL_SIZE": str(heavy),
-        "SANDBOX_LIGHT_POOL_SIZE": str(light),
-        "SANDBOX_FORK_SERVER": "true" if fork_server else "false",
         "SANDBOX_WARM_ON_FIRST_RUN": "false",
-    }, dotenv=False)
+    }
+    for name, value in (("SANDBOX_POOL_SIZE", heavy), ("SANDBOX_LIGHT_POOL_SIZE", light),
+                        ("SANDBOX_FORK_SERVER", fork_server)):
+        if value is not None:
+            values[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return load_settings(values, dotenv=False)
 
 
 async def timed_execute(code: str, user_id: int = 1) -> tuple[float, dict]:

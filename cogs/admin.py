@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 MAX_FIELD_LINES = 12
 STATUS_RECENT_RUNS = 5
 RUNS_SHOWN = 10
-RUN_ICONS = {"ok": "✅", "failed": "❌", "refused": "🚫"}
+RUN_ICONS = {"ok": "✅", "failed": "❌", "refused": "🚫", "running": "⏳", "interrupted": "⚠️"}
 
 
 def format_duration(seconds: float) -> str:
@@ -135,7 +135,7 @@ def run_line(run: dict[str, Any], *, show_member: bool) -> str:
         parts.append(f"<@{int(run.get('user_id') or 0)}>")
     parts.append(f"{RUN_ICONS.get(status, '•')} {inline(str(run.get('exit_cause') or status), 30)}")
     duration = run.get("duration_seconds")
-    if isinstance(duration, (int, float)):
+    if isinstance(duration, (int, float)) and status not in ("running", "interrupted"):  # no end, no duration
         parts.append(f"{duration:.1f} s")
     if run.get("channel_id"):
         parts.append(f"<#{int(run['channel_id'])}>")
@@ -177,7 +177,8 @@ def _runs_fields(status: dict[str, Any]) -> list[tuple[str, str]]:
         return fields + [("Recent runs", clean_text(str(status["run_audit_error"])))]
     counts = status.get("failure_causes")
     if isinstance(counts, dict):
-        fields.append(("Runs (24 h)", f"**runs:** {status.get('runs_last_24h', 0)}\n{failures_text(counts)}"))
+        in_flight = f" · **in flight:** {status['runs_in_flight']}" if status.get("runs_in_flight") else ""
+        fields.append(("Runs (24 h)", f"**runs:** {status.get('runs_last_24h', 0)}{in_flight}\n{failures_text(counts)}"))
     recent = status.get("recent_runs")
     if isinstance(recent, list):
         fields.append(("Recent runs", _fit([run_line(run, show_member=True) for run in recent], EMBED_FIELD_LIMIT)))

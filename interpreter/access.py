@@ -13,12 +13,13 @@ How the hourly limit counts: from the run audit in the store, combined with an
 in-memory sliding window of the runs this process admitted. The store makes the
 limit survive a restart (a member cannot reset it by waiting for one) and apply
 across processes sharing the database; it is also exactly what admins see in /runs.
-But the audit records a run only when it ends, so runs still queued or running are
-in the memory window only, and the window also keeps the limit working while the
-database is down. The count is the larger of the two. What this can miss: right
-after a restart (or across processes) runs that are queued but not yet recorded,
-so a member may go over by at most their queue depth (RUN_QUEUE_PER_MEMBER + 1).
-Refused requests (bad file id, package refused) do not count: they never ran.
+The audit records a run when the engine takes it (status "running", under its run id)
+and completes that same record when it ends, so runs in flight count, once each, and a
+run whose process died still counts (as "interrupted"). The memory window covers the
+moment between admission and that first write (records are written in the background)
+and keeps the limit working while the database is down. The count is the larger of
+the two, never their sum. Refused requests (bad file id, package refused) do not count:
+their record ends as "refused".
 
 Across processes (several bot processes on one database), each admission is also a
 lease in the store (`admission:<member>:<id>`, expiring after the hour): an admission

@@ -6,8 +6,10 @@ in order once the database answers again, then removes it. The file is bounded
 (`max_records`): beyond it records are dropped and counted, as are records that cannot
 be written at all (a full disk) and lines that cannot be read back.
 
-Replay is at-least-once: a record whose insert reached the database just as the
-connection broke may be written twice. All methods block: call them in a thread.
+Replay is idempotent: every record carries its run's id and the store upserts on it, so a
+record whose write reached the database just as the connection broke, replayed again, is
+still one record (and a run's admission replayed after its end changes nothing). Lines
+from before run ids (none) are added as they are. All methods block: call them in a thread.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def _record(line: str) -> RunRecord:
         fields[name] = datetime.fromisoformat(fields[name]) if fields[name] is not None else None
     for name in _LISTS:
         fields[name] = tuple(str(item) for item in fields[name])
+    if not isinstance(fields.get("run_id"), (str, type(None))):
+        raise TypeError("run_id")
     return RunRecord(**fields)
 
 

@@ -20,13 +20,14 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from config import Settings, load_settings
 from interpreter import policy
 from interpreter.access import RunAccess
 from interpreter.assistant import Assistant
-from interpreter.audit import Clock, RunAudit
+from interpreter.audit import Clock, RunAudit, new_run_id
 from interpreter.budget import DailyBudget
 from interpreter.packages import PackageManager
 from interpreter.clock import store_time
@@ -132,32 +133,43 @@ class Engine:
         MAX_RUN_TIMEOUT_SECONDS is lowered to it and `warnings` says so
         (`timeout_seconds` is the limit the run had).
 
-        Every call is recorded in the audit afterwards, in the background (`guild_id`/
-        `channel_id` say where it was asked for; a call without a valid user_id is
-        recorded under UNKNOWN_MEMBER_ID): recording never changes or delays the result
-        and never raises.
+        Every call is recorded in the audit, in the background (`guild_id`/`channel_id`
+        say where it was asked for; a call without a valid user_id is recorded under
+        UNKNOWN_MEMBER_ID): once the request is valid, as a run in flight under a new run
+        id, and when it ends, completing that record. Recording never changes or delays
+        the result and never raises. Execution may be remote (and retried on another
+        worker): the record is written here, on the side that owns the store, so a run
+        keeps one id and one record however many workers it took.
         """
         started_at = self.audit.now()
         began = time.monotonic()
+        run_id = new_run_id()
+        member = user_id if _is_int(user_id) else UNKNOWN_MEMBER_ID
+
+        def admitted() -> None:
+            self.audit.record_later(self.audit.admission_record(
+                run_id=run_id, user_id=member, code=code, started_at=started_at, guild_id=guild_id,
+                channel_id=channel_id, packages=install_packages, files=user_files))
+
         result = await self._run(code, user_id, user_files, install_packages, timeout,
                                  keep_generated_files=keep_generated_files, session_id=session_id,
-                                 attach_named_files=attach_named_files)
-        member = user_id if _is_int(user_id) else UNKNOWN_MEMBER_ID
+                                 attach_named_files=attach_named_files, admitted=admitted)
         record = self.audit.build_record(
             result.to_dict(), user_id=member, code=code, started_at=started_at,
             duration_seconds=time.monotonic() - began, guild_id=guild_id, channel_id=channel_id,
-            packages=install_packages, files=user_files)
+            packages=install_packages, files=user_files, run_id=run_id)
         self.audit.record_later(record)
         return result
 
     async def _run(self, code: Any, user_id: int, user_files: list[str] | None,
                    install_packages: list[str] | None, timeout: float | None, *,
                    keep_generated_files: bool, session_id: str | None = None,
-                   attach_named_files: bool = True) -> RunResult:
+                   attach_named_files: bool = True, admitted: Callable[[], None] = lambda: None) -> RunResult:
         checked = self._check(code, timeout, user_id=user_id, user_files=user_files,
                               install_packages=install_packages, session_id=session_id)
         if checked.refusal:
             return RunResult.refusal(checked.refusal)
+        admitted()  # a valid request: from here on it is a run in flight (the audit's admission record)
         try:
             inputs = await self.files.resolve_for_run(user_id, list(user_files or ()))
             if attach_named_files:

@@ -27,7 +27,7 @@ def records(audit: RunAudit, count: int, start: int = 0):
                                started_at=audit.now(), duration_seconds=0.1) for n in range(start, start + count)]
 
 
-async def insert_that_hangs(record) -> None:
+async def insert_that_hangs(records) -> None:
     """A database that accepted the connection and never answers."""
     await asyncio.Event().wait()
 
@@ -90,7 +90,7 @@ async def test_memory_backlog_is_bounded_while_a_write_hangs(tmp_path, monkeypat
     audit = make_audit(tmp_path)
     monkeypatch.setattr(audit_module, "MAX_PENDING", 10)
     monkeypatch.setattr(audit_module, "WRITE_TIMEOUT_SECONDS", 0.5)
-    monkeypatch.setattr(audit.store, "insert_run", insert_that_hangs)
+    monkeypatch.setattr(audit.store, "save_runs", insert_that_hangs)
     for record in records(audit, 25):
         audit.record_later(record)
     assert audit.backlog()["dropped"] == 15  # beyond the bound: counted, not kept in memory
@@ -101,7 +101,7 @@ async def test_memory_backlog_is_bounded_while_a_write_hangs(tmp_path, monkeypat
 async def test_shutdown_is_bounded_and_spools_what_is_left(tmp_path, monkeypatch):
     audit = make_audit(tmp_path)
     monkeypatch.setattr(audit_module, "SHUTDOWN_WAIT_SECONDS", 0.2)
-    monkeypatch.setattr(audit.store, "insert_run", insert_that_hangs)
+    monkeypatch.setattr(audit.store, "save_runs", insert_that_hangs)
     for record in records(audit, 4):
         audit.record_later(record)
     started = time.monotonic()
@@ -112,19 +112,21 @@ async def test_shutdown_is_bounded_and_spools_what_is_left(tmp_path, monkeypatch
 
 async def test_records_of_new_runs_are_not_dropped_during_a_long_replay(tmp_path, monkeypatch):
     monkeypatch.setattr(audit_module, "MAX_PENDING", 4)
+    monkeypatch.setattr(audit_module, "WRITE_BATCH", 2)  # a long replay: many writes
     audit = make_audit(tmp_path)
     earlier = records(audit, 10)
     audit.spool.append(earlier)  # an earlier outage's records, on disk
     replayed = {record.code_sha256 for record in earlier}
     arriving = iter(records(audit, 10, start=10))
-    real_insert = audit.store.insert_run
+    real_save = audit.store.save_runs
 
-    async def a_run_ends_during_each_replayed_write(record):
-        await real_insert(record)
-        if record.code_sha256 in replayed:
-            audit.record_later(next(arriving))
+    async def a_run_ends_during_each_replayed_write(batch):
+        await real_save(batch)
+        for record in batch:
+            if record.code_sha256 in replayed:
+                audit.record_later(next(arriving))
 
-    monkeypatch.setattr(audit.store, "insert_run", a_run_ends_during_each_replayed_write)
+    monkeypatch.setattr(audit.store, "save_runs", a_run_ends_during_each_replayed_write)
     audit._wake()  # the database answers again: the replay starts
     assert await audit.flush(timeout=10)
     assert audit.backlog() == {"waiting": 0, "on_disk": 0, "dropped": 0}

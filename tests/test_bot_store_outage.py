@@ -18,6 +18,7 @@ import pytest
 import interpreter
 from config.settings import Secret
 from interpreter.access import UNCOUNTED_NOTE
+from interpreter.audit import coalesce
 from interpreter.engine import Engine
 from tests.fixtures_discord import start_bot
 from tests.fixtures_mongo import MongoTestServer
@@ -88,7 +89,9 @@ async def test_run_is_acknowledged_and_runs_while_mongodb_is_down(bot_settings, 
         await engine.close()
         assert time.monotonic() - shutdown_started < SERVER_SELECTION_MS / 1000 + 2
         assert engine.audit.backlog()["dropped"] == 0
-        assert engine.audit.spool.count == 3  # the outage's runs, on local disk
+        kept, unreadable = engine.audit.spool.read()  # the outage's runs, on local disk:
+        assert unreadable == 0 and [r.status for r in kept].count("running") == 3  # each admission,
+        assert len(coalesce(kept)) == 3  # then its end under the same run id: three runs
 
         # The database returns; a new process (same DATA_DIR) writes the kept records first.
         server.start()

@@ -69,12 +69,12 @@ async def raw_runs(backend) -> list[dict]:
 async def test_a_run_is_stored_with_everything_but_the_code(file_backend):
     audit = audit_for(file_backend)
     started = audit.now()
-    await record(audit, code=SECRET_CODE, packages=["scipy", "statsmodels"], files=["f" * 32],
-                 produced=("chart.png", "summary.csv"))
+    stored = await record(audit, code=SECRET_CODE, packages=["scipy", "statsmodels"], files=["f" * 32],
+                          produced=("chart.png", "summary.csv"))
 
     [run] = await audit.recent(10)
     assert run == {
-        "user_id": USER, "guild_id": GUILD, "channel_id": CHANNEL,
+        "run_id": stored.run_id, "user_id": USER, "guild_id": GUILD, "channel_id": CHANNEL,
         "started_at": started.isoformat(), "duration_seconds": 1.25, "success": True,
         "status": "ok", "exit_cause": "ok", "packages": ["scipy", "statsmodels"], "files_used": ["f" * 32],
         "files_produced": ["chart.png", "summary.csv"],
@@ -309,10 +309,10 @@ async def test_mongo_outage_loses_records_not_runs(sandbox_settings, tmp_path, c
 
 
 async def test_unexpected_audit_errors_never_reach_the_member(engine, monkeypatch, caplog):
-    async def broken(record):
+    async def broken(records):
         raise RuntimeError("bug in the audit")
 
-    monkeypatch.setattr(engine.store, "insert_run", broken)
+    monkeypatch.setattr(engine.store, "save_runs", broken)
     with caplog.at_level(logging.INFO):
         result = await interpreter.execute_code("print('fine')", USER)
         await engine.audit.flush()
@@ -324,13 +324,13 @@ async def test_a_slow_audit_database_never_delays_the_result(engine, monkeypatch
     """The record is written after the member has the result: a database that hangs
     (an unreachable MongoDB waits for its server-selection timeout) costs the run nothing."""
     database_answers = asyncio.Event()
-    real_insert = engine.store.insert_run
+    real_save = engine.store.save_runs
 
-    async def hanging_insert(record):
+    async def hanging_insert(records):
         await database_answers.wait()
-        await real_insert(record)
+        await real_save(records)
 
-    monkeypatch.setattr(engine.store, "insert_run", hanging_insert)
+    monkeypatch.setattr(engine.store, "save_runs", hanging_insert)
     # returns while the insert hangs (awaiting the write inline would never return: fail, not hang)
     result = await asyncio.wait_for(interpreter.execute_code("print('fast')", USER), timeout=60)
     assert result["output"] == "fast\n"
@@ -344,17 +344,17 @@ async def test_background_records_are_written_in_run_order(file_backend, monkeyp
     is held up (a slow database), yet the later records wait behind it."""
     audit = audit_for(file_backend)
     first_write_may_finish = asyncio.Event()
-    real_insert = audit.store.insert_run
+    real_save = audit.store.save_runs
     calls = 0
 
-    async def first_insert_is_slow(rec):
+    async def first_insert_is_slow(batch):
         nonlocal calls
         calls += 1
         if calls == 1:
             await first_write_may_finish.wait()
-        await real_insert(rec)
+        await real_save(batch)
 
-    monkeypatch.setattr(audit.store, "insert_run", first_insert_is_slow)
+    monkeypatch.setattr(audit.store, "save_runs", first_insert_is_slow)
     records = [audit.build_record(result(), user_id=USER, code=f"x = {n}", started_at=audit.now(),
                                   duration_seconds=0.1) for n in range(5)]
     for rec in records:

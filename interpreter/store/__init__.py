@@ -14,7 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from interpreter.store.base import (
+    RUN_INTERRUPTED,
     RUN_REFUSED,
+    RUN_RUNNING,
     UNAVAILABLE_MESSAGE,
     FileRecord,
     FileStore,
@@ -27,7 +29,9 @@ from interpreter.store.base import (
 from interpreter.store.blobs import BlobDir, is_file_id, new_file_id
 
 __all__ = [
+    "RUN_INTERRUPTED",
     "RUN_REFUSED",
+    "RUN_RUNNING",
     "UNAVAILABLE_MESSAGE",
     "BlobDir",
     "FileRecord",

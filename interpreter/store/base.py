@@ -7,6 +7,9 @@ monitor is lazy (up to a minute on mongod), and the SQLite store has no TTL at a
 
 The same store keeps the run audit (`RunRecord`s, written by interpreter/audit.py):
 one record per run, expiring like files, with a hash of the code and never the code.
+A run's record is written when the run is admitted (status RUN_RUNNING) and completed
+when it ends, both keyed on its `run_id`: `save_runs` is an idempotent upsert, so a
+record written twice (a spool replay, a retry after a broken connection) is still one.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import abc
 import dataclasses
 import logging
 import re
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -64,6 +67,10 @@ class FileRecord:
 
 
 RUN_REFUSED = "refused"  # a run's status and exit cause when it never reached the sandbox
+RUN_RUNNING = "running"  # status and exit cause of a run admitted and not ended (yet)
+# How readers show a RUN_RUNNING record older than any run can last: the process running it
+# died (or lost the database for good) before it could record the end. Never stored.
+RUN_INTERRUPTED = "interrupted"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,13 +87,20 @@ class RunRecord:
     started_at: datetime  # aware, UTC
     duration_seconds: float  # wall time of the whole request (packages, files, the run)
     success: bool
-    status: str  # "ok", "failed" (ran and failed) or "refused" (never reached the sandbox)
-    exit_cause: str  # result["exit_cause"] (ok, exception, timeout, memory...) or "refused"
+    status: str  # "ok", "failed" (ran and failed), "refused" (never reached the sandbox) or "running"
+    exit_cause: str  # result["exit_cause"] (ok, exception, timeout, memory...), "refused" or "running"
     packages: tuple[str, ...]  # packages requested
     files_used: tuple[str, ...]  # ids of the member's files requested
     files_produced: tuple[str, ...]  # names of the files the run produced
     code_sha256: str
     expires_at: datetime | None  # aware, UTC; None: never expires
+    # Created when the run is admitted; the admission record and the final one share it.
+    # None only in records written before run ids existed (old rows, old spool lines).
+    run_id: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status == RUN_RUNNING
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +188,18 @@ class FileStore(abc.ABC):
     # --- the run audit
 
     @abc.abstractmethod
-    async def insert_run(self, record: RunRecord) -> None: ...
+    async def save_runs(self, records: Sequence[RunRecord]) -> None:
+        """Write records in order, in one round trip (one transaction on SQLite).
+
+        Keyed on `run_id`, and idempotent: a RUN_RUNNING record (the admission) is added
+        only when the run has no record yet, so it never overwrites the end of the run
+        however late it arrives; any other record (the end) replaces the run's record or
+        adds it. A record without a run_id (written before run ids) is simply added.
+        """
+
+    async def insert_run(self, record: RunRecord) -> None:
+        """One record (see save_runs)."""
+        await self.save_runs((record,))
 
     @abc.abstractmethod
     async def recent_runs(self, now: datetime, limit: int, user_id: int | None = None,
@@ -183,12 +208,14 @@ class FileStore(abc.ABC):
 
     @abc.abstractmethod
     async def run_start_times(self, user_id: int, since: datetime, now: datetime) -> list[datetime]:
-        """When the member's unexpired runs that reached the sandbox (status not 'refused')
-        started, from `since` on, oldest first: what an hourly run limit counts."""
+        """When the member's unexpired runs that were admitted (status not 'refused': running,
+        interrupted or ended) started, from `since` on, oldest first: what an hourly run limit counts."""
 
     @abc.abstractmethod
-    async def run_cause_counts(self, since: datetime, now: datetime) -> dict[str, int]:
-        """How many unexpired runs started from `since` on ended with each exit cause."""
+    async def run_cause_counts(self, since: datetime, now: datetime, interrupted_before: datetime) -> dict[str, int]:
+        """How many unexpired runs started from `since` on ended with each exit cause; runs
+        still RUN_RUNNING count as "running", or as RUN_INTERRUPTED when they started before
+        `interrupted_before` (no run lasts that long: whatever ran them is gone)."""
 
     @abc.abstractmethod
     async def delete_expired_runs(self, now: datetime) -> int:

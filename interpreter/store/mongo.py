@@ -2,7 +2,7 @@
 
 Works with a PyMongo async database (`pymongo.AsyncMongoClient(uri)[name]`, the
 driver MongoDB now recommends) and with a motor database (the seed's db_handler), so
-it only uses calls both share: insert_one, find_one, find().sort().to_list(),
+it only uses calls both share: insert_one, bulk_write, find_one, find().sort().to_list(),
 delete_one, delete_many, count_documents, aggregate, create_index. (`aggregate` is a
 coroutine in PyMongo and returns the cursor directly in motor; `_aggregate` accepts both.)
 
@@ -17,7 +17,9 @@ Indexes (created on first use, once per store):
 
 Collection `run_audit` (one document per run; code hash, never code) has a TTL on
 `expires_at` like `user_files`, a compound (`user_id` 1, `started_at` -1) index for a
-member's recent runs and the hourly run limit, and `started_at` -1 for status.
+member's recent runs and the hourly run limit, `started_at` -1 for status, and a unique
+`run_id` (partial: only documents that have one, so records from before run ids, which
+have none, keep working) that a run's admission and its end are upserted on.
 
 Collection `counters` holds limits that must hold across processes (/ask's daily
 budget): `{_id: key, value, expires_at}`, counted with one conditional upsert, with a
@@ -33,14 +35,16 @@ import asyncio
 import inspect
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import ConfigurationError, ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo import ASCENDING, DESCENDING, InsertOne, ReturnDocument, UpdateOne
+from pymongo.errors import (BulkWriteError, ConfigurationError, ConnectionFailure, DuplicateKeyError, OperationFailure,
+                            PyMongoError)
 
-from interpreter.store.base import RUN_REFUSED, FileRecord, FileStore, Lease, RunRecord, StoreUnavailable, Usage, scrub
+from interpreter.store.base import (RUN_INTERRUPTED, RUN_REFUSED, RUN_RUNNING, FileRecord, FileStore, Lease, RunRecord,
+                                   StoreUnavailable, Usage, scrub)
 
 log = logging.getLogger("interpreter.store")
 
@@ -80,8 +84,32 @@ def _run_record(doc: dict[str, Any]) -> RunRecord:
         success=bool(doc.get("success")), status=doc.get("status") or "", exit_cause=doc.get("exit_cause") or "",
         packages=tuple(doc.get("packages") or ()), files_used=tuple(doc.get("files_used") or ()),
         files_produced=tuple(doc.get("files_produced") or ()), code_sha256=doc.get("code_sha256") or "",
-        expires_at=_utc(doc.get("expires_at")),
+        expires_at=_utc(doc.get("expires_at")), run_id=doc.get("run_id"),
     )
+
+
+def _run_document(record: RunRecord) -> dict[str, Any]:
+    document = {
+        "user_id": record.user_id, "guild_id": record.guild_id, "channel_id": record.channel_id,
+        "started_at": record.started_at, "duration_seconds": record.duration_seconds,
+        "success": record.success, "status": record.status, "exit_cause": record.exit_cause,
+        "packages": list(record.packages), "files_used": list(record.files_used),
+        "files_produced": list(record.files_produced), "code_sha256": record.code_sha256,
+        "expires_at": record.expires_at,
+    }
+    if record.run_id is not None:  # a missing field, not null: the partial unique index skips it
+        document["run_id"] = record.run_id
+    return document
+
+
+def _run_write(record: RunRecord) -> InsertOne | UpdateOne:
+    document = _run_document(record)
+    if record.run_id is None:
+        return InsertOne(document)
+    # The admission only fills in a run that has no record yet ($setOnInsert), so arriving
+    # late (a spool replay) it never undoes the end; the end sets every field.
+    operator = "$setOnInsert" if record.running else "$set"
+    return UpdateOne({"run_id": record.run_id}, {operator: document}, upsert=True)
 
 
 def _expired(now: datetime) -> dict[str, Any]:
@@ -181,6 +209,7 @@ class MongoStore(FileStore):
     async def _ensure_run_audit_indexes(collection: Any) -> None:
         await collection.create_index([("user_id", ASCENDING), ("started_at", DESCENDING)])
         await collection.create_index([("started_at", DESCENDING)])
+        await collection.create_index("run_id", unique=True, partialFilterExpression={"run_id": {"$type": "string"}})
         # A run that never expires stores expires_at: null, which the TTL monitor ignores.
         await collection.create_index("expires_at", expireAfterSeconds=0)
 
@@ -265,16 +294,24 @@ class MongoStore(FileStore):
 
     # --- the run audit
 
-    async def insert_run(self, record: RunRecord) -> None:
-        document = {
-            "user_id": record.user_id, "guild_id": record.guild_id, "channel_id": record.channel_id,
-            "started_at": record.started_at, "duration_seconds": record.duration_seconds,
-            "success": record.success, "status": record.status, "exit_cause": record.exit_cause,
-            "packages": list(record.packages), "files_used": list(record.files_used),
-            "files_produced": list(record.files_produced), "code_sha256": record.code_sha256,
-            "expires_at": record.expires_at,
-        }
-        await self._call(lambda c: c.insert_one(document), RUN_AUDIT_COLLECTION)
+    async def save_runs(self, records: Sequence[RunRecord]) -> None:
+        if not records:
+            return
+        writes = [_run_write(record) for record in records]
+
+        async def op(collection):
+            try:
+                await collection.bulk_write(writes, ordered=True)
+            except BulkWriteError as exc:
+                # Two upserts of one new run id at the same moment: the loser's insert hits the
+                # unique index. Everything before it was written; once more writes the rest,
+                # now as updates (and an admission, as nothing).
+                if not all(error.get("code") == 11000 for error in exc.details.get("writeErrors", ())):
+                    raise
+                done = exc.details["writeErrors"][0]["index"]
+                await collection.bulk_write(writes[done:], ordered=True)
+
+        await self._call(op, RUN_AUDIT_COLLECTION)
 
     async def recent_runs(self, now: datetime, limit: int, user_id: int | None = None,
                           guild_id: int | None = None) -> list[RunRecord]:
@@ -297,11 +334,13 @@ class MongoStore(FileStore):
 
         return [_utc(doc["started_at"]) for doc in await self._call(op, RUN_AUDIT_COLLECTION)]
 
-    async def run_cause_counts(self, since: datetime, now: datetime) -> dict[str, int]:
+    async def run_cause_counts(self, since: datetime, now: datetime, interrupted_before: datetime) -> dict[str, int]:
+        interrupted = {"$and": [{"$eq": ["$status", RUN_RUNNING]}, {"$lt": ["$started_at", interrupted_before]}]}
+
         async def op(collection):
             return await self._aggregate(collection, [
                 {"$match": {"started_at": {"$gte": since}, **_live(now)}},
-                {"$group": {"_id": "$exit_cause", "count": {"$sum": 1}}},
+                {"$group": {"_id": {"$cond": [interrupted, RUN_INTERRUPTED, "$exit_cause"]}, "count": {"$sum": 1}}},
             ])
 
         return {str(row["_id"]): int(row["count"]) for row in await self._call(op, RUN_AUDIT_COLLECTION)}

@@ -16,12 +16,13 @@ import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from interpreter.store.base import RUN_REFUSED, FileRecord, FileStore, Lease, RunRecord, Usage
+from interpreter.store.base import (RUN_INTERRUPTED, RUN_REFUSED, RUN_RUNNING, FileRecord, FileStore, Lease, RunRecord,
+                                   Usage)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS user_files (
@@ -50,7 +51,8 @@ CREATE TABLE IF NOT EXISTS run_audit (
     files_used       TEXT NOT NULL,        -- JSON array of file ids
     files_produced   TEXT NOT NULL,        -- JSON array of file names
     code_sha256      TEXT NOT NULL,
-    expires_at       REAL                  -- NULL: never expires
+    expires_at       REAL,                 -- NULL: never expires
+    run_id           TEXT                  -- NULL: written before run ids (see _migrate)
 );
 CREATE INDEX IF NOT EXISTS run_audit_user_started ON run_audit (user_id, started_at DESC);
 CREATE INDEX IF NOT EXISTS run_audit_started ON run_audit (started_at DESC);
@@ -69,6 +71,8 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 CREATE INDEX IF NOT EXISTS leases_expiry ON leases (expires_at);
 """
+# After _migrate: the key a run's admission and its end are upserted on (NULLs never collide).
+_RUN_ID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS run_audit_run_id ON run_audit (run_id)"
 
 _COLUMNS = "file_id, user_id, filename, file_path, file_size, file_type, uploaded_at, expires_at"
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
@@ -82,18 +86,52 @@ def _from_epoch(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
 
 
-_RUN_COLUMNS = ("user_id, guild_id, channel_id, started_at, duration_seconds, success, status, exit_cause, "
-                "packages, files_used, files_produced, code_sha256, expires_at")
+_RUN_COLUMN_NAMES = ("user_id", "guild_id", "channel_id", "started_at", "duration_seconds", "success", "status",
+                     "exit_cause", "packages", "files_used", "files_produced", "code_sha256", "expires_at", "run_id")
+_RUN_COLUMNS = ", ".join(_RUN_COLUMN_NAMES)
+_RUN_INSERT = f"INSERT INTO run_audit ({_RUN_COLUMNS}) VALUES ({', '.join('?' * len(_RUN_COLUMN_NAMES))})"
+# The end of a run replaces whatever its run id has (the admission, or an earlier copy of the end).
+_RUN_END_UPSERT = (_RUN_INSERT + " ON CONFLICT(run_id) DO UPDATE SET "
+                   + ", ".join(f"{name} = excluded.{name}" for name in _RUN_COLUMN_NAMES if name != "run_id"))
+# An admission never overwrites: arriving after the end (a late spool replay), it changes nothing.
+_RUN_ADMISSION_INSERT = _RUN_INSERT + " ON CONFLICT(run_id) DO NOTHING"
+
+
+def _run_params(record: RunRecord) -> tuple[Any, ...]:
+    return (record.user_id, record.guild_id, record.channel_id, _to_epoch(record.started_at),
+            record.duration_seconds, int(record.success), record.status, record.exit_cause,
+            json.dumps(list(record.packages)), json.dumps(list(record.files_used)),
+            json.dumps(list(record.files_produced)), record.code_sha256, _to_epoch(record.expires_at), record.run_id)
+
+
+def _run_statement(record: RunRecord) -> str:
+    if record.run_id is None:
+        return _RUN_INSERT
+    return _RUN_ADMISSION_INSERT if record.running else _RUN_END_UPSERT
 
 
 def _run_record(row: tuple[Any, ...]) -> RunRecord:
     (user_id, guild_id, channel_id, started_at, duration, success, status, exit_cause,
-     packages, files_used, files_produced, code_sha256, expires_at) = row
+     packages, files_used, files_produced, code_sha256, expires_at, run_id) = row
     return RunRecord(
         user_id=int(user_id), guild_id=guild_id, channel_id=channel_id, started_at=_from_epoch(started_at),
         duration_seconds=float(duration), success=bool(success), status=status, exit_cause=exit_cause,
         packages=tuple(json.loads(packages)), files_used=tuple(json.loads(files_used)),
-        files_produced=tuple(json.loads(files_produced)), code_sha256=code_sha256, expires_at=_from_epoch(expires_at))
+        files_produced=tuple(json.loads(files_produced)), code_sha256=code_sha256, expires_at=_from_epoch(expires_at),
+        run_id=run_id)
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    """Bring a database made before run ids up to date: add the column (old rows keep NULL
+    and keep working) and its unique index. Safe when several processes open it at once."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(run_audit)")}
+    if "run_id" not in columns:
+        try:
+            connection.execute("ALTER TABLE run_audit ADD COLUMN run_id TEXT")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):  # another process added it just now
+                raise
+    connection.execute(_RUN_ID_INDEX)
 
 
 def _record(row: tuple[Any, ...]) -> FileRecord:
@@ -125,6 +163,7 @@ class SQLiteStore(FileStore):
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA busy_timeout=10000")
                 connection.executescript(_SCHEMA)
+                _migrate(connection)
             except BaseException:
                 connection.close()
                 raise
@@ -245,14 +284,11 @@ class SQLiteStore(FileStore):
 
     # --- the run audit
 
-    async def insert_run(self, record: RunRecord) -> None:
-        await self._run(
-            f"INSERT INTO run_audit ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (record.user_id, record.guild_id, record.channel_id, _to_epoch(record.started_at),
-             record.duration_seconds, int(record.success), record.status, record.exit_cause,
-             json.dumps(list(record.packages)), json.dumps(list(record.files_used)),
-             json.dumps(list(record.files_produced)), record.code_sha256, _to_epoch(record.expires_at)),
-        )
+    async def save_runs(self, records: Sequence[RunRecord]) -> None:
+        # One transaction for the batch: one commit (one sync of the write-ahead log) for
+        # every record the audit's writer had waiting, rather than one per record.
+        if records:
+            await self._transaction([(_run_statement(record), _run_params(record)) for record in records])
 
     async def recent_runs(self, now: datetime, limit: int, user_id: int | None = None,
                           guild_id: int | None = None) -> list[RunRecord]:
@@ -271,10 +307,11 @@ class SQLiteStore(FileStore):
             (user_id, _to_epoch(since), RUN_REFUSED, _to_epoch(now)))
         return [_from_epoch(row[0]) for row in rows]
 
-    async def run_cause_counts(self, since: datetime, now: datetime) -> dict[str, int]:
+    async def run_cause_counts(self, since: datetime, now: datetime, interrupted_before: datetime) -> dict[str, int]:
         rows, _ = await self._run(
-            f"SELECT exit_cause, COUNT(*) FROM run_audit WHERE started_at >= ? AND {_LIVE} GROUP BY exit_cause",
-            (_to_epoch(since), _to_epoch(now)))
+            "SELECT CASE WHEN status = ? AND started_at < ? THEN ? ELSE exit_cause END AS cause, COUNT(*) "
+            f"FROM run_audit WHERE started_at >= ? AND {_LIVE} GROUP BY cause",
+            (RUN_RUNNING, _to_epoch(interrupted_before), RUN_INTERRUPTED, _to_epoch(since), _to_epoch(now)))
         return {cause: int(count) for cause, count in rows}
 
     async def delete_expired_runs(self, now: datetime) -> int:

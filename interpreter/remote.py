@@ -228,6 +228,8 @@ class RemoteExecutor:
         if request.session_id is not None:
             return await self._run_in_session(request, body, timeout)
         tried: set[str] = set()
+        # A retry is still the same run: its audit record (one run id, one record) is written
+        # by the engine on this side, which owns the store; workers keep none.
         for attempt in range(2):  # the first worker, then once more on another
             worker = await self._pick(tried)
             if worker is None:

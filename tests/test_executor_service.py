@@ -125,6 +125,10 @@ async def test_sigkill_mid_load_every_run_gets_one_correct_answer(bot_engine, tw
     assert [r.output for r in results] == ["total 12\n"] * 6, [r.error for r in results]
     assert bot_engine.executor.retried >= 1
     assert await until_gone(sandboxes) == set(), "no sandbox outlives the killed worker"
+    # The bot side owns the audit: a retried run kept its one run id and one record.
+    await bot_engine.audit.flush()
+    audited = await bot_engine.recent_runs(20, user_id=1)
+    assert [run["status"] for run in audited] == ["ok"] * 6 and len({run["run_id"] for run in audited}) == 6
 
 
 async def test_sigterm_drains_runs_in_flight_and_leaves_nothing(bot_engine, two_workers):

@@ -200,6 +200,34 @@ async def test_status_shows_this_servers_runs_only(discord_world):
     assert "**runs:** 2" in fields["Runs (24 h)"]  # counts are bot-wide
 
 
+async def test_status_shows_runs_in_flight_and_runs_a_dead_process_left(discord_world):
+    """Another process's run in flight shows as such (no duration yet); once no run could
+    still be going, the same record is an interpreter failure, "interrupted"."""
+    from interpreter.audit import interrupted_after, new_run_id
+
+    w = discord_world
+    engine = await interpreter.get_engine()
+    engine.audit.clock = clock = TestClock()
+    admission = engine.audit.admission_record(run_id=new_run_id(), user_id=w.alice.id, code="print(1)",
+                                              started_at=engine.audit.now(), guild_id=w.guild.id,
+                                              channel_id=w.channel.id)
+    assert await engine.audit.record(admission)  # written by a process that is about to die
+
+    reply = await w.harness.slash("status", w.carol, permissions=admin_permissions())
+    fields = {f["name"]: f["value"] for f in reply.message["embeds"][0]["fields"]}
+    assert "**runs:** 1 · **in flight:** 1" in fields["Runs (24 h)"]
+    assert "**interpreter failures:** none" in fields["Runs (24 h)"]
+    [line] = fields["Recent runs"].splitlines()
+    assert "⏳ running" in line and " s ·" not in line
+
+    clock.advance(seconds=interrupted_after(engine.settings).total_seconds() + 1)
+    reply = await w.harness.slash("status", w.carol, permissions=admin_permissions())
+    fields = {f["name"]: f["value"] for f in reply.message["embeds"][0]["fields"]}
+    assert "in flight" not in fields["Runs (24 h)"]
+    assert "**interpreter failures:** interrupted 1" in fields["Runs (24 h)"]
+    assert "⚠️ interrupted" in fields["Recent runs"]
+
+
 def runs_lookup(world, caller, member, *, permissions=None):
     """/runs member:@member"""
     return world.harness.slash("runs", caller, permissions=permissions, member=member)

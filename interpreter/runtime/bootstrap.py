@@ -38,7 +38,7 @@ Protocol (see interpreter/sandbox/protocol.py for the host side):
 
 from __future__ import annotations
 
-import ast
+import _ast  # not `ast`: the parser's node classes are all a run needs, without ast.py's imports
 import builtins
 import contextlib
 import json
@@ -49,7 +49,6 @@ import signal
 import stat
 import sys
 import time
-import traceback
 import types
 
 # The companion modules are bound beside this file (-I leaves the script's folder off sys.path).
@@ -238,11 +237,11 @@ def run_code(code: str, namespace: dict) -> tuple[str, int, str]:
     """Execute the member's code. Returns (status, exit_code, error_text)."""
     linecache.cache[CODE_FILENAME] = (len(code), None, code.splitlines(True), CODE_FILENAME)
     try:
-        tree = ast.parse(code, CODE_FILENAME)
+        tree = compile(code, CODE_FILENAME, "exec", _ast.PyCF_ONLY_AST)  # what ast.parse does
         last_expr = None
         # The last line's value is shown, as in a notebook (a trailing ';' hides it there too).
-        if tree.body and isinstance(tree.body[-1], ast.Expr) and not code.rstrip().endswith(";"):
-            last_expr = ast.Expression(tree.body.pop().value)
+        if tree.body and isinstance(tree.body[-1], _ast.Expr) and not code.rstrip().endswith(";"):
+            last_expr = _ast.Expression(tree.body.pop().value)
         exec(compile(tree, CODE_FILENAME, "exec"), namespace)
         if last_expr is not None:
             display.show(eval(compile(last_expr, CODE_FILENAME, "eval"), namespace))
@@ -261,6 +260,8 @@ def run_code(code: str, namespace: dict) -> tuple[str, int, str]:
         try:
             return "exception", 1, errors.format_member_exception(exc)
         except Exception:  # noqa: BLE001 - never lose the error over the way it is told
+            import traceback
+
             return "exception", 1, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
@@ -373,6 +374,12 @@ def prepare() -> None:
     """
     prepare_matplotlib_cache()
     offline.install()
+    # The friendlier network errors are patched into socket when something first imports
+    # it (a `print` never does: importing socket costs every run ~2 ms).
+    if "socket" in sys.modules:
+        offline.install_network_guard(sys.modules["socket"])
+    else:
+        after_import("socket", offline.install_network_guard)
     after_import("matplotlib.pyplot", display.patch_pyplot)
     after_import("matplotlib.figure", display.patch_figure)
     after_import("plotly.basedatatypes", display.patch_plotly)
@@ -621,6 +628,8 @@ def run_supervised(control_fd: int, job_fd: int, *, prepared: bool = False) -> N
         try:
             member_main(orders_r, reports_w, prepared=prepared)
         except BaseException:  # noqa: BLE001 - e.g. a preload that fails to import: say why, then go
+            import traceback
+
             traceback.print_exc()
         os._exit(1)
     os.close(orders_r)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import builtins
 import errno
 import os
-import socket
 import sys
 
 from errors import NoInternet
@@ -42,7 +41,8 @@ def _host_of(address) -> object:
     return address
 
 
-def install_network_guard() -> None:
+def install_network_guard(socket) -> None:
+    """Patch the `socket` module: called by the bootstrap when it is first imported."""
     original_init = socket.socket.__init__
     original_getaddrinfo = socket.getaddrinfo
     original_connect = socket.socket.connect
@@ -126,5 +126,4 @@ def install() -> None:
     # Browsers and the like keep settings under XDG_CONFIG_HOME, by default in HOME (the work
     # dir): keep them out of it, or they come back as the run's files.
     os.environ.setdefault("XDG_CONFIG_HOME", "/tmp/.config")
-    install_network_guard()
     builtins.input = _no_keyboard

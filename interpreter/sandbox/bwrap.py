@@ -21,6 +21,7 @@ from config import Settings
 VENV_MOUNT = "/opt/venv"
 RUNTIME_MOUNT = "/opt/runtime"
 BOOTSTRAP_PATH = f"{RUNTIME_MOUNT}/bootstrap.py"
+BOOTSTRAP_COMMAND = f"import sys; sys.path.insert(0, {RUNTIME_MOUNT!r}); import bootstrap; bootstrap.main()"
 FORK_SERVER_PATH = f"{RUNTIME_MOUNT}/forkserver.py"
 WORK_MOUNT = "/work"
 DATA_MOUNT = "/data"
@@ -146,7 +147,9 @@ def build_bwrap_args(
                        str(seccomp_fd if seccomp_fd is not None else -1)]
     if seccomp_fd is not None:
         args += ["--seccomp", str(seccomp_fd)]
-    args += [f"{VENV_MOUNT}/bin/python", "-I", "-B", BOOTSTRAP_PATH, str(control_fd), str(job_fd)]
+    # Imported, not run as a script: a script is compiled from source every time, a module
+    # from the __pycache__ bound beside it (runner.runtime_bytecode).
+    args += [f"{VENV_MOUNT}/bin/python", "-I", "-B", "-c", BOOTSTRAP_COMMAND, str(control_fd), str(job_fd)]
     return args
 
 

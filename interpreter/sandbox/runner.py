@@ -19,12 +19,16 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import functools
+import importlib.util
 import json
 import logging
+import marshal
 import os
 import shlex
 import shutil
 import signal
+import sys
 import termios
 import time
 from collections.abc import AsyncIterator
@@ -33,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from config import Settings
 from interpreter.sandbox.bwrap import (
-    MASKED_PROC_FILES, BwrapBinary, BwrapNotFound, build_bwrap_args, find_bwrap, sandbox_env,
+    MASKED_PROC_FILES, RUNTIME_MOUNT, BwrapBinary, BwrapNotFound, build_bwrap_args, find_bwrap, sandbox_env,
 )
 from interpreter.sandbox.admission import AdmissionGate, Grant
 from interpreter.sandbox.job import SandboxJob, SandboxOutcome
@@ -129,6 +133,9 @@ class SandboxProcess:
                 empty_fds[path] = data_fd("empty", b"")
                 fds.append(empty_fds[path])
             module_fds = {}
+            for name, data in runtime_bytecode({"bootstrap.py": BOOTSTRAP_SOURCE, **RUNTIME_MODULES}).items():
+                module_fds[name] = data_fd(name.rpartition("/")[2], data)
+                fds.append(module_fds[name])
             for name, source in RUNTIME_MODULES.items():
                 module_fds[name] = data_fd(name, source)
                 fds.append(module_fds[name])
@@ -831,6 +838,31 @@ class SandboxRunner:
             } if self.pool is not None else {},
             "failures_by_cause": dict(self.failures_by_cause),
         }
+
+
+def runtime_bytecode(sources: dict[str, bytes]) -> dict[str, bytes]:
+    """`__pycache__/NAME.TAG.pyc` -> a compiled module, for each runtime module: bound beside
+    the sources, they spare every sandbox compiling ~1,200 lines (~5 ms of CPU a run).
+
+    Checked hash-based pycs (PEP 552): the sandbox's Python compares each with its
+    source and compiles the source instead when they differ, and ignores them when its
+    version (cache tag, magic number) is not the host's; so they can only save time.
+    """
+    tag = sys.implementation.cache_tag
+    if tag is None:  # this Python keeps no bytecode caches
+        return {}
+    return {f"__pycache__/{name.removesuffix('.py')}.{tag}.pyc": data for name, source in sources.items()
+            if (data := _pyc(name, source)) is not None}
+
+
+@functools.lru_cache(maxsize=32)
+def _pyc(name: str, source: bytes) -> bytes | None:
+    try:
+        code = compile(source, f"{RUNTIME_MOUNT}/{name}", "exec", dont_inherit=True)
+    except SyntaxError:  # a runtime under test may be anything; the sandbox reports it
+        return None
+    header = importlib.util.MAGIC_NUMBER + (0b11).to_bytes(4, "little")  # flags: hash-based, checked
+    return header + importlib.util.source_hash(source) + marshal.dumps(code)
 
 
 def data_fd(name: str, data: bytes) -> int:

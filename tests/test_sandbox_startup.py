@@ -1,0 +1,96 @@
+"""A launched sandbox's start-up: the runtime comes from bytecode the host compiled, but
+only bytecode that matches the source it was compiled from; and a print imports
+nothing it does not need (each import is paid by every run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import marshal
+from pathlib import Path
+
+import pytest
+
+from config import Settings
+from interpreter.packages import PackageManager
+from interpreter.sandbox import SandboxRunner
+from interpreter.sandbox import runner as runner_module
+from interpreter.sandbox.bwrap import RUNTIME_MOUNT
+from interpreter.types import ExitCause
+from tests.fixtures_sandbox import make_settings
+from tests.sandbox_helpers import run
+
+# What the member process's modules say about where the runtime came from.
+WHERE_FROM = """
+import sys
+bootstrap = sys.modules["bootstrap"]
+print("marker", getattr(bootstrap, "MARKER", "source"))
+print("cached", bootstrap.__spec__.cached)
+"""
+
+
+@pytest.fixture
+async def launched(tmp_path: Path, sandbox_venv: Path):
+    """A runner that launches every sandbox (no fork server, nothing warm)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    settings: Settings = make_settings(data, SANDBOX_FORK_SERVER="false")
+    runner = SandboxRunner(settings, PackageManager(settings))
+    yield runner
+    await runner.close()
+
+
+def _pyc_of_other_code(real_source: bytes, hash_of: bytes) -> bytes:
+    """A checked pyc whose code is the bootstrap plus a MARKER, stamped with `hash_of`'s hash."""
+    code = compile(real_source + b"\nMARKER = 'compiled by the host'\n", f"{RUNTIME_MOUNT}/bootstrap.py", "exec",
+                   dont_inherit=True)
+    return (importlib.util.MAGIC_NUMBER + (0b11).to_bytes(4, "little") + importlib.util.source_hash(hash_of)
+            + marshal.dumps(code))
+
+
+async def test_the_bootstrap_runs_from_the_hosts_bytecode(launched, monkeypatch):
+    # Before: bootstrap.py ran as a script, compiled from source in every sandbox.
+    source = runner_module.BOOTSTRAP_SOURCE
+    monkeypatch.setattr(runner_module, "_pyc", lambda name, data: (
+        _pyc_of_other_code(data, data) if name == "bootstrap.py" else None))
+    outcome = await run(launched, WHERE_FROM)
+    assert outcome.cause is ExitCause.OK, outcome.error
+    assert "marker compiled by the host" in outcome.output
+    assert f"cached {RUNTIME_MOUNT}/__pycache__/bootstrap." in outcome.output
+    assert source == runner_module.BOOTSTRAP_SOURCE
+
+
+async def test_bytecode_that_does_not_match_its_source_is_never_run(launched, monkeypatch):
+    stale = b"# an older bootstrap\n" + runner_module.BOOTSTRAP_SOURCE
+    monkeypatch.setattr(runner_module, "_pyc", lambda name, data: (
+        _pyc_of_other_code(data, stale) if name == "bootstrap.py" else None))
+    outcome = await run(launched, WHERE_FROM)
+    assert outcome.cause is ExitCause.OK, outcome.error
+    assert "marker source" in outcome.output
+
+
+async def test_every_runtime_module_has_its_bytecode_bound(launched):
+    outcome = await run(launched, """
+        import os
+        print(sorted(os.listdir("/opt/runtime/__pycache__")))
+        """)
+    assert outcome.cause is ExitCause.OK, outcome.error
+    listed = outcome.output.splitlines()[-1]
+    for name in ("bootstrap", "display", "errors", "offline"):
+        assert f"'{name}." in listed, listed
+
+
+async def test_a_print_imports_nothing_heavy_yet_the_network_guard_still_answers(launched):
+    """socket, traceback, difflib and ast.py cost every run ~5 ms together: a print needs none of them."""
+    outcome = await run(launched, """
+        import sys
+        print(sorted(name for name in ("socket", "traceback", "difflib", "ast", "textwrap") if name in sys.modules))
+        import socket  # the first import patches in the friendly refusal
+        try:
+            socket.create_connection(("example.com", 80), timeout=2)
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+        """)
+    assert outcome.cause is ExitCause.OK, outcome.error
+    first, second = outcome.output.splitlines()[:2]
+    assert first == "[]"
+    assert second.startswith("NoInternet This sandbox has no internet (could not reach example.com)")

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import sqlite3
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -325,3 +326,75 @@ async def test_the_hourly_limit_holds_when_many_runs_are_submitted_at_once(two_p
     assert [run["status"] for run in await other.recent_runs(50)] == ["ok"] * LIMIT
     assert (await other.status())["runs_last_24h"] == LIMIT
     assert len(await engine.audit.start_times(MEMBER, since)) == LIMIT
+
+
+# --- a real process dies mid-run
+
+
+DYING_PROCESS = """
+import asyncio, sys
+import interpreter
+
+asyncio.run(interpreter.execute_code("import time; time.sleep(600)", int(sys.argv[1]), timeout=120))
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mongodb"])
+async def test_a_process_killed_mid_run_leaves_a_record_that_ends_as_interrupted(backend, request, tmp_path,
+                                                                                 sandbox_venv):
+    """SIGKILL a process (a bot or API replica) while its run is in flight: its run was
+    recorded at admission, so another process sees it running, then interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from interpreter.store import open_store
+    from tests.fixtures_executor import cgroups_of, descendants, until_gone
+    from tests.fixtures_sandbox import make_settings
+
+    data_dir = tmp_path / "dying"
+    data_dir.mkdir()
+    environ = {"SANDBOX_POOL_SIZE": "0", "SANDBOX_LIGHT_POOL_SIZE": "0", "MAX_RUN_TIMEOUT_SECONDS": "120"}
+    if backend == "mongodb":
+        environ |= {"MONGODB_URI": request.getfixturevalue("mongo_server").uri,
+                    "MONGODB_DATABASE": request.getfixturevalue("mongo_db_name")}
+    settings = make_settings(data_dir, **environ)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(data_dir),
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "DATA_DIR": str(data_dir),
+           "SANDBOX_VENV_DIR": str(settings.sandbox_venv_dir), "VENV_MAX_AGE_DAYS": "0",
+           "SANDBOX_FORK_SERVER": "false", "SANDBOX_WARM_ON_FIRST_RUN": "false", **environ}
+    process = subprocess.Popen([sys.executable, "-c", DYING_PROCESS, str(MEMBER)], cwd=data_dir, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    audit = RunAudit(settings, open_store(settings))
+    sandboxes: set[int] = set()
+    run_cgroups: set[Path] = set()
+    try:
+        runs: list[dict] = []
+        for _ in range(600):  # polling for a state (the record and the sandbox), bounded
+            runs = await audit.recent(10)
+            if runs and descendants(process.pid) or process.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert process.poll() is None, process.stderr.read().decode(errors="replace")[-2000:]
+        assert [run["status"] for run in runs] == [RUN_RUNNING], "recorded at admission, seen from another process"
+        sandboxes = descendants(process.pid)
+        run_cgroups = cgroups_of(sandboxes)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert await until_gone(sandboxes) == set(), "the run's sandbox died with its process"
+
+        assert [run["status"] for run in await audit.recent(10)] == [RUN_RUNNING]  # nothing completed it
+        audit.clock = clock = TestClock()  # now: after the run started
+        clock.advance(seconds=interrupted_after(settings).total_seconds() + 1)
+        [run] = await audit.recent(10)
+        assert (run["status"], run["user_id"]) == (RUN_INTERRUPTED, MEMBER)
+        assert (await audit.summary())["failure_causes"] == {RUN_INTERRUPTED: 1}
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for cgroup in sorted(run_cgroups, reverse=True):  # a killed process cannot remove its own
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()
+        await audit.store.close()

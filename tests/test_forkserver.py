@@ -20,11 +20,11 @@ import pytest
 
 import interpreter
 from interpreter.packages import PackageManager
-from interpreter.sandbox import SandboxRunner
+from interpreter.sandbox import SandboxJob, SandboxRunner
 from interpreter.sandbox.pool import is_running
 from interpreter.types import ExitCause
 from tests.fixtures_sandbox import FAKE_TOKEN, make_settings
-from tests.sandbox_helpers import files_by_name, run
+from tests.sandbox_helpers import PIPE_HOG, PIPE_SIZE_PROBE, files_by_name, run
 
 READY_TIMEOUT = 180  # a template imports its preload; a loaded CI machine may take long
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -327,6 +327,56 @@ async def test_a_run_cannot_write_into_anything_it_shares_with_the_template(fork
     count, umount, pids = outcome.output.split(maxsplit=2)
     assert count == "5" and umount == "-1", outcome.output
     assert pids.strip() == "[1, 2, 3]", outcome.output
+
+
+def host_uids(sandbox) -> set[tuple[int, ...]]:
+    """(real, effective, saved, fs) uids of every process of a forked run, as the host sees them."""
+    found = set()
+    for pid in sandbox.cgroup.pids():
+        with contextlib.suppress(FileNotFoundError):
+            uid_line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                            if line.startswith("Uid:"))
+            found.add(tuple(int(field) for field in uid_line.split()[1:]))
+    return found
+
+
+async def test_each_forked_run_has_a_host_uid_of_its_own_until_its_last_process_is_gone(forking):
+    """Before: every forked run had the template's host uid, so per-uid kernel pools (pipe pages,
+    pending signals, epoll watches) were shared by all of them. Now the host leases a uid of the
+    reserved range for each run, as for a launched sandbox, and the template gives it to the run."""
+    server, uids = forking.fork_server, forking.uids
+    first, second = await server.fork(20), await server.fork(20)
+    assert first is not None and second is not None, stats(forking)
+    try:
+        seen = [host_uids(first), host_uids(second)]
+        for sandbox, owners in zip((first, second), seen):
+            assert owners == {(sandbox.uid,) * 4}, owners  # every process, every kind of uid
+            assert uids.first <= sandbox.uid < uids.first + uids.count and sandbox.uid in uids._held
+        assert first.uid != second.uid
+        assert server.template.uid not in (first.uid, second.uid)
+        outcome = await first.execute(SandboxJob(code="import os; print(os.getuid())", timeout=20))
+        assert outcome.output == "1000\n", (outcome.output, outcome.error)  # inside, as in every run
+    finally:
+        leased = first.uid, second.uid
+        await first.destroy()
+        await second.destroy()
+    assert first.uid is None and second.uid is None
+    assert not set(leased) & set(uids._held), "a uid stayed leased after its run was gone"
+
+
+async def test_a_forked_run_using_up_its_uids_pipe_quota_does_not_shrink_another_forked_runs_pipes(forking):
+    """One forked session holds 1,200 pipes (past its uid's 16,384 pages); a run forked meanwhile
+    still gets 64 KiB pipes. Before, both had the template's uid and the probe got 4 KiB."""
+    hog = await forking.fork_server.fork(60)
+    assert hog is not None, stats(forking)
+    try:
+        held = await hog.run_job(SandboxJob(code=PIPE_HOG, timeout=30))
+        assert held.output.strip() == "holding 1200", (held.output, held.error)
+        probe = await run(forking, PIPE_SIZE_PROBE)
+        assert probe.output.strip() == "65536", "a forked run's pipes shrank: another forked run used up its uid's quota"
+        assert stats(forking)["runs_forked"] == 2 and stats(forking)["fork_failures"] == 0
+    finally:
+        await hog.destroy()
 
 
 async def test_the_template_holds_no_secret_of_the_bot(forking):

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from interpreter.types import ExitCause
-from tests.fixtures_sandbox import FAKE_MONGODB_URI, FAKE_TOKEN, RUNNING_AS_ROOT, make_settings
+from tests.fixtures_sandbox import FAKE_MONGODB_URI, FAKE_TOKEN, FORK_SERVER, RUNNING_AS_ROOT, make_settings
 from interpreter.sandbox import SandboxJob
-from tests.sandbox_helpers import files_by_name, input_file, run
+from tests.sandbox_helpers import PIPE_HOG, PIPE_SIZE_PROBE, files_by_name, input_file, run
 
 CANARIES = (FAKE_TOKEN, FAKE_MONGODB_URI, "canary-password-4242")
 
@@ -174,37 +174,21 @@ async def test_each_live_sandbox_has_a_host_uid_of_its_own(runner):
     """Per-uid kernel pools (here pipe buffer pages: 16 pages a pipe, 16,384 a uid before new pipes
     shrink to one page) belonged to everyone while every run shared one uid. A session keeps
     1,200 pipes open (its processes stopped between runs, the pipes still charged); a run
-    started meanwhile still gets full-size pipes."""
+    started meanwhile still gets full-size pipes. With TEST_SANDBOX_FORK_SERVER=1 both are
+    forked from the template."""
     from interpreter.sandbox.runner import SandboxProcess
 
-    hog = SandboxProcess(runner, await runner.packages.ensure_venv(), cpu_seconds=60)
-    await hog.start()
+    if FORK_SERVER:
+        hog = await runner.fork_server.fork(60)
+        assert hog is not None, runner.fork_server.describe()
+    else:
+        hog = SandboxProcess(runner, await runner.packages.ensure_venv(), cpu_seconds=60)
+        await hog.start()
     try:
         assert await hog.wait_ready()
-        held = await hog.run_job(SandboxJob(code=textwrap.dedent("""
-            import os, time
-            pipes = []
-            children = []
-            for _ in range(11):  # 100 pipes (200 fds) per process: RLIMIT_NOFILE is 256
-                r, w = os.pipe()
-                pid = os.fork()
-                if pid == 0:
-                    held = [os.pipe() for _ in range(100)]
-                    os.write(w, b'x')
-                    time.sleep(1000)
-                children.append(pid)
-                os.read(r, 1)
-                os.close(r)
-                os.close(w)
-            pipes = [os.pipe() for _ in range(100)]
-            print('holding', 12 * 100)
-            """), timeout=30))
+        held = await hog.run_job(SandboxJob(code=PIPE_HOG, timeout=30))
         assert held.output.strip() == "holding 1200", (held.output, held.error)
-        probe = await run(runner, """
-            import fcntl, os
-            r, w = os.pipe()
-            print(fcntl.fcntl(w, 1032))  # F_GETPIPE_SZ
-            """)
+        probe = await run(runner, PIPE_SIZE_PROBE)
         if not RUNNING_AS_ROOT:  # no setpriv: every run has the bot's uid (SECURITY.md, unprivileged mode)
             assert runner.describe()["uids"] == f"{os.geteuid()} (the bot's own)"
             return

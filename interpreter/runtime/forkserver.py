@@ -9,9 +9,11 @@ puts itself in new namespaces. Nothing flows back from a run to the template.
 One run is three processes:
 
     template   (this loop; never changes after "ready")
-      waiter   joins the run's cgroups (the host moves it, see the handshake), sets the
-               run's rlimits, unshares user/mount/pid/net/ipc/uts/cgroup namespaces,
-               maps one uid, and reports the run's exit status to the host
+      waiter   takes the run's own host uid (when the host mapped the reserved range
+               into the template's user namespace), joins the run's cgroups (the host
+               moves it, see the handshake), sets the run's rlimits, unshares
+               user/mount/pid/net/ipc/uts/cgroup namespaces, maps that one uid, and
+               reports the run's exit status to the host
         init   pid 1 of the run: mounts a private /proc and fresh tmpfs (/tmp, /dev/shm,
                /work, /data), a new devpts, /dev read-only; checks that nothing writable
                is left shared with the template; drops every capability, sets
@@ -26,8 +28,12 @@ pid into the run's memory and pids cgroups and answers "go". Only then does anyt
 of the run begin. At the end the waiter sends {"exit": status} (bwrap's convention:
 128 + signal for a signalled run).
 
-Template requests on SOCKET_FD (SOCK_SEQPACKET): one JSON message with four fds
-(job pipe, output pipe, control pipe, handshake socket). The template answers nothing:
+Template requests on SOCKET_FD (SOCK_SEQPACKET): one JSON message (limits, tmpfs sizes
+and the run's host uid) with four fds (job pipe, output pipe, control pipe, handshake
+socket). The template keeps CAP_SETUID in its own user namespace for the waiters'
+setresuid (bwrap's --cap-add; the host wrote the map, so the only uids it can take are
+the reserved range's); a run never holds it: the waiter's unshare leaves every
+capability of the template's namespace behind. The template answers nothing:
 a run it cannot fork closes the handshake socket, and the host starts that run cold.
 """
 
@@ -109,6 +115,8 @@ def _write(path: str, text: str) -> None:
 
 
 def main() -> None:
+    global HOST_UIDS
+    HOST_UIDS = _read_id_map("/proc/self/uid_map")
     requests = socket.socket(fileno=int(sys.argv[1]))
     seccomp_fd = int(sys.argv[2])
     seccomp = b""
@@ -155,6 +163,8 @@ def _run_waiter(request: dict, fds: list[int], template_fd: int, seccomp: bytes)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         job_fd, output_fd, control_fd, handshake_fd = fds
         handshake = socket.socket(fileno=handshake_fd)
+        if request.get("uid") is not None:
+            _become(_uid_inside(int(request["uid"])))
         handshake.sendall(b"hello")  # the kernel adds our pid; the host moves us into the run's cgroups
         if handshake.recv(16) != b"go":
             os._exit(1)
@@ -182,6 +192,31 @@ def _run_waiter(request: dict, fds: list[int], template_fd: int, seccomp: bytes)
             except OSError:
                 pass
         os._exit(0)
+
+
+def _read_id_map(path: str) -> list[tuple[int, int, int]]:
+    """(inside, outside, count) lines of a user namespace map."""
+    with open(path) as fh:
+        return [tuple(int(field) for field in line.split()) for line in fh if line.strip()]
+
+
+HOST_UIDS: list[tuple[int, int, int]] = []  # the template's uid_map, read once at start
+
+
+def _uid_inside(host_uid: int) -> int:
+    for inside, outside, count in HOST_UIDS:
+        if outside <= host_uid < outside + count:
+            return inside + host_uid - outside
+    raise SetupError(f"host uid {host_uid} is not mapped in the template's user namespace")
+
+
+def _become(uid: int) -> None:
+    """The run's own uid, for good (real, effective and saved)."""
+    if os.getuid() != uid:
+        os.setresuid(uid, uid, uid)
+    # The uid change made us undumpable, which leaves /proc/self (setgroups, uid_map) to root:
+    # the maps written next are our own. Nothing of the run can see this process.
+    _prctl(PR_SET_DUMPABLE, 1, "PR_SET_DUMPABLE")
 
 
 def _run_init(request: dict, job_fd: int, output_fd: int, control_fd: int, seccomp: bytes) -> None:

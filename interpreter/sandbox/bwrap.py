@@ -99,6 +99,7 @@ def build_bwrap_args(
     module_fds: Mapping[str, int] | None = None,
     fork_server: bool = False,
     empty_fds: Mapping[str, int] | None = None,
+    userns_from_host: tuple[int, int] | None = None,
 ) -> list[str]:
     """`module_fds`: file name -> read end of a pipe holding a runtime module, bound beside the bootstrap.
 
@@ -109,6 +110,12 @@ def build_bwrap_args(
     filter itself: it hands `seccomp_fd`'s program to each run, which loads it after
     setting up its namespaces and dropping its capabilities.
 
+    `userns_from_host` (fork server, bot running as root): (block_fd, info_fd). bwrap
+    reports its child's pid on info_fd and waits on block_fd while the host writes the
+    user namespace's maps (interpreter/sandbox/forkserver.py): the reserved uid range
+    appears inside, and the template keeps CAP_SETUID (nothing else) so it can give each
+    forked run a uid of its own.
+
     `empty_fds`: a path of MASKED_PROC_FILES -> an fd with nothing to read, whose (empty)
     content bwrap puts over it. A bind of /dev/null would not do: bwrap mounts binds
     nodev, so it could not be opened.
@@ -118,6 +125,9 @@ def build_bwrap_args(
         "--unshare-all",  # user, ipc, pid, net, uts, cgroup namespaces
         "--unshare-user",
         *([] if fork_server else ["--disable-userns"]),  # no nested user namespaces from inside
+        *([] if userns_from_host is None else [
+            "--userns-block-fd", str(userns_from_host[0]), "--info-fd", str(userns_from_host[1]),
+            "--cap-add", "CAP_SETUID"]),
         "--uid", str(SANDBOX_UID_INSIDE),
         "--gid", str(SANDBOX_UID_INSIDE),
         "--hostname", "sandbox",
@@ -125,9 +135,14 @@ def build_bwrap_args(
         "--new-session",  # no TIOCSTI into the bot's terminal
         "--ro-bind", "/usr", "/usr",
         *_merged_usr_links(),
+        # /opt, /etc and the runtime files readable by every uid: bwrap makes the parents of
+        # its binds 0700 and data files 0600, owned by the template's uid, and a forked run
+        # has a uid of its own.
+        "--perms", "0755", "--dir", "/opt",
         "--ro-bind", str(venv_dir), VENV_MOUNT,
-        "--ro-bind-data", str(bootstrap_fd), BOOTSTRAP_PATH,
-        *[arg for name, fd in (module_fds or {}).items() for arg in ("--ro-bind-data", str(fd), f"{RUNTIME_MOUNT}/{name}")],
+        "--perms", "0444", "--ro-bind-data", str(bootstrap_fd), BOOTSTRAP_PATH,
+        *[arg for name, fd in (module_fds or {}).items()
+          for arg in ("--perms", "0444", "--ro-bind-data", str(fd), f"{RUNTIME_MOUNT}/{name}")],
         "--proc", "/proc",
         "--dev", "/dev",
         *[arg for path, fd in (empty_fds or {}).items() for arg in ("--ro-bind-data", str(fd), path)],
@@ -140,6 +155,7 @@ def build_bwrap_args(
     for shared in ("/etc/ld.so.cache", "/etc/fonts", "/etc/localtime"):
         if Path(shared).exists():  # harmless, and libraries look for them
             args[at:at] = ["--ro-bind", shared, shared]
+    args[at:at] = ["--perms", "0755", "--dir", "/etc"]  # as /opt: bwrap would make it 0700
     for key, value in env.items():
         args += ["--setenv", key, value]
     if fork_server:

@@ -76,7 +76,8 @@ class _Template:
     venv_dir: Path
     generation: int
     preload: str
-    uid: int | None  # the host uid leased for the template; its runs share it (see SECURITY.md)
+    uid: int | None  # the host uid leased for the template (each run leases one of its own)
+    runs_get_own_uids: bool = False  # the reserved range is mapped in the template's user namespace
     started_at: float = dataclasses.field(default_factory=time.monotonic)
     python_pid: int | None = None  # the template's Python, as the host sees it (from its "ready")
     ready: bool = False
@@ -113,6 +114,67 @@ class _Template:
             gone = await self.cgroup.remove_when_empty()  # its processes leave a moment after bwrap exits
         if gone:  # the uid is reused only once nothing of the template is left
             runner.uids.release(self.uid)
+
+
+UID_IN_TEMPLATE = 1000  # the template's own uid inside its user namespace (bwrap's --uid, as for any run)
+INFO_LIMIT = 64 * 1024  # bwrap's --info-fd JSON: a few hundred bytes
+
+
+@dataclasses.dataclass
+class _UsernsSetup:
+    """The host's half of bwrap's `--userns-block-fd`/`--info-fd`: bwrap reports the pid of
+    its sandbox child and waits while we, root in the parent namespace, write that child's
+    user namespace maps. Only root may write a map of more than the writer's own uid: this
+    is how the reserved uid range gets into the template's namespace."""
+
+    info_r: int
+    info_w: int  # bwrap's
+    block_r: int  # bwrap's
+    block_w: int
+
+    @classmethod
+    def open(cls) -> "_UsernsSetup":
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe()
+        return cls(info_r, info_w, block_r, block_w)
+
+    @property
+    def bwrap_fds(self) -> tuple[int, int]:
+        return self.block_r, self.info_w
+
+    async def write_maps(self, uid_map: str, gid_map: str) -> None:
+        """Raises OSError, ValueError or TimeoutError when bwrap did not get that far."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=INFO_LIMIT)
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                    os.fdopen(self.info_r, "rb", buffering=0))
+        self.info_r = -1
+        try:
+            info = await asyncio.wait_for(reader.read(INFO_LIMIT), HANDSHAKE_TIMEOUT)
+            while info and not reader.at_eof() and len(info) < INFO_LIMIT:  # bwrap closes it when done
+                info += await asyncio.wait_for(reader.read(INFO_LIMIT - len(info)), HANDSHAKE_TIMEOUT)
+        finally:
+            transport.close()
+        child = json.loads(info or b"{}").get("child-pid")
+        if not isinstance(child, int) or isinstance(child, bool) or child <= 1:
+            raise ValueError(f"bwrap reported no sandbox pid ({info[:200]!r})")
+        Path(f"/proc/{child}/uid_map").write_text(uid_map)
+        Path(f"/proc/{child}/gid_map").write_text(gid_map)
+        os.write(self.block_w, b"1")  # bwrap's sandbox goes on
+
+    def close_bwrap_ends(self) -> None:
+        self._close("info_w", "block_r")
+
+    def close(self) -> None:
+        self._close("info_r", "info_w", "block_r", "block_w")
+
+    def _close(self, *names: str) -> None:
+        for name in names:
+            fd = getattr(self, name)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, name, -1)
 
 
 class ForkServer:
@@ -277,7 +339,10 @@ class ForkServer:
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         ours.setblocking(False)
         fds = [theirs.detach()]
+        userns_setup: _UsernsSetup | None = None
         try:
+            if uid is not None:  # root: we write the template's uid map, so each run gets a uid of its own
+                userns_setup = _UsernsSetup.open()
             bootstrap_fd = data_fd("bootstrap", BOOTSTRAP_SOURCE)
             fds.append(bootstrap_fd)
             module_fds = {}
@@ -290,14 +355,18 @@ class ForkServer:
                 fds.append(seccomp_fd)
             args = build_bwrap_args(settings, runner.bwrap, venv_dir, bootstrap_fd=bootstrap_fd,
                                     control_fd=fds[0], job_fd=-1, seccomp_fd=seccomp_fd,
-                                    env=sandbox_env(self.preload), module_fds=module_fds, fork_server=True)
+                                    env=sandbox_env(self.preload), module_fds=module_fds, fork_server=True,
+                                    userns_from_host=userns_setup.bwrap_fds if userns_setup else None)
             proc = await asyncio.create_subprocess_exec(
                 *runner.launch_prefix(cgroup, None, uid), *args,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                pass_fds=fds, env={}, cwd="/", start_new_session=True,
+                pass_fds=[*fds, *(userns_setup.bwrap_fds if userns_setup else ())], env={}, cwd="/",
+                start_new_session=True,
             )
         except Exception as exc:  # noqa: BLE001 - bwrap missing, no fds...: runs go cold, the log says why
             ours.close()
+            if userns_setup is not None:
+                userns_setup.close()
             if cgroup is not None:
                 cgroup.remove()
             runner.uids.release(uid)
@@ -308,15 +377,24 @@ class ForkServer:
         finally:
             for fd in fds:
                 os.close(fd)
-        template = _Template(proc, ours, cgroup, venv_dir, generation, self.preload, uid)
+            if userns_setup is not None:
+                userns_setup.close_bwrap_ends()  # bwrap has its copies: EOF on info_r once it closes its own
+        template = _Template(proc, ours, cgroup, venv_dir, generation, self.preload, uid,
+                             runs_get_own_uids=userns_setup is not None)
         template.output_task = asyncio.ensure_future(_keep_tail(proc.stdout, template.output))
         self.template = template
         self.started += 1
         try:
+            if userns_setup is not None:
+                await userns_setup.write_maps(runner.uids.template_uid_map(uid, UID_IN_TEMPLATE),
+                                              f"{UID_IN_TEMPLATE} {settings.sandbox_gid} 1\n")
             message, credentials = await _receive(ours, READY_TIMEOUT, until_dead=proc)
             hello = json.loads(message) if message else {}
         except (TimeoutError, ValueError, OSError) as exc:
             message, credentials, hello = b"", None, {"error": str(exc)}
+        finally:
+            if userns_setup is not None:
+                userns_setup.close()
         if hello.get("kind") != "ready" or credentials is None:
             self.last_failure = f"the template did not start: {_tail(template.output) or hello}"
             log.error("fork server: %s", self.last_failure)
@@ -531,6 +609,8 @@ class ForkedSandbox(SandboxProcess):
         runner, settings = self.runner, self.settings
         loop = asyncio.get_running_loop()
         self.cgroup = runner.cgroups.create(settings) if runner.cgroups.available else None
+        if self.template.runs_get_own_uids:  # released by destroy(), once nothing of the run is left
+            self.uid = runner.uids.acquire()
         self.template.in_use += 1
         job_r, job_w = os.pipe()
         output_r, output_w = os.pipe()
@@ -541,6 +621,7 @@ class ForkedSandbox(SandboxProcess):
         request = {
             "rlimits": run_rlimits(settings, self.cpu_seconds, with_fallbacks=self.cgroup is None),
             "tmpfs": run_tmpfs_sizes(settings),
+            "uid": self.uid,  # a host uid: the template finds it in its user namespace's map
         }
         try:
             try:
@@ -557,6 +638,8 @@ class ForkedSandbox(SandboxProcess):
             pidfd = os.pidfd_open(pid)
             try:
                 self._check_parent(pid)
+                if self.uid is not None and credentials[1] != self.uid:
+                    raise ForkFailed(f"the run has host uid {credentials[1]}, not the {self.uid} leased for it")
                 if self.cgroup is not None:
                     for procs in self.cgroup.procs_files:
                         procs.write_text(str(pid))

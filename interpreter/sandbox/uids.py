@@ -13,6 +13,11 @@ the sandbox's last process has gone (SandboxProcess.destroy). Uids are handed ou
 round-robin, so the one reused is the one released longest ago. When every uid is
 leased (more live sandboxes than SANDBOX_UID_COUNT), runs share the first one and the
 log says so: still unprivileged, only less separated.
+
+Runs forked from the fork-server template (interpreter/sandbox/forkserver.py) get their
+uid from the same leases: the host writes the template's user namespace maps itself
+(`template_uid_map`), so that every uid of the range exists inside it and the template
+can hand each forked run the one leased for it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 LEASE_DIR = Path("/run/code-interpreter/uids")
+# Where the range appears inside the fork-server template's user namespace: far from the
+# uid the template itself has there (1000), whatever SANDBOX_UID is.
+TEMPLATE_RANGE_INSIDE = 100_000
 
 
 class UidLeases:
@@ -66,6 +74,18 @@ class UidLeases:
             self._held[uid] = fd
             return uid
         return self._shared(f"all {self.count} sandbox uids are in use")
+
+    def template_uid_map(self, template_uid: int, template_inside: int) -> str:
+        """The uid_map of the fork-server template's user namespace: its own uid as
+        `template_inside`, and every other uid of the range (so each forked run can be
+        given its own), at TEMPLATE_RANGE_INSIDE + offset. Lines may not overlap, so the
+        template's uid, when it is one of the range, is left out of the range's lines."""
+        lines = [f"{template_inside} {template_uid} 1"]
+        start, end = self.first, self.first + self.count  # [start, end)
+        for low, high in ((start, min(end, template_uid)), (max(start, template_uid + 1), end)):
+            if low < high:
+                lines.append(f"{TEMPLATE_RANGE_INSIDE + low - self.first} {low} {high - low}")
+        return "".join(line + "\n" for line in lines)
 
     def release(self, uid: int | None) -> None:
         fd = self._held.pop(uid, None) if uid is not None else None

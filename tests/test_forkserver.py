@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -375,6 +376,30 @@ async def test_a_forked_run_using_up_its_uids_pipe_quota_does_not_shrink_another
         probe = await run(forking, PIPE_SIZE_PROBE)
         assert probe.output.strip() == "65536", "a forked run's pipes shrank: another forked run used up its uid's quota"
         assert stats(forking)["runs_forked"] == 2 and stats(forking)["fork_failures"] == 0
+    finally:
+        await hog.destroy()
+
+
+async def test_a_forked_run_filling_its_pending_signal_queue_leaves_other_forked_runs_theirs(forking):
+    """Pending signals are counted at every user namespace level up to the host's; all forked runs
+    meet at the template's, capped by the template's RLIMIT_SIGPENDING. Before, one forked run
+    queuing that many real-time signals left another forked run none (its queue stayed at 0
+    however many it sent); now each has its share (forkserver.run_pool_limits)."""
+    fill = """
+        import os, resource, signal
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGRTMIN})
+        for _ in range(%s):
+            os.kill(os.getpid(), signal.SIGRTMIN)   # queued while blocked; past the limit, not queued
+        print(open('/proc/self/status').read().split('SigQ:')[1].split()[0])
+    """
+    hog = await forking.fork_server.fork(60)
+    assert hog is not None, stats(forking)
+    try:
+        filled = await hog.run_job(SandboxJob(code=textwrap.dedent(fill % "resource.getrlimit(resource.RLIMIT_SIGPENDING)[0] + 10"), timeout=30))
+        queued, limit = filled.output.strip().split("/")
+        assert queued == limit, (filled.output, filled.error)  # the hog's own queue is full
+        probe = await run(forking, fill % 10)
+        assert probe.output.strip().split("/")[0] == "10", (probe.output, probe.error)
     finally:
         await hog.destroy()
 

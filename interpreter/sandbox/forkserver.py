@@ -38,6 +38,7 @@ import dataclasses
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import struct
@@ -114,6 +115,29 @@ class _Template:
             gone = await self.cgroup.remove_when_empty()  # its processes leave a moment after bwrap exits
         if gone:  # the uid is reused only once nothing of the template is left
             runner.uids.release(self.uid)
+
+
+# Pools the kernel counts per user namespace level ("ucounts") and caps, at each level,
+# by the rlimit its namespace's creator had. Every forked run's namespace lies below the
+# template's, so at the level of the template's own uid all forked runs are summed and
+# capped by the template's rlimit (the bot's own): with that same limit, one forked run
+# queuing its 96,363 pending signals left none to any other, whatever its uid. Raising
+# the template's limit needs CAP_SYS_RESOURCE, which containers rarely grant; so each
+# forked run gets an equal share instead, for as many forked runs as can be alive at
+# once (runs, sessions, spares).
+UCOUNT_RLIMITS = ("RLIMIT_SIGPENDING", "RLIMIT_MEMLOCK", "RLIMIT_MSGQUEUE")
+
+
+def run_pool_limits(settings) -> dict[str, tuple[int, int]]:
+    """The rlimits of UCOUNT_RLIMITS for one forked run."""
+    live = settings.max_concurrent_runs + settings.max_sessions + settings.sandbox_fork_spares
+    limits = {}
+    for name in UCOUNT_RLIMITS:
+        soft, _hard = resource.getrlimit(getattr(resource, name))
+        if soft != resource.RLIM_INFINITY:  # unlimited: nothing shared is capped
+            share = max(1, soft // max(1, live))
+            limits[name] = (share, share)
+    return limits
 
 
 UID_IN_TEMPLATE = 1000  # the template's own uid inside its user namespace (bwrap's --uid, as for any run)
@@ -619,7 +643,8 @@ class ForkedSandbox(SandboxProcess):
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         ours.setblocking(False)
         request = {
-            "rlimits": run_rlimits(settings, self.cpu_seconds, with_fallbacks=self.cgroup is None),
+            "rlimits": run_rlimits(settings, self.cpu_seconds, with_fallbacks=self.cgroup is None)
+            | run_pool_limits(settings),
             "tmpfs": run_tmpfs_sizes(settings),
             "uid": self.uid,  # a host uid: the template finds it in its user namespace's map
         }

@@ -12,8 +12,10 @@ heavy and two light pooled sandboxes) it measures, after `interpreter.warm_up()`
 
   idle      print('hi') and the chart one at a time, warm capacity ready before each
   memory    what the idle warm capacity holds: the memory its cgroups are charged (a
-            page a fork shares with its template counts once) and the RSS of its
-            processes (shared pages once per process, library files included)
+            page a fork shares with its template counts once; page cache of the library
+            files the template read included), the RSS of its processes (shared pages
+            once per process), their PSS (shared pages split between their users) and
+            USS (pages of their own: what stopping the warm capacity would free)
   steady    a chart from a different member every --interval seconds (--charts of them)
   burst     --burst charts from different members at once
   tiny      --tiny print('hi') runs from different members at once: runs/s
@@ -81,8 +83,21 @@ async def warm_capacity_memory(runner) -> dict[str, float]:
             for name in ("memory.usage_in_bytes", "memory.current"):
                 if (folder / name).exists():
                     charged += int((folder / name).read_text())
+    rollups = [smaps_rollup_kb(pid) for pid in pids]
     return {"charged_mb": charged / 2**20, "rss_mb": sum(status_kb(pid, "VmRSS") for pid in pids) / 1024,
+            "pss_mb": sum(r.get("Pss", 0) for r in rollups) / 1024,
+            "uss_mb": sum(r.get("Private_Clean", 0) + r.get("Private_Dirty", 0) for r in rollups) / 1024,
             "processes": len(pids)}
+
+
+def smaps_rollup_kb(pid: int) -> dict[str, int]:
+    """A process's memory totals in kB: Pss (shared pages split among their users), and
+    Private_* (its own pages: what killing it would free)."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    except OSError:
+        return {}
+    return {key: int(value.split()[0]) for key, _, value in (line.partition(":") for line in lines) if value.strip()}
 
 
 
@@ -132,8 +147,8 @@ def report(warm: str, out: dict) -> None:
     print(f"  idle print   {stats_line(out['idle_print'])}")
     print(f"  idle chart   {stats_line(out['idle_chart'])}")
     memory = out["memory"]
-    print(f"  idle warm capacity: cgroups charged {memory['charged_mb']:.0f} MB, RSS {memory['rss_mb']:.0f} MB "
-          f"({memory['processes']} processes)")
+    print(f"  idle warm capacity: cgroups charged {memory['charged_mb']:.0f} MB, RSS {memory['rss_mb']:.0f} MB, "
+          f"PSS {memory['pss_mb']:.0f} MB, USS {memory['uss_mb']:.0f} MB ({memory['processes']} processes)")
     print(f"  steady       {stats_line(out['steady'])}")
     print(f"  burst        {stats_line(out['burst'])}")
     print(f"  tiny at once {out['tiny_per_s']:.1f} runs/s")

@@ -21,6 +21,12 @@ Promises, and what keeps them:
 - The host, not the run, puts the run into its cgroups: the child's first act is a
   "hello" on its own socket, the kernel attaches its pid, the host moves that pid into
   the run's memory and pids cgroups and only then says "go".
+- Each run has a host uid of its own (per-uid kernel pools are not shared), leased by
+  the host from the range launched sandboxes use (uids.py): the host writes the
+  template's user namespace maps (the template's uid and the whole range), the template
+  keeps CAP_SETUID there alone, and the run's waiter takes the leased uid before its own
+  user namespace maps inside-uid 1000 onto it. The host checks the uid the kernel
+  attaches to the run's hello; the lease ends when the run's cgroup is empty.
 - A template that dies is replaced (with backoff); meanwhile `fork` returns None and
   the run starts cold. A new sandbox venv generation gets a new template; the old
   one serves no new run and exits once the runs forked from it have ended.

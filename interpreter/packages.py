@@ -58,10 +58,13 @@ from interpreter.approved import ApprovedPackages, PackageRequest, PackageReques
 log = logging.getLogger(__name__)
 
 # Preinstalled in every new venv: what the seed's examples and the cogs' CSV flow use.
-BASE_PACKAGES: tuple[str, ...] = ("numpy", "pandas", "matplotlib", "seaborn", "plotly", "scipy", "openpyxl", "pyarrow")
+# kaleido (plotly's PNG export, driving the host's Chromium) is there for the render sandbox
+# (interpreter/render), which runs this venv's Python: runs themselves never start a browser.
+BASE_PACKAGES: tuple[str, ...] = ("numpy", "pandas", "matplotlib", "seaborn", "plotly", "scipy", "openpyxl", "pyarrow",
+                                  "kaleido")
 # The build steps besides the base set (font cache, offline example datasets). Bump it when
 # they change: a venv built by an older recipe is rebuilt once, in the background.
-VENV_RECIPE = 2
+VENV_RECIPE = 3  # 3: kaleido joined the base set
 SEABORN_DATA = "share/seaborn-data"  # inside the venv; the runtime points seaborn there
 BASE_PYTHON_CANDIDATES: tuple[str, ...] = ("/usr/bin/python3", "/usr/local/bin/python3")
 MARKER = ".ready"

@@ -57,6 +57,17 @@ def _float_range(low: float) -> Callable[[str], float]:
     return parse
 
 
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError
+        return value
+
+    parse.accepts = " or ".join(options)  # type: ignore[attr-defined]
+    return parse
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -196,6 +207,7 @@ FIELDS: tuple[Field, ...] = (
     Field("run_cpu_cores", "RUN_CPU_CORES", "1", _float_range(0), "CPU one run (or session) may use at once, in cores (cgroup CPU quota); every run weighs the same in the scheduler however many processes it starts. 0: no quota."),
     Field("run_workdir_mb", "RUN_WORKDIR_MB", "200", _int_range(1), "Size of a run's writable work dir (and, separately, of its /tmp), in MB."),
     Field("run_max_open_files", "RUN_MAX_OPEN_FILES", "256", _int_range(16), "Open files per process inside a run (RLIMIT_NOFILE)."),
+    Field("plotly_png", "PLOTLY_PNG", "auto", _choice("auto", "off"), "Plotly figures come back as interactive HTML, and also as a PNG (shown inline) where a Chromium is installed under /usr/bin (Debian: apt-get install chromium-headless-shell; the Docker image has it). The PNG is rendered after the run, in a render sandbox of its own (same isolation, no member files, 30 s, 1 GB), adding 1.5-3 s of CPU to a run that shows plotly figures. auto: when Chromium and kaleido are there (/status says); off: HTML only."),
     Field("max_generated_files", "MAX_GENERATED_FILES", "20", _int_range(0), "Files returned from one run; more are listed as skipped."),
     Field("max_concurrent_runs", "MAX_CONCURRENT_RUNS", "2", _int_range(1, 256), "Runs executing at once across the whole bot; others wait in a queue."),
     Field("max_long_runs", "MAX_LONG_RUNS", "8", _int_range(0, 1024), "Runs still going after RUN_LONG_AFTER_SECONDS give their slot to the next run and go on beside the MAX_CONCURRENT_RUNS slots at the lowest CPU priority, up to this many at once (one per member), so short runs never wait behind a sleeping or looping one. 0: long runs keep their slot."),
@@ -281,6 +293,7 @@ class Settings:
     run_cpu_cores: float
     run_workdir_mb: int
     run_max_open_files: int
+    plotly_png: str
     max_generated_files: int
     max_concurrent_runs: int
     max_long_runs: int

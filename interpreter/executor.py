@@ -22,6 +22,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Protocol
 
+from interpreter.render import PlotlyRenderer
 from interpreter.result import RunResult, SessionState
 from interpreter.sandbox.job import SandboxJob
 from interpreter.sessions import EndReason, SessionInfo, SessionManager
@@ -108,6 +109,7 @@ class LocalExecutor:
         self.packages = packages or PackageManager(settings)
         self.runner = runner or SandboxRunner(settings, self.packages)
         self.sessions = sessions or SessionManager(settings, self.runner)
+        self.renderer = PlotlyRenderer(settings, self.runner, self.packages)  # plotly figures as PNG, after the run
 
     async def run(self, request: ExecutionRequest) -> RunResult:
         installed: tuple[str, ...] | None = None
@@ -121,16 +123,17 @@ class LocalExecutor:
                          owner=request.user_id)
         if request.session_id is None:
             outcome = await self.runner.run(job)
-            return RunResult.from_outcome(outcome, request.timeout, installed_packages=installed,
-                                          failed_packages=failed)
+            return await self.renderer.finish(RunResult.from_outcome(
+                outcome, request.timeout, installed_packages=installed, failed_packages=failed), request.user_id)
         try:
             ran = await self.sessions.run(request.session_id, request.user_id, job)
         except InterpreterError as exc:  # SessionRefused: capacity, ownership, sandbox start
             return RunResult.refusal(str(exc), installed_packages=installed, failed_packages=failed)
         state = SessionState(info=ran.info, active=ran.active, started=ran.started, note=ran.note,
                              ended=ran.ended.value if ran.ended else None)
-        return RunResult.from_outcome(ran.outcome, request.timeout, installed_packages=installed,
-                                      failed_packages=failed, session=state)
+        return await self.renderer.finish(RunResult.from_outcome(
+            ran.outcome, request.timeout, installed_packages=installed, failed_packages=failed, session=state),
+            request.user_id)
 
     async def open_session(self, session_id: str, user_id: int) -> SessionOpened:
         info, created = await self.sessions.open(session_id, user_id)
@@ -162,6 +165,7 @@ class LocalExecutor:
         status["sandbox"] = self.runner.describe()
         status["runs"] = self.runner.load()
         status["sessions"] = self.sessions.describe()
+        status["plotly_png"] = self.renderer.describe()
         return status
 
     async def warm_up(self) -> dict:

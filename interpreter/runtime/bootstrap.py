@@ -323,6 +323,11 @@ class _Skips:
 _IMAGE_SUFFIXES = tuple(f".{ext}" for ext in _IMAGES)
 
 
+def _is_chart(rel: str) -> bool:
+    """Images, and plotly figures queued for a PNG (the host turns them into images)."""
+    return rel.lower().endswith(_IMAGE_SUFFIXES) or rel.startswith(display.PNG_QUEUE_DIR + "/")
+
+
 def collect(before: dict, limits: dict) -> None:
     """Send the files this job made or changed: charts first, each kind in creation order
     (so with more charts than fit, the first ones are sent); what is left is announced."""
@@ -332,7 +337,7 @@ def collect(before: dict, limits: dict) -> None:
     sent = total = 0
     skips = _Skips()
     changed = [(rel, st) for rel, st in walk(WORK_DIR) if before.get(rel) != (st.st_size, st.st_mtime_ns)]
-    changed.sort(key=lambda item: (not item[0].lower().endswith(_IMAGE_SUFFIXES), item[1].st_mtime_ns, item[0]))
+    changed.sort(key=lambda item: (not _is_chart(item[0]), item[1].st_mtime_ns, item[0]))
     for rel, st in changed:
         if sent >= max_files:
             skips.add(rel, "too many files")
@@ -427,6 +432,7 @@ def member_main(orders_fd: int, reports_fd: int, *, prepared: bool = False) -> N
     while line := orders.readline():
         order = json.loads(line)
         registry.add(order["files"])
+        display.start_job()
         status, exit_code, error = run_code(order["code"], main_module.__dict__)
         try:
             display.save_open_figures()

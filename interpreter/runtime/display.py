@@ -7,7 +7,7 @@
 - Figures: matplotlib figures are saved as PNG no larger than MAX_FIGURE_PIXELS on their
   long side (Discord shrinks bigger ones until their labels cannot be read); plotly
   figures as interactive HTML with plotly.js inlined (runs have no internet, and neither
-  may the member who opens the file).
+  may the member who opens the file), and queued as JSON for the host to render as PNG.
 
 Standard library only at import time: pandas, numpy, matplotlib and plotly are imported
 by the member's code (or a pooled sandbox's preload), never by this module.
@@ -31,7 +31,13 @@ PANDAS_OPTIONS = {
     "display.max_colwidth": 40,
 }
 
+# Plotly figures queued for a PNG rendered by the host (interpreter/render holds the same limits).
+PNG_QUEUE_DIR = ".plotly-png"
+MAX_PNG_FIGURES = 4
+MAX_FIGURE_JSON_BYTES = 8 * 1024 * 1024
+
 _counters: dict[str, int] = {}
+_png_queued = 0
 
 
 def unique_name(stem: str, ext: str) -> str:
@@ -153,12 +159,44 @@ def patch_figure(figure_module) -> None:
 
 def show_plotly(figure) -> None:
     """fig.show() would open a browser: write an interactive HTML file that works offline
-    (plotly.js inlined: ~4.6 MB, but neither the run nor the member's viewer may have internet).
+    (plotly.js inlined: ~4.6 MB, but neither the run nor the member's viewer may have internet),
+    and queue the figure for a PNG.
 
-    No PNG: kaleido drives a Chromium, which inside a run's limits (64 processes and
-    threads) does not start, and with more did not render offline (README, "What a run shows")."""
+    The PNG is not made here: kaleido drives a Chromium, which inside a run's limits (64
+    processes and threads) does not start. The host renders the queued figure after the
+    run, in a render sandbox of its own (interpreter/render), where Chromium is installed."""
     name = unique_name("plotly_figure", "html")
     figure.write_html(os.path.join(WORK_DIR, name), include_plotlyjs=True, full_html=True)
+    queue_png(figure, name[: -len(".html")])
+
+
+def start_job() -> None:
+    """A new job of this sandbox (a session has many): its own MAX_PNG_FIGURES."""
+    global _png_queued
+    _png_queued = 0
+
+
+def queue_png(figure, stem: str) -> None:
+    """Write the figure's JSON to PNG_QUEUE_DIR as `stem.json` (the host's PNG is `stem.png`).
+
+    At most MAX_PNG_FIGURES per run, none larger than MAX_FIGURE_JSON_BYTES: the host
+    renders no more (interpreter/render/plotly_png.py holds the same limits), and a
+    figure left out still has its HTML."""
+    global _png_queued
+    if _png_queued >= MAX_PNG_FIGURES:
+        return
+    try:
+        data = figure.to_json().encode()
+    except Exception as exc:  # noqa: BLE001 - the HTML is already there
+        print(f"[{stem}: no PNG ({type(exc).__name__}); the HTML has the figure]", file=sys.stderr)
+        return
+    if len(data) > MAX_FIGURE_JSON_BYTES:
+        print(f"[{stem}: too much data for a PNG ({len(data) >> 20} MB); the HTML has the figure]", file=sys.stderr)
+        return
+    os.makedirs(os.path.join(WORK_DIR, PNG_QUEUE_DIR), exist_ok=True)
+    with open(os.path.join(WORK_DIR, PNG_QUEUE_DIR, f"{stem}.json"), "wb") as handle:
+        handle.write(data)
+    _png_queued += 1
 
 
 def patch_plotly(basedatatypes) -> None:

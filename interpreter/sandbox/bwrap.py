@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from config import Settings
@@ -91,7 +91,7 @@ def build_bwrap_args(
     bwrap: BwrapBinary,
     venv_dir: Path,
     *,
-    bootstrap_fd: int,
+    bootstrap_fd: int | None,
     control_fd: int,
     job_fd: int,
     seccomp_fd: int | None,
@@ -100,6 +100,8 @@ def build_bwrap_args(
     fork_server: bool = False,
     empty_fds: Mapping[str, int] | None = None,
     userns_from_host: tuple[int, int] | None = None,
+    extra_binds: Sequence[str] = (),
+    command: Sequence[str] | None = None,
 ) -> list[str]:
     """`module_fds`: file name -> read end of a pipe holding a runtime module, bound beside the bootstrap.
 
@@ -119,6 +121,9 @@ def build_bwrap_args(
     `empty_fds`: a path of MASKED_PROC_FILES -> an fd with nothing to read, whose (empty)
     content bwrap puts over it. A bind of /dev/null would not do: bwrap mounts binds
     nodev, so it could not be opened.
+
+    `command` runs instead of the bootstrap (the render sandbox: interpreter/render), with
+    `extra_binds` (bwrap arguments) for what it reads; `bootstrap_fd` is then None.
     """
     args = [
         bwrap.path,
@@ -140,7 +145,7 @@ def build_bwrap_args(
         # has a uid of its own.
         "--perms", "0755", "--dir", "/opt",
         "--ro-bind", str(venv_dir), VENV_MOUNT,
-        "--perms", "0444", "--ro-bind-data", str(bootstrap_fd), BOOTSTRAP_PATH,
+        *(["--perms", "0444", "--ro-bind-data", str(bootstrap_fd), BOOTSTRAP_PATH] if bootstrap_fd is not None else []),
         *[arg for name, fd in (module_fds or {}).items()
           for arg in ("--perms", "0444", "--ro-bind-data", str(fd), f"{RUNTIME_MOUNT}/{name}")],
         "--proc", "/proc",
@@ -152,12 +157,15 @@ def build_bwrap_args(
         "--clearenv",
     ]
     at = args.index("--proc")
+    args[at:at] = list(extra_binds)
     for shared in ("/etc/ld.so.cache", "/etc/fonts", "/etc/localtime"):
         if Path(shared).exists():  # harmless, and libraries look for them
             args[at:at] = ["--ro-bind", shared, shared]
     args[at:at] = ["--perms", "0755", "--dir", "/etc"]  # as /opt: bwrap would make it 0700
     for key, value in env.items():
         args += ["--setenv", key, value]
+    if command is not None:
+        return args + (["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []) + list(command)
     if fork_server:
         return args + [f"{VENV_MOUNT}/bin/python", "-I", "-B", FORK_SERVER_PATH, str(control_fd),
                        str(seccomp_fd if seccomp_fd is not None else -1)]

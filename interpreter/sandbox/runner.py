@@ -123,15 +123,11 @@ class SandboxProcess:
         job_r, job_w = os.pipe()
         fds = [control_w, job_r]
         seccomp_r = None
-        empty_fds: dict[str, int] = {}
         try:
             bootstrap_r = data_fd("bootstrap", BOOTSTRAP_SOURCE)
             fds.append(bootstrap_r)
-            for path in MASKED_PROC_FILES:
-                if not os.path.exists(path):  # e.g. /proc/modules on a kernel built without modules
-                    continue
-                empty_fds[path] = data_fd("empty", b"")
-                fds.append(empty_fds[path])
+            empty_fds = empty_proc_fds()
+            fds += empty_fds.values()
             module_fds = {}
             for name, data in runtime_bytecode({"bootstrap.py": BOOTSTRAP_SOURCE, **RUNTIME_MODULES}).items():
                 module_fds[name] = data_fd(name.rpartition("/")[2], data)
@@ -552,8 +548,11 @@ class SandboxRunner:
             self._bwrap = find_bwrap(self.settings)
         return self._bwrap
 
-    def launch_prefix(self, cgroup: RunCgroup | None, cpu_seconds: float | None, uid: int | None = None) -> list[str]:
-        """The chain before bwrap: join the cgroups, drop root, set rlimits (no CPU limit with None)."""
+    def launch_prefix(self, cgroup: RunCgroup | None, cpu_seconds: float | None, uid: int | None = None,
+                      *, limits: Settings | None = None) -> list[str]:
+        """The chain before bwrap: join the cgroups, drop root, set rlimits (no CPU limit with None).
+
+        `limits`: settings whose run limits apply instead of the runner's (the render sandbox's)."""
         prefix: list[str] = []
         if cgroup is not None:
             joins = "".join(f"echo $$ > {shlex.quote(str(p))} && " for p in cgroup.procs_files)
@@ -565,7 +564,7 @@ class SandboxRunner:
                 f"--regid={self.settings.sandbox_gid}",
                 "--clear-groups",
             ]
-        prefix += [_tool("prlimit"), *prlimit_args(self.settings, cpu_seconds, with_fallbacks=cgroup is None), "--"]
+        prefix += [_tool("prlimit"), *prlimit_args(limits or self.settings, cpu_seconds, with_fallbacks=cgroup is None), "--"]
         return prefix
 
     async def run(self, job: SandboxJob) -> SandboxOutcome:
@@ -878,6 +877,12 @@ def data_fd(name: str, data: bytes) -> int:
         view = view[os.write(fd, view):]
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
+
+
+def empty_proc_fds() -> dict[str, int]:
+    """An empty fd for each of MASKED_PROC_FILES this kernel has (build_bwrap_args's `empty_fds`)."""
+    # Not every kernel has them all, e.g. /proc/modules on a kernel built without modules.
+    return {path: data_fd("empty", b"") for path in MASKED_PROC_FILES if os.path.exists(path)}
 
 
 def _signal_name(sig: int) -> str:

@@ -175,12 +175,29 @@ async def test_errors_point_at_the_members_line_with_pythons_hint(discord_world)
     assert "columns are: 'revenue'" in keyed.content and "site-packages" not in keyed.content
 
 
-async def test_plotly_comes_back_as_html_that_needs_no_internet(discord_world):
+async def test_plotly_comes_back_as_a_png_and_html_that_needs_no_internet(discord_world):
     w = discord_world
     reply = await w.harness.slash("run", w.alice, code="import plotly.express as px\npx.bar(x=[1, 2], y=[3, 4])")
-    [html] = [data for name, data in reply.final.files.items() if name.endswith(".html")]
+    assert list(reply.final.files) == ["plotly_figure_1.png", "plotly_figure_1.html"], "the PNG first, shown inline"
+    png = reply.final.files["plotly_figure_1.png"]
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000, "a drawn chart, not an empty image"
+    html = reply.final.files["plotly_figure_1.html"]
     assert b"Plotly.newPlot" in html and b'<script src="http' not in html and b"cdn.plot.ly/plotly" not in html[:5000]
-    assert "(no output)" not in reply.content
+    assert "(no output)" not in reply.content and "plotly-png" not in reply.content, "the queued JSON is never shown"
+
+
+async def test_a_plotly_render_that_fails_is_one_line_and_the_html_stays(discord_world, monkeypatch):
+    from interpreter.render import plotly_png
+
+    # Fault injection: the "Chromium" the render sandbox starts exits at once.
+    monkeypatch.setattr(plotly_png, "find_chromium", lambda: "/usr/bin/false")
+    w = discord_world
+    reply = await w.harness.slash("run", w.alice, code="import plotly.express as px\npx.bar(x=[1, 2], y=[3, 4])")
+    assert reply.content.startswith("✅"), reply.content
+    assert list(reply.final.files) == ["plotly_figure_1.html"]
+    [line] = [line for line in reply.content.splitlines() if "plotly" in line and "png" in line]
+    assert "not rendered: Chromium did not start" in line, reply.content
+    assert "plotly-png" not in reply.content
 
 
 async def test_someone_elses_code_cannot_load_the_clickers_files(discord_world):

@@ -14,10 +14,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # bubblewrap: the distribution's bwrap (preferred over the wheel's copy);
 # libseccomp2: the syscall filter; util-linux: setpriv/prlimit used to launch runs;
-# tini: reaps sandbox processes and forwards signals.
+# tini: reaps sandbox processes and forwards signals; chromium-headless-shell: plotly
+# figures as PNG, rendered in a render sandbox of its own (README, "What a run shows"),
+# and fontconfig for its prebuilt font cache (/var/cache/fontconfig: no font scan per render).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends bubblewrap libseccomp2 util-linux tini \
+        chromium-headless-shell fontconfig \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

@@ -36,7 +36,7 @@ def _join_fitting(names: list[str], limit: int) -> str:
 def run_text() -> str:
     return ("`/run code: print('hi')` runs Python here; leave `code` empty for a multi-line box. "
             "On any message, **Apps → Run code** runs its code block.\n"
-            "Charts (`plt.show()` or any open figure) come back as images, plotly figures as HTML, "
+            "Charts (`plt.show()` or any open figure) come back as images, plotly figures as a PNG plus an interactive HTML file, "
             "files your code writes as attachments, and the value of the last line is shown, as in a notebook. "
             "Under a result: **Edit & run** opens the code again to change it.")
 

@@ -235,7 +235,8 @@ def system_prompt(facts: SandboxFacts, files: Sequence[MemberFile]) -> str:
         lines.append(f"Other approved packages install when listed in the tool's `packages`: {shown}.")
     lines.append("Charts: draw with matplotlib or seaborn; every open figure comes back to the member as a PNG "
                  "(or save it yourself: plt.savefig('name.png')). Files you write to the current directory "
-                 "(CSV, Excel, HTML...) are attached too. Plotly figures come back as HTML.")
+                 "(CSV, Excel, HTML...) are attached too. Plotly figures (fig.show()) come back as "
+                 "interactive HTML, and as a PNG where the server can render one.")
     if facts.stateful:
         lines.append("Runs of this conversation share one Python session: variables and imports persist.")
     else:

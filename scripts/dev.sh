@@ -21,6 +21,9 @@ need_system_packages() {
     command -v prlimit >/dev/null && command -v setpriv >/dev/null || missing+=(util-linux)
     ldconfig -p 2>/dev/null | grep -q 'libseccomp.so.2' || missing+=(libseccomp2)
     [ -x /usr/bin/python3 ] || [ -x /usr/local/bin/python3 ] || missing+=(python3)
+    # A Chromium for plotly PNGs (the render sandbox, interpreter/render; its tests need it).
+    # The headless shell: no GTK, ~9 s to install where its libraries are already there.
+    [ -x /usr/bin/chromium-headless-shell ] || [ -x /usr/bin/chromium ] || missing+=(chromium-headless-shell)
     # Debian splits venv support out of its python3 package.
     if command -v dpkg >/dev/null && [ -x /usr/bin/python3 ] && ! dpkg -s python3-venv >/dev/null 2>&1; then
         missing+=(python3-venv)

@@ -43,6 +43,13 @@ async def test_a_plotly_figure_comes_back_as_png_beside_its_html(engine):
     assert status["plotly_png"]["enabled"] and status["plotly_png"]["rendered"] == 1
 
 
+async def test_write_image_gives_the_png_under_the_name_asked_for(engine):
+    result = await engine.run(PLOTLY_BAR + ".write_image('sales.png', width=400, height=300)", user_id=1)
+    assert result.success, result.error
+    [png] = result.generated_files
+    assert png.filename == "sales.png" and struct.unpack(">II", png.data[16:24]) == (400, 300)
+
+
 async def test_each_run_of_a_session_gets_its_own_pngs_and_at_most_four(engine):
     code = "import plotly.express as px\nfor i in range(5):\n    px.bar(x=[1, 2], y=[3, i]).show()"
     first = await engine.run(code, user_id=1, session_id="s1")

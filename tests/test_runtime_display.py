@@ -171,7 +171,14 @@ async def test_plotly_html_works_offline(runner):
     assert "Plotly.newPlot" in text and html.size > 1_000_000, "plotly.js is inlined"
 
 
-async def test_plotly_write_image_says_what_works_instead(runner):
-    outcome = await run(runner, "import plotly.express as px\npx.bar(x=[1], y=[2]).write_image('c.png')", timeout=60)
-    assert outcome.cause is ExitCause.EXCEPTION
-    assert "interactive HTML file" in outcome.error and "matplotlib" in outcome.error
+async def test_plotly_static_export_never_starts_a_browser_in_the_run(runner):
+    # kaleido is installed (the render sandbox uses it): in a run, write_image queues the
+    # figure for the host, and what cannot be deferred says what works instead.
+    outcome = await run(runner, "import plotly.express as px\npx.bar(x=[1], y=[2]).write_image('my chart.png')",
+                        timeout=60)
+    assert outcome.cause is ExitCause.OK, outcome.error
+    assert [f.filename for f in outcome.files] == ["plotly-png_my_chart.json"]
+    for call in ("to_image()", "write_image('c.jpg')", "write_image(open('c.png', 'wb'))"):
+        outcome = await run(runner, f"import plotly.express as px\npx.bar(x=[1], y=[2]).{call}", timeout=60)
+        assert outcome.cause is ExitCause.EXCEPTION, call
+        assert "runs have no browser" in outcome.error and "fig.write_image('chart.png')" in outcome.error, call

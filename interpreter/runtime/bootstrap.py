@@ -388,6 +388,7 @@ def prepare() -> None:
     after_import("matplotlib.pyplot", display.patch_pyplot)
     after_import("matplotlib.figure", display.patch_figure)
     after_import("plotly.basedatatypes", display.patch_plotly)
+    after_import("plotly.io._kaleido", display.patch_plotly_images)
     after_import("seaborn.utils", offline.patch_seaborn_utils)
     for name in os.environ.get("SANDBOX_PRELOAD", "").split(","):
         if name:

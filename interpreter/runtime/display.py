@@ -16,6 +16,7 @@ by the member's code (or a pooled sandbox's preload), never by this module.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 WORK_DIR = "/work"
@@ -176,28 +177,64 @@ def start_job() -> None:
     _png_queued = 0
 
 
-def queue_png(figure, stem: str) -> None:
+def queue_png(figure, stem: str, *, width=None, height=None) -> bool:
     """Write the figure's JSON to PNG_QUEUE_DIR as `stem.json` (the host's PNG is `stem.png`).
 
     At most MAX_PNG_FIGURES per run, none larger than MAX_FIGURE_JSON_BYTES: the host
     renders no more (interpreter/render/plotly_png.py holds the same limits), and a
-    figure left out still has its HTML."""
+    figure left out still has its HTML. False (and one line on stderr) when not queued."""
     global _png_queued
     if _png_queued >= MAX_PNG_FIGURES:
-        return
+        print(f"[{stem}: no PNG, a run renders at most {MAX_PNG_FIGURES}]", file=sys.stderr)
+        return False
     try:
-        data = figure.to_json().encode()
+        import plotly.io
+
+        data = plotly.io.to_json(figure).encode()
+        if width or height:
+            import json
+
+            spec = json.loads(data)
+            layout = spec.setdefault("layout", {})
+            layout.update({key: value for key, value in (("width", width), ("height", height)) if value})
+            data = json.dumps(spec).encode()
     except Exception as exc:  # noqa: BLE001 - the HTML is already there
-        print(f"[{stem}: no PNG ({type(exc).__name__}); the HTML has the figure]", file=sys.stderr)
-        return
+        print(f"[{stem}: no PNG ({type(exc).__name__})]", file=sys.stderr)
+        return False
     if len(data) > MAX_FIGURE_JSON_BYTES:
-        print(f"[{stem}: too much data for a PNG ({len(data) >> 20} MB); the HTML has the figure]", file=sys.stderr)
-        return
+        print(f"[{stem}: too much data for a PNG ({len(data) >> 20} MB)]", file=sys.stderr)
+        return False
     os.makedirs(os.path.join(WORK_DIR, PNG_QUEUE_DIR), exist_ok=True)
     with open(os.path.join(WORK_DIR, PNG_QUEUE_DIR, f"{stem}.json"), "wb") as handle:
         handle.write(data)
     _png_queued += 1
+    return True
+
+
+PNG_ONLY = ("Plotly images are drawn after the run (runs have no browser), as PNG only: "
+            "fig.write_image('chart.png'), or fig.show() for a PNG and an interactive HTML file")
+_STEM_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def write_image(fig, file, format=None, scale=None, width=None, height=None, *args, **kwargs) -> None:
+    """plotly.io.write_image (and fig.write_image): queue a PNG for the host to render after
+    the run, named as asked (in the work dir; sub-folders are flattened, as for every file)."""
+    name = os.fspath(file) if isinstance(file, (str, os.PathLike)) else ""
+    stem, ext = os.path.splitext(os.path.basename(str(name)))
+    if not stem or (format or ext.lstrip(".") or "png").lower() != "png":
+        raise ValueError(PNG_ONLY)
+    queue_png(fig, _STEM_UNSAFE.sub("_", stem)[:80], width=width, height=height)
+
+
+def to_image(*args, **kwargs):
+    raise ValueError(PNG_ONLY.replace("as PNG only", "so there are no image bytes in the run"))
 
 
 def patch_plotly(basedatatypes) -> None:
     basedatatypes.BaseFigure.show = lambda figure, *args, **kwargs: show_plotly(figure)
+
+
+def patch_plotly_images(kaleido_module) -> None:
+    """Static export would start a Chromium inside the run: the host renders instead."""
+    kaleido_module.write_image = write_image
+    kaleido_module.to_image = to_image

@@ -201,9 +201,8 @@ def _hint(exc: BaseException) -> str | None:
         return f"Each run starts fresh: add `{USUAL_IMPORTS[exc.name]}` at the top of your code."
     text = str(exc)
     if "kaleido" in text.lower() and ("requires" in text or "Chrome" in text):
-        return ("Plotly figures cannot be saved as images here (no browser in the sandbox): show the figure "
-                "(fig.show(), or `fig` as the last line) to get it as an interactive HTML file, or draw the "
-                "chart with matplotlib/seaborn for a PNG.")
+        return ("Runs have no browser, so plotly cannot export images inside them: fig.write_image('chart.png') "
+                "or fig.show() (or `fig` as the last line) gets the PNG, drawn after the run.")
     if isinstance(exc, (ValueError, TypeError)) and (
         text.startswith("could not convert string to float") or "Could not convert" in text
             or "could not convert" in text and "numeric" in text):

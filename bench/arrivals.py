@@ -7,8 +7,8 @@
 
 Every run goes the way a member's /run does (bench/bot_path.py: the bot's request
 rules, then `interpreter.run_code` into the engine's one queue), MAX_CONCURRENT_RUNS=2.
-For each warm capacity (`fork`: the fork-server template and its spare; `pool`: one
-heavy and two light pooled sandboxes) it measures, after `interpreter.warm_up()`:
+For each warm capacity (`fork`: the fork-server templates, data-library and light, and
+their spares; `pool`: one heavy and two light pooled sandboxes) it measures, after `interpreter.warm_up()`:
 
   idle      print('hi') and the chart one at a time, warm capacity ready before each
   memory    what the idle warm capacity holds: the memory its cgroups are charged (a
@@ -64,8 +64,8 @@ async def warm_capacity_memory(runner) -> dict[str, float]:
     from interpreter.sandbox.pool import sandbox_pids
 
     sandboxes = []
-    server = runner.fork_server
-    if server is not None:
+    servers = runner.fork_servers_of_this_loop()  # the data-library template, and the light one
+    for server in servers:
         sandboxes += list(server.spares)
     if runner.pool is not None:
         sandboxes += [warm.sandbox for lane in runner.pool.lanes.values() for warm in lane.idle]
@@ -73,10 +73,11 @@ async def warm_capacity_memory(runner) -> dict[str, float]:
     pids: set[int] = set()
     for sandbox in sandboxes:
         pids |= sandbox_pids(sandbox)
-    if server is not None and server.template is not None:
-        pids |= server.template_pids()
-        if server.template.cgroup is not None:
-            groups.append(server.template.cgroup)
+    for server in servers:
+        if server.template is not None:
+            pids |= server.template_pids()
+            if server.template.cgroup is not None:
+                groups.append(server.template.cgroup)
     charged = 0
     for group in groups:
         for folder in group.dirs:
@@ -136,7 +137,8 @@ async def measure(data_dir: Path, warm: str, args: argparse.Namespace) -> dict:
         began = time.perf_counter()
         await asyncio.gather(*(checked(scheduler, 300 + i, TINY) for i in range(8)))
         out["eight_prints"] = time.perf_counter() - began
-        out["warm"] = engine.runner.describe().get("fork_server"), engine.runner.pool.describe() if engine.runner.pool else {}
+        out["warm"] = (engine.runner.describe().get("fork_server"), engine.runner.describe().get("light_fork_server"),
+                       engine.runner.pool.describe() if engine.runner.pool else {})
     finally:
         await engine.close()
     return out

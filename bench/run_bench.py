@@ -67,9 +67,10 @@ def summary(values: list[float]) -> str:
 
 def make_settings(data_dir: Path, *, heavy: int | None, light: int | None, concurrent: int = 2,
                   fork_server: bool | None = False):
-    """Explicit warm capacity: `fork_server` (the template, plus `light` bare sandboxes), else the
-    pool's `heavy` and `light` lanes; None leaves that setting at the project's default. Nothing
-    starts by itself on a first run."""
+    """Explicit warm capacity: `fork_server` (the template; with `light` > 0 also the light
+    template, SANDBOX_FORK_LIGHT_TEMPLATE, that forks the runs which import no data library),
+    else the pool's `heavy` and `light` lanes; None leaves that setting at the project's
+    default. Nothing starts by itself on a first run."""
     from config import load_settings
 
     values = {
@@ -83,6 +84,8 @@ def make_settings(data_dir: Path, *, heavy: int | None, light: int | None, concu
                         ("SANDBOX_FORK_SERVER", fork_server)):
         if value is not None:
             values[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    if fork_server and light is not None:
+        values["SANDBOX_FORK_LIGHT_TEMPLATE"] = "true" if light > 0 else "false"
     return load_settings(values, dotenv=False)
 
 

@@ -253,6 +253,7 @@ FIELDS: tuple[Field, ...] = (
     Field("sandbox_pool_preload", "SANDBOX_POOL_PRELOAD", "numpy,pandas,matplotlib,seaborn", _name_list, "Modules the warm data-library sandboxes (or the fork-server template) import before a run arrives."),
     Field("sandbox_fork_server", "SANDBOX_FORK_SERVER", "false", _bool, "Warm capacity by forking: one template sandbox imports SANDBOX_POOL_PRELOAD once (about 120 MB) and every run is forked from it into fresh namespaces and its own cgroup, so charts start warm at any arrival rate. It and its spares (SANDBOX_FORK_SPARES) replace the pool (SANDBOX_POOL_SIZE, SANDBOX_LIGHT_POOL_SIZE)."),
     Field("sandbox_fork_spares", "SANDBOX_FORK_SPARES", "1", _int_range(0, 16), "With SANDBOX_FORK_SERVER: runs forked ahead and waiting for a job, so a run skips the 50-80 ms of setting its fork up; each spare is charged like a running job (docs/performance.md measured 373 MB for the template and one spare). 0: every run is forked when it arrives."),
+    Field("sandbox_fork_light_template", "SANDBOX_FORK_LIGHT_TEMPLATE", "false", _bool, "With SANDBOX_FORK_SERVER: a second template that imports nothing heavy (about 10 MB) serves the runs that import no data library, such as a print. Forking it costs such a run about a quarter of the CPU of a fork of the data-library template (its page tables are small)."),
     Field("sandbox_warm_on_first_run", "SANDBOX_WARM_ON_FIRST_RUN", "true", _bool, "Start the warm capacity in the background on the first run when nothing started it (a library calling execute_code). false: only warm_up() or the bot's start-up start it."),
     Field("venv_max_age_days", "VENV_MAX_AGE_DAYS", "7", _float_range(0), "Rebuild the sandbox venv after this many days. 0: never."),
     Field("extra_approved_packages", "EXTRA_APPROVED_PACKAGES", "", _name_list, "Packages members may install on top of the built-in approved list. An entry may set the version policy (pandas>=2.2; list a name twice for two bounds): members never choose versions."),
@@ -334,6 +335,7 @@ class Settings:
     sandbox_pool_preload: tuple[str, ...]
     sandbox_fork_server: bool
     sandbox_fork_spares: int
+    sandbox_fork_light_template: bool
     sandbox_warm_on_first_run: bool
     venv_max_age_days: float
     extra_approved_packages: tuple[str, ...]

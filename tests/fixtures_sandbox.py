@@ -110,6 +110,6 @@ async def engine(sandbox_settings: Settings):
 
 def assert_all_runs_were_forked(runner) -> None:
     """In the fork-server mode of the suite, a run that quietly went cold would prove nothing."""
-    stats = runner.fork_server.describe()
-    assert stats["fork_failures"] == 0, stats
-    assert stats["runs_forked"] >= runner.completed, (stats, runner.completed)
+    servers = [server.describe() for server in (runner.fork_server, runner.light_fork_server) if server is not None]
+    assert all(stats["fork_failures"] == 0 for stats in servers), servers
+    assert sum(stats["runs_forked"] for stats in servers) >= runner.completed, (servers, runner.completed)

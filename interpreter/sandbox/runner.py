@@ -319,9 +319,7 @@ class SandboxProcess:
 
     async def _await_job_end(self) -> None:
         """Until this job's "end" frame (files collected) and its output are read; kill when it stalls."""
-        try:
-            await asyncio.wait_for(asyncio.shield(self._control_task), timeout=COLLECT_GRACE_SECONDS)
-        except TimeoutError:
+        if not await self._control_read_within(COLLECT_GRACE_SECONDS):
             self.state.skipped.append("(file collection took too long and was stopped)")
             self.kill()
         if self.can_take_job:
@@ -333,15 +331,20 @@ class SandboxProcess:
         everything in the sandbox. False (nothing done) when it did not end cleanly."""
         if self._watch.killed_for is not None or self.state.finished is None:
             return False
-        try:
-            await asyncio.wait_for(asyncio.shield(self._control_task), timeout=COLLECT_GRACE_SECONDS)
-        except TimeoutError:
+        if not await self._control_read_within(COLLECT_GRACE_SECONDS):
             return False  # stalled while sending files: _await_exit stops it and says so
         if not self.state.ended or self._watch.killed_for is not None:
             return False
         await self._drain_output()
         self.kill()
         return True
+
+    async def _control_read_within(self, timeout: float) -> bool:
+        """Until the control channel's reader is done (True) or `timeout` passed (False).
+        Not an await of the task itself: a session ended meanwhile cancels the reader
+        (destroy closes the channels), and that must end this job, not cancel its caller."""
+        done, _ = await asyncio.wait({self._control_task}, timeout=timeout)
+        return bool(done)
 
     async def _await_exit(self) -> None:
         """Until the sandbox has exited and both channels are read to their end."""

@@ -355,6 +355,7 @@ async def test_each_forked_run_has_a_host_uid_of_its_own_until_its_last_process_
             assert uids.first <= sandbox.uid < uids.first + uids.count and sandbox.uid in uids._held
         assert first.uid != second.uid
         assert server.template.uid not in (first.uid, second.uid)
+        assert stats(forking)["run_uids"] == "one per run"
         outcome = await first.execute(SandboxJob(code="import os; print(os.getuid())", timeout=20))
         assert outcome.output == "1000\n", (outcome.output, outcome.error)  # inside, as in every run
     finally:
@@ -378,6 +379,32 @@ async def test_a_forked_run_using_up_its_uids_pipe_quota_does_not_shrink_another
         assert stats(forking)["runs_forked"] == 2 and stats(forking)["fork_failures"] == 0
     finally:
         await hog.destroy()
+
+
+async def test_when_the_host_may_not_map_the_uid_range_forked_runs_share_the_templates_uid(tmp_path, sandbox_venv,
+                                                                                            monkeypatch):
+    """A host that refuses root's uid_map write (a locked-down container) still gets warm runs:
+    the next template is launched without the range, and /status says why runs share its uid."""
+    from interpreter.sandbox import forkserver
+
+    async def refused(self, uid_map: str, gid_map: str) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(forkserver._UsernsSetup, "write_maps", refused)
+    runner = fork_runner(tmp_path)
+    try:
+        assert not await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)  # that template never started
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT), stats(runner)
+        assert stats(runner)["run_uids"].startswith("the template's (the host may not write"), stats(runner)
+        sandbox = await runner.fork_server.fork(20)
+        try:
+            assert sandbox.uid is None and host_uids(sandbox) == {(runner.fork_server.template.uid,) * 4}
+        finally:
+            await sandbox.destroy()
+        outcome = await run(runner, "print('warm anyway')")
+        assert outcome.output == "warm anyway\n" and stats(runner)["fork_failures"] == 0, (outcome.error, stats(runner))
+    finally:
+        await runner.close()
 
 
 async def test_a_forked_run_filling_its_pending_signal_queue_leaves_other_forked_runs_theirs(forking):

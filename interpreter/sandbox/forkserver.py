@@ -224,6 +224,7 @@ class ForkServer:
         self.forked = 0
         self.fork_failures = 0
         self.last_failure = ""
+        self.own_uids_refused: str | None = None  # why forked runs share the template's uid, if they do
         self.spares_target = runner.settings.sandbox_fork_spares
         self.spares: collections.deque[ForkedSandbox] = collections.deque()  # forked ahead, waiting for a job
         self.served_spare = 0
@@ -371,7 +372,7 @@ class ForkServer:
         fds = [theirs.detach()]
         userns_setup: _UsernsSetup | None = None
         try:
-            if uid is not None:  # root: we write the template's uid map, so each run gets a uid of its own
+            if uid is not None and self.own_uids_refused is None:  # root: we write the template's uid map
                 userns_setup = _UsernsSetup.open()
             bootstrap_fd = data_fd("bootstrap", BOOTSTRAP_SOURCE)
             fds.append(bootstrap_fd)
@@ -416,8 +417,13 @@ class ForkServer:
         self.started += 1
         try:
             if userns_setup is not None:
-                await userns_setup.write_maps(runner.uids.template_uid_map(uid, UID_IN_TEMPLATE),
-                                              f"{UID_IN_TEMPLATE} {settings.sandbox_gid} 1\n")
+                try:
+                    await userns_setup.write_maps(runner.uids.template_uid_map(uid, UID_IN_TEMPLATE),
+                                                  f"{UID_IN_TEMPLATE} {settings.sandbox_gid} 1\n")
+                except PermissionError as exc:  # e.g. a container that forbids it: the next template goes without
+                    self.own_uids_refused = f"the host may not write the template's uid map ({exc.strerror})"
+                    log.warning("fork server: %s; forked runs share the template's uid", self.own_uids_refused)
+                    raise
             message, credentials = await _receive(ours, READY_TIMEOUT, until_dead=proc)
             hello = json.loads(message) if message else {}
         except (TimeoutError, ValueError, OSError) as exc:
@@ -536,6 +542,8 @@ class ForkServer:
             "spares": f"{len(self.spares)} of {self.spares_target}",
             "served_by_a_spare": self.served_spare,
             "fork_failures": self.fork_failures,
+            "run_uids": "one per run" if template is not None and template.runs_get_own_uids
+                        else f"the template's ({self.own_uids_refused or 'the bot is not root'})",
             "retired_templates_in_use": len(self.retired),
             "last_failure": self.last_failure or None,
             "closed": self.closed,

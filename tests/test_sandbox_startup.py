@@ -80,10 +80,13 @@ async def test_every_runtime_module_has_its_bytecode_bound(launched):
 
 
 async def test_a_print_imports_nothing_heavy_yet_the_network_guard_still_answers(launched):
-    """socket, traceback, difflib and ast.py cost every run ~5 ms together: a print needs none of them."""
+    """socket, traceback, difflib, ast.py, json (re, enum...), linecache: ~13 ms of every run's
+    start together, and a print needs none of them."""
     outcome = await run(launched, """
         import sys
-        print(sorted(name for name in ("socket", "traceback", "difflib", "ast", "textwrap") if name in sys.modules))
+        print(sorted(name for name in ("socket", "traceback", "difflib", "ast", "textwrap", "json", "re", "enum",
+                                       "linecache", "tokenize", "contextlib", "functools", "collections")
+                     if name in sys.modules))
         import socket  # the first import patches in the friendly refusal
         try:
             socket.create_connection(("example.com", 80), timeout=2)
@@ -94,3 +97,39 @@ async def test_a_print_imports_nothing_heavy_yet_the_network_guard_still_answers
     first, second = outcome.output.splitlines()[:2]
     assert first == "[]"
     assert second.startswith("NoInternet This sandbox has no internet (could not reach example.com)")
+
+
+async def test_tracebacks_show_the_members_lines_though_linecache_is_imported_late(launched):
+    """linecache is imported when something first needs it (here the member's own traceback
+    module, after the code is known): the member's lines are there all the same."""
+    outcome = await run(launched, """
+        def broken():
+            return 1 / 0
+        import traceback
+        try:
+            broken()
+        except ZeroDivisionError:
+            traceback.print_exc()
+        """)
+    assert outcome.cause is ExitCause.OK, outcome.error
+    assert "    return 1 / 0" in outcome.output and "    broken()" in outcome.output, outcome.output
+
+
+def test_the_wire_codec_writes_what_json_writes_and_refuses_what_json_refuses():
+    import json
+
+    from interpreter.runtime import wire
+
+    for value in ({"kind": "file", "name": "r\u00e9sum\u00e9\n\"x\".png", "size": 12}, [1, -2.5, None, True, "\u2603"],
+                  {"files": [{"file_id": "f_1", "size": 2**40}], "limits": {}, "last": False}, "text", 3):
+        assert wire.dumps(value) == json.dumps(value)
+        assert wire.loads(wire.dumps(value)) == value == wire.loads(json.dumps(value).encode())
+    for bad in (b"", b"{", b'{"a": 1} x', b'{"a": 1}{}', b"[1,]", b"\xff", b'{"a": nan}', b"{'a': 1}"):
+        with pytest.raises(ValueError):
+            json.loads(bad)
+        with pytest.raises(ValueError):
+            wire.loads(bad)
+    with pytest.raises(RecursionError):
+        wire.loads(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(TypeError):
+        wire.dumps({"a": object()})

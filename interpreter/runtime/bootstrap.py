@@ -38,24 +38,24 @@ Protocol (see interpreter/sandbox/protocol.py for the host side):
 
 from __future__ import annotations
 
+# Every import here is paid by every sandbox's start, a print's included: C modules and
+# small ones only. Not json, linecache, contextlib or signal.py: they import re, enum,
+# functools and collections (~8 ms); the wire module, _signal and a lazy linecache do.
 import _ast  # not `ast`: the parser's node classes are all a run needs, without ast.py's imports
+import _signal as signal  # the C module: signal.py wraps its constants in enums
 import builtins
-import contextlib
-import json
-import linecache
 import os
 import select
-import signal
 import stat
 import sys
 import time
-import types
 
 # The companion modules are bound beside this file (-I leaves the script's folder off sys.path).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import display  # noqa: E402 - what members see of their results
 import errors  # noqa: E402 - how their exceptions are told
 import offline  # noqa: E402 - no internet, no keyboard: said plainly
+import wire  # noqa: E402 - JSON lines on the pipes, without the json package
 
 WORK_DIR = "/work"
 DATA_DIR = "/data"
@@ -77,7 +77,7 @@ _control = None
 
 def send(kind: str, payload: bytes = b"", **fields) -> None:
     header = dict(fields, kind=kind, size=len(payload))
-    _control.write(json.dumps(header).encode() + b"\n")
+    _control.write(wire.dumps(header).encode() + b"\n")
     if payload:
         _control.write(payload)
     _control.flush()
@@ -93,7 +93,7 @@ def read_job(channel) -> dict | None:
     line = channel.readline()
     if not line:
         return None
-    job = json.loads(line)
+    job = wire.loads(line)
     for entry in job.get("files", []):
         folder = os.path.join(DATA_DIR, entry["file_id"])
         os.makedirs(folder, exist_ok=True)
@@ -233,9 +233,27 @@ def prepare_matplotlib_cache() -> None:
 # ----------------------------------------------------------------------- running the code
 
 
+_source: tuple | None = None  # the running job's code, as a linecache entry
+
+
+def remember_source(code: str) -> None:
+    """Tracebacks show the member's lines: linecache serves them for CODE_FILENAME. linecache
+    is imported when something first needs it (it imports tokenize and re): prepare() has
+    _add_source run then, and from then on it is updated here."""
+    global _source
+    _source = (len(code), None, code.splitlines(True), CODE_FILENAME)
+    if "linecache" in sys.modules:
+        _add_source(sys.modules["linecache"])
+
+
+def _add_source(linecache) -> None:
+    if _source is not None:
+        linecache.cache[CODE_FILENAME] = _source
+
+
 def run_code(code: str, namespace: dict) -> tuple[str, int, str]:
     """Execute the member's code. Returns (status, exit_code, error_text)."""
-    linecache.cache[CODE_FILENAME] = (len(code), None, code.splitlines(True), CODE_FILENAME)
+    remember_source(code)
     try:
         tree = compile(code, CODE_FILENAME, "exec", _ast.PyCF_ONLY_AST)  # what ast.parse does
         last_expr = None
@@ -390,6 +408,10 @@ def prepare() -> None:
     after_import("plotly.basedatatypes", display.patch_plotly)
     after_import("plotly.io._kaleido", display.patch_plotly_images)
     after_import("seaborn.utils", offline.patch_seaborn_utils)
+    if "linecache" in sys.modules:
+        _add_source(sys.modules["linecache"])
+    else:
+        after_import("linecache", _add_source)
     for name in os.environ.get("SANDBOX_PRELOAD", "").split(","):
         if name:
             __import__(name)  # pooled sandboxes import the heavy libraries before the job arrives
@@ -412,7 +434,7 @@ def member_main(orders_fd: int, reports_fd: int, *, prepared: bool = False) -> N
     orders = os.fdopen(orders_fd, "rb")
 
     def report(kind: str, payload: bytes = b"", **fields) -> None:
-        reports.write(json.dumps(dict(fields, kind=kind, size=len(payload))).encode() + b"\n" + payload)
+        reports.write(wire.dumps(dict(fields, kind=kind, size=len(payload))).encode() + b"\n" + payload)
 
     if prepared:
         prepare_matplotlib_cache()  # into this run's own, fresh /tmp (matplotlib may be imported later)
@@ -423,7 +445,7 @@ def member_main(orders_fd: int, reports_fd: int, *, prepared: bool = False) -> N
     # The code runs as the real __main__ module, so pickle (and so multiprocessing)
     # can find the functions it defines. Its globals live as long as this sandbox:
     # one job for a one-shot run, many for a session.
-    main_module = types.ModuleType("__main__")
+    main_module = type(sys)("__main__")  # a module object (types.ModuleType, without importing types)
     main_module.__dict__.update({"__builtins__": builtins, "load_file": registry.load_file, "FILES": registry.files})
     sys.modules["__main__"] = main_module
     os.chdir(WORK_DIR)
@@ -431,7 +453,7 @@ def member_main(orders_fd: int, reports_fd: int, *, prepared: bool = False) -> N
     sys.stderr.reconfigure(line_buffering=True, errors="backslashreplace")
 
     while line := orders.readline():
-        order = json.loads(line)
+        order = wire.loads(line)
         registry.add(order["files"])
         display.start_job()
         status, exit_code, error = run_code(order["code"], main_module.__dict__)
@@ -466,7 +488,7 @@ class MemberLink:
 
     def order(self, order: dict) -> bool:
         try:
-            self.orders.write(json.dumps(order).encode() + b"\n")
+            self.orders.write(wire.dumps(order).encode() + b"\n")
             self.orders.flush()
         except BrokenPipeError:
             return False
@@ -500,7 +522,7 @@ class MemberLink:
                 return self._malformed()
             return None
         try:
-            header = json.loads(bytes(self.buffer[:end]))
+            header = wire.loads(bytes(self.buffer[:end]))
             size = header["size"]
             if not isinstance(header, dict) or not isinstance(size, int) or not 0 <= size <= MAX_ERROR_BYTES:
                 return self._malformed()
@@ -523,10 +545,12 @@ class MemberLink:
         _control.flush()
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            with contextlib.suppress(OSError, ValueError, RuntimeError):
+            try:
                 signal.signal(sig, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
                 os.kill(os.getpid(), sig)
+            except (OSError, ValueError, RuntimeError):
+                pass
             os._exit(128 + sig)
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
@@ -561,16 +585,20 @@ def pause_run(keep: set[int], *, settle: bool = True) -> None:
         if not running:
             return
         for pid in running:
-            with contextlib.suppress(OSError):
+            try:
                 os.kill(pid, signal.SIGSTOP)
+            except OSError:
+                pass
         time.sleep(0.001)  # a stop takes effect when the process next leaves the kernel
 
 
 def resume_run(keep: set[int]) -> None:
     for pid, _ in list(_processes()):
         if pid not in keep:
-            with contextlib.suppress(OSError):
+            try:
                 os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
 
 
 def make_undumpable() -> None:

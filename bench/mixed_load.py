@@ -3,7 +3,7 @@ of tiny runs while 10% of runs are time-outs.
 
     cd /work/main && .venv/bin/python -m bench.mixed_load                 # 40 members x 5 runs
     .venv/bin/python -m bench.mixed_load --members 8 --runs-per-member 3  # a quick sanity check
-    .venv/bin/python -m bench.mixed_load --compare                         # also with the long lane off
+    .venv/bin/python -m bench.mixed_load --compare --rounds 3              # paired: pausing on and off
 
 Every member submits all their runs at once; the runs are shuffled. Each run goes the
 way a /run does after Discord: the bot's request rules (cogs/_queue.py RunScheduler,
@@ -18,6 +18,12 @@ time-out (10%: half `time.sleep`, half a plain-Python loop; both look "light" to
 import-based guess, which is the case the long lane exists for), each time-out with
 `--timeout` seconds. Goal on a quiet 2-core machine: `print` p95 <= 2 s.
 
+`--compare` runs the same plan with long runs that find the long lane full paused
+(PAUSED_RUNS_MEMORY_MB, the default) and kept in their slot (PAUSED_RUNS_MEMORY_MB=0, the
+behaviour before pausing), alternating which goes first over `--rounds`, and prints the
+ratio off/on of print p50 and p95 per round: on a shared machine the ratios of paired
+runs mean more than the absolute figures.
+
 Needs root (per-run cgroups: without them runs are never moved to the long lane) and
 the sandbox venv (SANDBOX_VENV_DIR, default the test suite's). Uses a temporary DATA_DIR.
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import random
 import statistics
@@ -65,62 +72,95 @@ def plan(members: int, runs_each: int, seed: int) -> list[tuple[int, str, str]]:
 
 
 async def mixed_load(data_dir: Path, members: int, runs_each: int, timeout: int, *, long_runs: int,
-                     long_after: float | None = None, fork_server: bool = False, seed: int = 13) -> dict:
+                     long_after: float | None = None, fork_server: bool = False, paused_mb: int | None = None,
+                     seed: int = 13) -> dict:
     import interpreter
 
     settings = make_settings(data_dir, heavy=1, light=2).replace(max_long_runs=long_runs,
                                                                  sandbox_fork_server=fork_server)
     if long_after is not None:
         settings = settings.replace(run_long_after_seconds=long_after)
+    if paused_mb is not None:
+        settings = settings.replace(paused_runs_memory_mb=paused_mb)
     engine = interpreter.configure(settings)
     await asyncio.wait_for(interpreter.warm_up(), 180)  # the pool, or the fork server's template
     scheduler = bot_scheduler(settings, members=members, runs_each=runs_each)
-    done: list[tuple[str, float, str]] = []  # kind, latency, exit cause
-    most_long = 0
+    gate = engine.runner._admission()
+    done: list[tuple[str, float, str, float]] = []  # kind, latency, exit cause, execution time
+    most = {"long": 0, "paused": 0, "paused_mb": 0.0}
+    told_paused = 0
 
     async def one(member: int, kind: str, code: str) -> None:
-        nonlocal most_long
+        nonlocal told_paused
         latency, result = await run_like_a_member(scheduler, member, code, timeout if kind == "timeout" else 60)
-        done.append((kind, latency, result.exit_cause.value if result.exit_cause else "refused"))
-        most_long = max(most_long, engine.runner.load()["long"])
+        done.append((kind, latency, result.exit_cause.value if result.exit_cause else "refused",
+                     result.execution_time))
+        told_paused += any("was paused" in warning for warning in result.warnings)
 
+    async def watch_lanes() -> None:  # the lanes change at events; sampling at 20 Hz sees their peaks well enough
+        while True:
+            most["long"] = max(most["long"], gate.long_running)
+            most["paused"] = max(most["paused"], gate.paused)
+            most["paused_mb"] = max(most["paused_mb"], gate.paused_bytes / 2**20)
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch_lanes())
     began = time.perf_counter()
     await asyncio.gather(*(one(*run) for run in plan(members, runs_each, seed)))
     wall = time.perf_counter() - began
+    watcher.cancel()
     await engine.close()
-    out: dict = {"wall": wall, "runs": len(done), "most_long": most_long,
-                 "unexpected": sum(cause != EXPECTED_CAUSE[kind] for kind, _, cause in done)}
+    unexpected = collections.Counter(f"{kind}->{cause}" for kind, _, cause, _ in done if cause != EXPECTED_CAUSE[kind])
+    out: dict = {"wall": wall, "runs": len(done), "most": most, "told_paused": told_paused,
+                 "unexpected": dict(unexpected)}
     for kind, _ in MIX:
-        latencies = [latency for k, latency, _ in done if k == kind]
+        latencies = [latency for k, latency, _, _ in done if k == kind]
         if latencies:
             out[kind] = {"n": len(latencies), "p50": statistics.median(latencies), "p95": p95(latencies),
-                         "max": max(latencies)}
+                         "max": max(latencies), "ran_p95": p95([ran for k, _, _, ran in done if k == kind])}
     return out
 
 
 def report(label: str, result: dict, goal: float) -> None:
-    print(f"  {label}: {result['runs']} runs in {result['wall']:.1f} s, unexpected outcomes {result['unexpected']}, "
-          f"at most {result['most_long']} runs in the long lane at once")
+    most = result["most"]
+    print(f"  {label}: {result['runs']} runs in {result['wall']:.1f} s, unexpected outcomes "
+          f"{result['unexpected'] or 'none'}; at most {most['long']} runs in the long lane and {most['paused']} "
+          f"paused ({most['paused_mb']:.0f} MB) at once; {result['told_paused']} members told their run was paused")
     for kind, _ in MIX:
         k = result.get(kind)
         if k:
-            print(f"    {kind:7}: n={k['n']:3}  p50 {k['p50']:6.2f} s  p95 {k['p95']:6.2f} s  max {k['max']:6.2f} s")
+            print(f"    {kind:7}: n={k['n']:3}  p50 {k['p50']:6.2f} s  p95 {k['p95']:6.2f} s  max {k['max']:6.2f} s"
+                  f"  (running, paused time aside: p95 {k['ran_p95']:5.2f} s)")
     verdict = "meets" if result["print"]["p95"] <= goal else "MISSES"
-    print(f"    print p95 {result['print']['p95']:.2f} s {verdict} the goal of {goal:.1f} s")
+    print(f"    print p95 {result['print']['p95']:.2f} s {verdict} the goal of {goal:.1f} s", flush=True)
 
 
 async def main(args: argparse.Namespace) -> None:
     announce_machine("no per-run cgroups, so no long lane")
     print(f"mixed load: {args.members} members x {args.runs_per_member} runs at once, 10% time-outs of "
-          f"{args.timeout} s, MAX_CONCURRENT_RUNS=2, through the bot's request rules and the engine's queue")
+          f"{args.timeout} s, MAX_CONCURRENT_RUNS=2, MAX_LONG_RUNS={args.long_runs}, through the bot's request "
+          "rules and the engine's queue")
+    variants = [("paused when the long lane is full", None)]
+    variants += [("kept in their slot (PAUSED_RUNS_MEMORY_MB=0)", 0)] if args.compare else []
+    ratios: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-mixed-") as tmp:
-        lanes = [(f"long lane on (MAX_LONG_RUNS={args.long_runs})", args.long_runs)]
-        lanes += [("long lane off (MAX_LONG_RUNS=0)", 0)] if args.compare else []
-        for index, (label, long_runs) in enumerate(lanes):
-            result = await mixed_load(Path(tmp) / str(index), args.members, args.runs_per_member, args.timeout,
-                                      long_runs=long_runs, long_after=args.long_after,
-                                      fork_server=args.fork_server)
-            report(label, result, args.goal)
+        for round_ in range(args.rounds):
+            order = variants if round_ % 2 == 0 else variants[::-1]  # paired, alternating who goes first
+            results = {}
+            for index, (label, paused_mb) in enumerate(order):
+                results[label] = await mixed_load(
+                    Path(tmp) / f"{round_}-{index}", args.members, args.runs_per_member, args.timeout,
+                    long_runs=args.long_runs, long_after=args.long_after, fork_server=args.fork_server,
+                    paused_mb=paused_mb)
+                report(f"round {round_ + 1}, long runs {label}", results[label], args.goal)
+            if args.compare:
+                on, off = (results[label]["print"] for label, _ in variants)
+                ratios.append((off["p50"] / on["p50"], off["p95"] / on["p95"]))
+                print(f"  round {round_ + 1}: print p50 {ratios[-1][0]:.1f}x, p95 {ratios[-1][1]:.1f}x "
+                      "as long when long runs keep their slot", flush=True)
+    if len(ratios) > 1:
+        print(f"median over {len(ratios)} rounds: print p50 {statistics.median(r[0] for r in ratios):.1f}x, "
+              f"p95 {statistics.median(r[1] for r in ratios):.1f}x as long without pausing")
     print(f"load average {os.getloadavg()[0]:.2f} at the end (other work on this machine adds noise)")
 
 
@@ -130,8 +170,10 @@ if __name__ == "__main__":
     parser.add_argument("--runs-per-member", type=int, default=5)
     parser.add_argument("--timeout", type=int, default=10, help="seconds before a time-out run is stopped")
     parser.add_argument("--goal", type=float, default=2.0, help="print p95 goal, seconds")
-    parser.add_argument("--compare", action="store_true", help="run the same load again with the long lane off")
-    parser.add_argument("--long-runs", type=int, default=8, help="MAX_LONG_RUNS for the first run")
+    parser.add_argument("--compare", action="store_true",
+                        help="run the same load again with long runs kept in their slot when the long lane is full")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat (with --compare: paired, alternating order)")
+    parser.add_argument("--long-runs", type=int, default=8, help="MAX_LONG_RUNS (0: the long lane off)")
     parser.add_argument("--fork-server", action="store_true", help="warm capacity by forking (SANDBOX_FORK_SERVER)")
     parser.add_argument("--long-after", type=float, default=None,
                         help="RUN_LONG_AFTER_SECONDS for this run (default: the setting's default)")

@@ -213,6 +213,7 @@ def render_result(result: RunResult, *, upload_limit: int, header: str = "", cod
         lines.append(f"❌ {inline(error.strip(), 300)}" if one_line else f"❌ Failed{took}")
         block_text = output if one_line else (output + ("\n" if output and error else "") + error)
     lines.extend(f"💡 {hint}" for hint in hints)
+    lines.extend(f"ℹ️ {inline(warning, 300)}" for warning in result.warnings)  # e.g. the run was paused
 
     if result.installed_packages:
         lines.append("📦 Installed: " + inline(", ".join(map(str, result.installed_packages)), 300))

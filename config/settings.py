@@ -210,7 +210,8 @@ FIELDS: tuple[Field, ...] = (
     Field("plotly_png", "PLOTLY_PNG", "auto", _choice("auto", "off"), "Plotly figures come back as interactive HTML, and also as a PNG (shown inline) where a Chromium is installed under /usr/bin (Debian: apt-get install chromium-headless-shell; the Docker image has it). The PNG is rendered after the run, in a render sandbox of its own (same isolation, no member files, 30 s, 1 GB), adding 1.5-3 s of CPU to a run that shows plotly figures. auto: when Chromium and kaleido are there (/status says); off: HTML only."),
     Field("max_generated_files", "MAX_GENERATED_FILES", "20", _int_range(0), "Files returned from one run; more are listed as skipped."),
     Field("max_concurrent_runs", "MAX_CONCURRENT_RUNS", "2", _int_range(1, 256), "Runs executing at once across the whole bot; others wait in a queue."),
-    Field("max_long_runs", "MAX_LONG_RUNS", "8", _int_range(0, 1024), "Runs still going after RUN_LONG_AFTER_SECONDS give their slot to the next run and go on beside the MAX_CONCURRENT_RUNS slots at the lowest CPU priority, up to this many at once (one per member), so short runs never wait behind a sleeping or looping one. 0: long runs keep their slot."),
+    Field("max_long_runs", "MAX_LONG_RUNS", "8", _int_range(0, 1024), "Runs still going after RUN_LONG_AFTER_SECONDS give their slot to the next run and go on beside the MAX_CONCURRENT_RUNS slots at the lowest CPU weight (they use only CPU the other runs leave), up to this many at once (one per member), so short runs never wait behind a sleeping or looping one. Each may use RUN_MEMORY_MB: size it to the memory the host can give runs. 0: long runs keep their slot."),
+    Field("paused_runs_memory_mb", "PAUSED_RUNS_MEMORY_MB", "1024", _int_range(0), "When the long lane (MAX_LONG_RUNS) has no place for a long run, the run is paused (its cgroup frozen, its time-out clock stopped) and gives its slot up until a place frees; the member is told how long it was paused. Paused runs hold at most this much memory in all (a frozen run cannot grow, so what it holds is measured). 0, or no cgroup freezer: such runs keep their slot until there is room."),
     Field("run_long_after_seconds", "RUN_LONG_AFTER_SECONDS", "0.5", _float_range(0.1), "Seconds after which a run counts as long (see MAX_LONG_RUNS); four times that for runs that import the data libraries (charts)."),
     Field("run_queue_per_member", "RUN_QUEUE_PER_MEMBER", "2", _int_range(0, 50), "Runs one member may have waiting behind their running one; more are refused."),
     Field("run_queue_max", "RUN_QUEUE_MAX", "20", _int_range(0, 10_000), "Runs waiting across the whole bot; when full, new runs are refused until the queue drains."),
@@ -298,6 +299,7 @@ class Settings:
     max_generated_files: int
     max_concurrent_runs: int
     max_long_runs: int
+    paused_runs_memory_mb: int
     run_long_after_seconds: float
     run_queue_per_member: int
     run_queue_max: int

@@ -185,8 +185,8 @@ class Engine:
                 not_kept = tuple(f"{item.filename} was not kept as a file: {item.not_kept}" for item in kept
                                  if item.not_kept)
                 return result.replace(generated_files=tuple(kept), timeout_seconds=checked.limit,
-                                      warnings=checked.warnings + not_kept)
-        return result.replace(timeout_seconds=checked.limit, warnings=checked.warnings)
+                                      warnings=checked.warnings + result.warnings + not_kept)
+        return result.replace(timeout_seconds=checked.limit, warnings=checked.warnings + result.warnings)
 
     async def run_snippet(self, code: str, inputs: list[InputFile], timeout: float | None = None) -> RunResult:
         """Run code with these input files (no store involved: the CLI and demo use this)."""

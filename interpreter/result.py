@@ -21,6 +21,15 @@ if TYPE_CHECKING:
     from interpreter.sessions import SessionInfo
 
 
+PAUSE_WORTH_TELLING = 0.05  # seconds; shorter pauses are noise next to the launch itself
+
+
+def paused_note(seconds: float) -> str:
+    """What a member reads when the queue paused their run (admission.py)."""
+    return (f"This run was paused for {seconds:.1f} s while other long runs had the long-run lane; "
+            "its time-out counts only the time it ran.")
+
+
 @dataclasses.dataclass(frozen=True)
 class SessionState:
     """How the member's session stands after a run in it."""
@@ -69,6 +78,8 @@ class RunResult:
         execution_time = round(outcome.duration, 3)
         if outcome.cause is ExitCause.TIMEOUT:
             execution_time = timeout  # as the seed reports it
+        if outcome.paused_seconds >= PAUSE_WORTH_TELLING:
+            fields["warnings"] = (*fields.get("warnings", ()), paused_note(outcome.paused_seconds))
         return cls(success=outcome.success, output=outcome.output, error=outcome.error,
                    execution_time=execution_time, return_code=outcome.return_code,
                    generated_files=tuple(outcome.files), exit_cause=outcome.cause,

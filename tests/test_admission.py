@@ -1,6 +1,8 @@
 """The one queue in front of the sandboxes: members take turns, a short run never waits
-behind a long one that the import-based guess called light, and a long run goes on at
-the lowest CPU priority. Gate rules on their own, then real runs in the real sandbox."""
+behind a long one that the import-based guess called light, a long run goes on at
+the lowest CPU priority, and a long run the long lane has no place for is paused (its
+time-out clock stopped) instead of holding a slot. Gate rules on their own, then real
+runs in the real sandbox."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import interpreter
-from interpreter.sandbox.admission import AdmissionGate, observe_queue
+from interpreter.sandbox.admission import AdmissionGate, RunClock, observe_queue
 from tests.fixtures_sandbox import make_settings
 
 ALICE, BOB, CAROL = 1, 2, 3
@@ -136,22 +138,184 @@ async def test_charts_count_as_long_only_after_several_times_as_long():
     gate.release(heavy)
 
 
+# ---------------------------------------------------------------------- pausing (gate rules)
+
+MB = 2**20
+
+
+class FakeRunGroup:
+    """Stands in for a run's cgroup at the gate: holds `mb` MB, records freezes and thaws."""
+
+    def __init__(self, mb: int = 10) -> None:
+        self.held = mb * MB
+        self.frozen = False
+        self.history: list[str] = []
+        self.was_frozen = asyncio.Event()
+
+    def memory_bytes(self) -> int:
+        return self.held
+
+    def freeze(self) -> bool:
+        self.frozen = True
+        self.history.append("freeze")
+        self.was_frozen.set()
+        return True
+
+    def thaw(self) -> None:
+        self.frozen = False
+        self.history.append("thaw")
+
+
+def pausing_gate(*, long_capacity: int = 1, memory_mb: int = 100) -> AdmissionGate:
+    """One slot; runs count as long after 10 ms."""
+    return AdmissionGate(1, long_capacity=long_capacity, long_after=0.01, pause_memory_bytes=memory_mb * MB)
+
+
+async def started_long(gate: AdmissionGate, member: int, **kwargs):
+    """A run that is admitted, then becomes long and goes to the long lane."""
+    grant = await gate.acquire(light=True, member=member)
+    moved = asyncio.Event()
+    grant.on_long(moved.set)
+    grant.can_pause(FakeRunGroup(**kwargs))
+    await asyncio.wait_for(moved.wait(), 5)
+    return grant
+
+
+async def started_paused(gate: AdmissionGate, member: int, mb: int = 10):
+    """A run that is admitted, then becomes long when the long lane has no place for it."""
+    grant = await asyncio.wait_for(gate.acquire(light=True, member=member), 5)
+    group = FakeRunGroup(mb)
+    grant.can_pause(group)
+    await asyncio.wait_for(group.was_frozen.wait(), 5)
+    return grant, group
+
+
+async def test_a_long_run_the_long_lane_has_no_place_for_is_paused_and_gives_its_slot_up():
+    gate = pausing_gate()
+    alice = await started_long(gate, ALICE)
+    bob, bob_group = await started_paused(gate, BOB)
+    # before pausing, bob's run held the only slot until the long lane had room
+    carol = await asyncio.wait_for(gate.acquire(light=True, member=CAROL), 5)
+    assert bob.paused and bob.clock.paused and not bob.long
+    assert (gate.paused, gate.paused_bytes, gate.long_running) == (1, 10 * MB, 1)
+    gate.release(alice)  # a place in the long lane: bob's run goes on there, thawed
+    assert bob.long and not bob.paused and not bob.clock.paused
+    assert bob_group.history == ["freeze", "thaw"] and not bob_group.frozen
+    assert (gate.paused, gate.paused_bytes) == (0, 0)
+    gate.release(carol)
+    gate.release(bob)
+    assert gate.running == 0
+
+
+async def test_one_members_long_runs_never_take_the_long_lane_from_another():
+    gate = pausing_gate(long_capacity=2)
+    alice = await started_long(gate, ALICE)
+    alice_2, _ = await started_paused(gate, ALICE)  # room in the lane, but alice has a run there
+    bob = await started_long(gate, BOB)  # bob's run, started later, takes the second place
+    gate.release(bob)  # a place frees, but not for alice's second run
+    assert alice_2.paused
+    gate.release(alice)
+    assert alice_2.long
+    gate.release(alice_2)
+
+
+async def test_paused_runs_go_on_first_paused_first():
+    gate = pausing_gate()
+    alice = await started_long(gate, ALICE)
+    bob, _ = await started_paused(gate, BOB)
+    carol, _ = await started_paused(gate, CAROL)
+    gate.release(alice)
+    assert bob.long and carol.paused
+    gate.release(bob)
+    assert carol.long
+    gate.release(carol)
+
+
+async def test_paused_runs_hold_no_more_memory_than_set_aside_for_them():
+    """A frozen run cannot grow, so what it holds when frozen is what it holds."""
+    gate = pausing_gate(memory_mb=50)
+    alice = await started_long(gate, ALICE)
+    bob, _ = await started_paused(gate, BOB, mb=30)
+    carol = await asyncio.wait_for(gate.acquire(light=True, member=CAROL), 5)
+    carol_group = FakeRunGroup(30)  # 30 + 30 MB: more than the 50 set aside
+    carol.can_pause(carol_group)
+    while carol._timer is not None:  # until carol's run is long (its timer has fired)
+        await asyncio.sleep(0.01)
+    assert not carol.paused and carol_group.history == []  # never even frozen: it keeps its slot
+    assert gate.paused_bytes == 30 * MB
+    gate.release(alice)  # bob goes on in the long lane; his 30 MB are free, so carol's run is paused now
+    assert bob.long and carol.paused and gate.paused_bytes == 30 * MB
+    gate.release(bob)
+    assert carol.long
+    gate.release(carol)
+
+
+async def test_a_paused_run_that_is_cancelled_is_thawed_and_frees_its_memory():
+    gate = pausing_gate()
+    alice = await started_long(gate, ALICE)
+    bob, bob_group = await started_paused(gate, BOB)
+    gate.release(bob)  # the member gave up: the runner kills the sandbox, which a frozen one would ignore
+    assert bob_group.history == ["freeze", "thaw"]
+    assert (gate.paused, gate.paused_bytes, gate.running) == (0, 0, 1)
+    gate.release(alice)
+
+
+async def test_a_run_in_the_long_lane_does_not_send_its_members_next_run_behind_members_who_started_since():
+    gate = AdmissionGate(1, long_capacity=1, long_after=0.01)
+    order: list[str] = []
+    await started_long(gate, ALICE)
+    dave = await gate.acquire(light=True, member=4)  # started after alice's run
+    await queued(gate, 4, "dave-2", order)
+    await queued(gate, ALICE, "alice-2", order)
+    gate.release(dave)
+    await asyncio.sleep(0)
+    # alice's run in the long lane holds no slot: she has waited longest for her turn
+    assert order == ["alice-2"]
+
+
+async def test_a_paused_clock_stands_still():
+    now = [100.0]
+    clock = RunClock(lambda: now[0])
+    done = asyncio.Event()
+    mark = clock.mark()
+    now[0] += 1  # ran 1 s
+    clock.pause()
+    waiting = asyncio.create_task(clock.wait(done, budget=3))
+    now[0] += 1000  # paused far beyond the budget
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiting.done(), "a paused run must not time out"
+    clock.resume()
+    now[0] += 2  # ran 2 s more: 3 s in all, the whole budget
+    assert clock.ran_since(mark) == 3 and clock.paused_since(mark) == 1000
+    done.set()
+    assert await asyncio.wait_for(waiting, 5)  # it ended in time
+    # the budget runs out on running time alone
+    assert not await asyncio.wait_for(RunClock().wait(asyncio.Event(), budget=0.01), 5)
+
+
 # ---------------------------------------------------------------------- real runs
 
 
-@pytest.fixture(params=["cold", "forked"])
-async def one_slot_engine(request, tmp_path: Path, sandbox_venv):
-    """One run slot; runs start cold, or are forked from the fork server's template."""
+async def start_one_slot_engine(tmp_path: Path, mode: str, *, long_runs: int):
+    """One run slot and `long_runs` long-lane places; runs start cold, or are forked from
+    the fork server's template (`mode`)."""
     data = tmp_path / "data"
     data.mkdir()
-    forked = request.param == "forked"
+    forked = mode == "forked"
     engine = interpreter.configure(make_settings(
-        data, MAX_CONCURRENT_RUNS="1", MAX_LONG_RUNS="4", RUN_LONG_AFTER_SECONDS="0.5",
+        data, MAX_CONCURRENT_RUNS="1", MAX_LONG_RUNS=str(long_runs), RUN_LONG_AFTER_SECONDS="0.5",
         MAX_RUN_TIMEOUT_SECONDS="60", SANDBOX_WARM_ON_FIRST_RUN="false",
         SANDBOX_FORK_SERVER="true" if forked else "false"))
     if forked:
         await interpreter.warm_up()
         assert engine.runner.fork_server_of_this_loop() is not None
+    return engine
+
+
+@pytest.fixture(params=["cold", "forked"])
+async def one_slot_engine(request, tmp_path: Path, sandbox_venv):
+    engine = await start_one_slot_engine(tmp_path, request.param, long_runs=4)
     yield engine
     await engine.close()
 
@@ -213,3 +377,117 @@ def test_the_mixed_load_benchmark_plans_ten_percent_time_outs_for_every_member()
     assert sum(kind == "timeout" for _, kind, _ in runs) == 20
     assert sorted({member for member, _, _ in runs}) == list(range(1, 41))
     assert all(sum(m == member for m, _, _ in runs) == 5 for member in range(1, 41))
+
+
+# ---------------------------------------------------------------------- pausing (real runs)
+
+
+@pytest.fixture(params=["cold", "forked"])
+async def full_lane_engine(request, tmp_path: Path, sandbox_venv):
+    """A long lane of one place, so the second long run finds it full."""
+    engine = await start_one_slot_engine(tmp_path, request.param, long_runs=1)
+    assert engine.runner.cgroups.freezer, f"no cgroup freezer on this host: {engine.runner.cgroups}"
+    yield engine
+    await engine.close()
+
+
+async def until(condition, what: str, within: float = 30) -> None:
+    """Wait (on the event loop, polling) until `condition()` holds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {within} s: {what}"
+        await asyncio.sleep(0.01)
+
+
+def freezer_state(group) -> str:
+    """The run cgroup's freezer state, as the kernel reports it."""
+    name = "freezer.state" if group.version == 1 else "cgroup.freeze"
+    return (group.freezer_dir / name).read_text().strip()
+
+
+async def test_a_long_run_the_long_lane_has_no_place_for_is_frozen_and_a_print_goes_on(full_lane_engine):
+    gate = full_lane_engine.runner._admission()
+    alice = asyncio.create_task(interpreter.execute_code(SLEEPER, user_id=ALICE, timeout=60))
+    await until(lambda: gate.long_running == 1, "alice's run moves to the long lane")
+    bob = asyncio.create_task(interpreter.execute_code(SPINNER, user_id=BOB, timeout=60))
+    await until(lambda: gate.paused == 1, "bob's run is paused: the long lane is full")
+    paused = gate._paused[0]
+    assert freezer_state(paused._pausable.cgroup) in {"FROZEN", "FREEZING", "1"}
+    assert 0 < gate.paused_bytes < full_lane_engine.settings.run_memory_mb * MB
+    # before pausing, bob's spinner held the only slot for its whole minute
+    result = await asyncio.wait_for(interpreter.execute_code("print('quick')", user_id=CAROL), 30)
+    assert result["output"] == "quick\n" and not result.get("warnings")
+    alice.cancel()  # alice gives up: bob's run goes on in the long lane, thawed
+    await until(lambda: paused.long, "bob's run goes on in the long lane")
+    assert freezer_state(paused._pausable.cgroup) in {"THAWED", "0"} and gate.paused == 0
+    bob.cancel()
+    for task in (alice, bob):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert gate.running == 0
+
+
+SLEEPS_THEN_PRINTS = "import time\ntime.sleep(1.5)\nprint('ran')"
+
+
+async def test_a_paused_runs_time_out_counts_only_the_time_it_ran_and_the_member_is_told(full_lane_engine):
+    gate = full_lane_engine.runner._admission()
+    alice = asyncio.create_task(interpreter.execute_code(SLEEPER, user_id=ALICE, timeout=60))
+    await until(lambda: gate.long_running == 1, "alice's run moves to the long lane")
+    bob = asyncio.create_task(interpreter.execute_code(SLEEPS_THEN_PRINTS, user_id=BOB, timeout=2))
+    await until(lambda: gate.paused == 1, "bob's run is paused")
+    bob_grant = gate._paused[0]
+    carol = asyncio.create_task(interpreter.execute_code(SPINNER, user_id=CAROL, timeout=2))
+    await until(lambda: gate.paused == 2, "carol's run is paused after bob's")
+    # Paused for longer than their whole time-out: neither may time out for it.
+    await until(lambda: bob_grant.clock.paused_seconds() > 2.5, "bob's run paused longer than its time-out")
+    assert not bob.done() and not carol.done()
+    alice.cancel()  # bob's run goes on, then carol's once bob's has ended
+    bob_result = await asyncio.wait_for(bob, 30)
+    assert bob_result["success"] and bob_result["output"] == "ran\n", bob_result
+    assert bob_result["execution_time"] < 2
+    assert any("was paused for" in w and "counts only the time it ran" in w for w in bob_result["warnings"])
+    # a time-out still fires: carol's spinner is stopped after 2 s of running, paused time aside
+    carol_result = await asyncio.wait_for(carol, 30)
+    assert carol_result["exit_cause"] == "timeout" and carol_result["execution_time"] == 2, carol_result
+    assert any("was paused for" in w for w in carol_result["warnings"])
+    with pytest.raises(asyncio.CancelledError):
+        await alice
+    assert gate.running == 0
+
+
+async def test_a_long_run_only_gets_cpu_no_other_run_wants(one_slot_engine):
+    """The long lane's group is SCHED_IDLE (cpu.idle): a run that wakes preempts it at once,
+    instead of sharing a core with it at weight 15 of 1024 per long run."""
+    gate = one_slot_engine.runner._admission()
+    spinner = asyncio.create_task(interpreter.execute_code(SPINNER, user_id=ALICE, timeout=60))
+    await until(lambda: gate.long_running == 1, "the spinner moves to the long lane")
+    group = gate._long[0]._pausable.cgroup
+    assert (group.cpu_dir / "cpu.idle").exists(), "this kernel has no cpu.idle (5.15+)"
+    await until(group.cpu_idle, "the long run's cgroup becomes SCHED_IDLE")
+    spinner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await spinner
+
+
+async def test_a_paused_session_job_goes_on_and_the_sessions_next_job_is_back_to_normal(full_lane_engine):
+    gate = full_lane_engine.runner._admission()
+    alice = asyncio.create_task(interpreter.execute_code(SLEEPER, user_id=ALICE, timeout=60))
+    await until(lambda: gate.long_running == 1, "alice's run moves to the long lane")
+    job = asyncio.create_task(interpreter.execute_code(
+        "import time\nkept = 42\ntime.sleep(1.5)\nprint('ran')", user_id=BOB, session_id="g:c:bob", timeout=2))
+    await until(lambda: gate.paused == 1, "bob's session job is paused")
+    paused = gate._paused[0]
+    await until(lambda: paused.clock.paused_seconds() > 2.5, "paused longer than the job's time-out")
+    alice.cancel()
+    first = await asyncio.wait_for(job, 30)
+    assert first["output"] == "ran\n" and first["session"]["active"], first
+    assert any("was paused for" in w for w in first["warnings"])
+    second = await asyncio.wait_for(interpreter.execute_code(
+        "import os\nprint(kept, os.nice(0))", user_id=BOB, session_id="g:c:bob"), 30)
+    assert second["output"] == "42 0\n", second  # its state kept, its priority back to normal
+    sandbox = full_lane_engine.sessions._sessions["g:c:bob"].sandbox
+    assert not sandbox.cgroup.cpu_idle() and freezer_state(sandbox.cgroup) in {"THAWED", "0"}
+    with pytest.raises(asyncio.CancelledError):
+        await alice
+

@@ -11,7 +11,7 @@ Who goes next, when a slot frees:
   may then go first, but only into a slot that leaves at least one slot serving light
   runs (with a single slot, overdue heavy runs take turns with light ones). So charts
   are never starved, and a backlog of charts never blocks every slot;
-- within that, members with fewer runs executing go first, then the member whose last
+- within that, members with fewer runs in slots go first, then the member whose last
   run started longest ago, then arrival order: one member's backlog never holds up
   another member's run, and members waiting together take turns.
 
@@ -19,10 +19,26 @@ The lane is a guess from the code's imports (workload.py), and a guess can be wr
 `time.sleep` loop or a plain-Python loop looks light. So the queue does not trust it
 for long: a run still executing after `long_after` seconds (heavy runs: HEAVY_LONG_FACTOR
 times that) becomes "long". It gives its slot to the next waiter and goes on in the
-long lane (at most `long_capacity` runs, and one per member), where the runner lowers
-its CPU priority to the minimum (`on_long` callbacks), so it uses only the CPU short
-runs leave. When the long lane is full the
-run keeps its slot until a long run ends. `long_capacity=0` turns this off.
+long lane (at most `long_capacity` runs, and one per member), where the runner gives it
+the lowest CPU weight (`on_long` callbacks), so it uses only the CPU short runs leave.
+`long_capacity=0` turns this off.
+
+When the long lane has no place for it (full, or its member already has a run there),
+a long run is paused rather than left in its slot: its whole cgroup is frozen (see
+`Grant.can_pause`; limits.py), its time-out clock (`Grant.clock`) stops, and it gives
+its slot up all the same. Paused runs take long-lane places as they free, first paused
+first (still one per member), thawed at the lowest CPU weight. A run's time-out is
+the time it was allowed to run: paused time does not count, and the result says how
+long it was paused. Pausing is bounded by memory: a frozen run cannot allocate, so what
+it holds is measured when it is frozen, and runs are paused only while the paused ones
+hold at most `pause_memory_bytes` in all. A long run that cannot be paused (no freezer,
+no memory left for pausing) keeps its slot until there is room, as it would without
+this. So memory worst case: (capacity + long_capacity) runs at their memory limit each,
+plus `pause_memory_bytes`.
+
+A long or paused run holds no slot, so it does not count against its member in the
+order below: a member's short run does not queue behind everyone because their own
+earlier run sleeps in the long lane.
 
 Queue position: a caller that wants to tell a member where their run stands wraps the
 call in `observe_queue(callback)`; the callback gets the 1-based position when the run
@@ -38,6 +54,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +80,87 @@ def observe_queue(callback: QueueObserver) -> Iterator[None]:
         _observer.reset(token)
 
 
+class RunClock:
+    """A run's time-out clock: it stands still while the run is paused.
+
+    `wait(done, budget)` is the time-out: it returns once `done` is set, or once the run
+    has been *running* (not paused) for `budget` seconds since the wait began.
+    """
+
+    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
+        self._now = now
+        self._paused_since: float | None = None
+        self._paused_before = 0.0  # seconds paused in earlier pauses
+        self._changed = asyncio.Event()  # set (and replaced) at every pause and resume
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_since is not None
+
+    def pause(self) -> None:
+        if self._paused_since is None:
+            self._paused_since = self._now()
+            self._signal_change()
+
+    def resume(self) -> None:
+        if self._paused_since is not None:
+            self._paused_before += self._now() - self._paused_since
+            self._paused_since = None
+            self._signal_change()
+
+    def paused_seconds(self) -> float:
+        """Seconds paused in all, the current pause included."""
+        current = self._now() - self._paused_since if self._paused_since is not None else 0.0
+        return self._paused_before + current
+
+    def mark(self) -> tuple[float, float]:
+        """Now, for `ran_since` and `paused_since`."""
+        return self._now(), self.paused_seconds()
+
+    def ran_since(self, mark: tuple[float, float]) -> float:
+        return self._now() - mark[0] - self.paused_since(mark)
+
+    def paused_since(self, mark: tuple[float, float]) -> float:
+        return self.paused_seconds() - mark[1]
+
+    async def wait(self, done: asyncio.Event | asyncio.Future, budget: float) -> bool:
+        """True when `done` was set (or finished), False when the run used up `budget`
+        running seconds first. A future is waited for, never cancelled."""
+        finished = done.is_set if isinstance(done, asyncio.Event) else done.done
+        mark = self.mark()
+        while not finished():
+            changed = self._changed
+            timeout = None
+            if not self.paused:
+                timeout = budget - self.ran_since(mark)
+                if timeout <= 0:
+                    return False
+            ours = {asyncio.ensure_future(changed.wait())}
+            if isinstance(done, asyncio.Event):
+                ours.add(asyncio.ensure_future(done.wait()))
+            try:
+                await asyncio.wait(ours if isinstance(done, asyncio.Event) else {*ours, done},
+                                   timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in ours:
+                    waiter.cancel()
+        return True
+
+    def _signal_change(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+
+class Pausable(Protocol):
+    """What the gate needs to pause a run (a RunCgroup, or the runner's wrapper of one)."""
+
+    def memory_bytes(self) -> int | None: ...
+
+    def freeze(self) -> bool: ...
+
+    def thaw(self) -> None: ...
+
+
 class Grant:
     """A run's hold on the gate, from admission to `release`."""
 
@@ -75,9 +173,27 @@ class Grant:
         self.started = False
         self.long = False  # moved to the long lane
         self.released = False
+        self.clock = RunClock()  # the run's time-out clock (stops while paused); real time, whatever the gate's clock
         self._future: asyncio.Future | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._on_long: list[Callable[[], None]] = []
+        self._pausable: Pausable | None = None
+        self._paused_bytes = 0  # what it held when frozen (counted while paused)
+
+    @property
+    def paused(self) -> bool:
+        return self.clock.paused
+
+    @property
+    def overdue(self) -> bool:
+        """Started, and still in its slot past its long-after time."""
+        return self.started and self._timer is None and not self.long and not self.released
+
+    def can_pause(self, pausable: Pausable) -> None:
+        """This run can be paused whole through `pausable` (the runner passes its cgroup)."""
+        self._pausable = pausable
+        if self.overdue and not self.paused:
+            self.gate._rebalance()  # it became long before it could be paused
 
     def on_long(self, callback: Callable[[], None]) -> None:
         """Call `callback` when this run moves to the long lane (at once if it already has)."""
@@ -90,21 +206,24 @@ class Grant:
 def _call(callback: Callable[[], None]) -> None:
     try:
         callback()
-    except Exception:  # noqa: BLE001 - a failed priority change must not break the queue
-        log.exception("admission: an on_long callback failed")
+    except Exception:  # noqa: BLE001 - a failed priority change or thaw must not break the queue
+        log.exception("admission: a lane change callback failed")
 
 
 class AdmissionGate:
     def __init__(self, capacity: int, *, long_capacity: int = 0, long_after: float = DEFAULT_LONG_AFTER,
-                 heavy_max_wait: float = DEFAULT_HEAVY_MAX_WAIT, clock: Callable[[], float] = time.monotonic) -> None:
+                 pause_memory_bytes: int = 0, heavy_max_wait: float = DEFAULT_HEAVY_MAX_WAIT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity = capacity
         self.long_capacity = long_capacity
+        self.pause_memory_bytes = pause_memory_bytes if long_capacity > 0 else 0  # paused runs wait for the long lane
         self.long_after = long_after
         self.heavy_max_wait = heavy_max_wait
         self._clock = clock
         self._waiting: list[Grant] = []
         self._in_slots: list[Grant] = []  # started runs holding one of `capacity` slots
         self._long: list[Grant] = []  # started runs in the long lane
+        self._paused: list[Grant] = []  # started runs frozen until the long lane has room, first paused first
         self._numbers = itertools.count()
         self._starts = itertools.count(1)
         self._last_start: dict[int, int] = {}  # member -> when (in start order) their last run started
@@ -118,11 +237,20 @@ class AdmissionGate:
 
     @property
     def running(self) -> int:
-        return len(self._in_slots) + len(self._long)
+        """Started and not released: in a slot, in the long lane, or paused."""
+        return len(self._in_slots) + len(self._long) + len(self._paused)
 
     @property
     def long_running(self) -> int:
         return len(self._long)
+
+    @property
+    def paused(self) -> int:
+        return len(self._paused)
+
+    @property
+    def paused_bytes(self) -> int:
+        return sum(g._paused_bytes for g in self._paused)
 
     # --- a run's way through
 
@@ -158,7 +286,12 @@ class AdmissionGate:
             grant._timer.cancel()
         if grant in self._long:
             self._long.remove(grant)
-            self._move_overdue_to_long_lane()
+            self._rebalance()
+        elif grant in self._paused:  # cancelled while paused: thawed, so the runner's kill takes effect
+            self._paused.remove(grant)
+            grant.clock.resume()
+            _call(grant._pausable.thaw)
+            self._rebalance()
         elif grant in self._in_slots:
             self._in_slots.remove(grant)
             self._fill_slots()
@@ -183,22 +316,61 @@ class AdmissionGate:
     def _became_long(self, grant: Grant) -> None:
         grant._timer = None
         if not grant.released and grant in self._in_slots:
-            self._move_overdue_to_long_lane()
+            self._rebalance()
 
-    def _move_overdue_to_long_lane(self) -> None:
-        """Runs that have held a slot past `long_after` move to the long lane while it has room."""
-        for grant in [g for g in self._in_slots if g._timer is None and self.long_capacity > 0]:
-            if len(self._long) >= self.long_capacity:
-                break
-            if grant.member is not None and any(g.member == grant.member for g in self._long):
-                continue  # one long run per member: their next long one keeps its slot meanwhile
-            self._in_slots.remove(grant)
-            self._long.append(grant)
-            grant.long = True
-            callbacks, grant._on_long = grant._on_long, []
-            for callback in callbacks:
-                _call(callback)
+    def _rebalance(self) -> None:
+        """Paused runs take the long lane's free places; overdue runs in slots move to the
+        long lane or are paused; then the freed slots are filled."""
+        if self.long_capacity > 0:
+            while len(self._long) < self.long_capacity:
+                ready = [g for g in self._paused if not self._has_long_run(g.member)]
+                if not ready:
+                    break
+                self._resume(ready[0])
+            for grant in [g for g in self._in_slots if g.overdue]:
+                if len(self._long) < self.long_capacity and not self._has_long_run(grant.member):
+                    self._in_slots.remove(grant)
+                    self._to_long_lane(grant)
+                elif self._pause(grant):
+                    self._in_slots.remove(grant)
+                # else: nowhere to go; it keeps its slot until there is room
         self._fill_slots()
+
+    def _has_long_run(self, member: int | None) -> bool:
+        """One long run per member: their next long ones are paused (or keep their slot) meanwhile."""
+        return member is not None and any(g.member == member for g in self._long)
+
+    def _to_long_lane(self, grant: Grant) -> None:
+        self._long.append(grant)
+        grant.long = True
+        callbacks, grant._on_long = grant._on_long, []
+        for callback in callbacks:
+            _call(callback)
+
+    def _pause(self, grant: Grant) -> bool:
+        """Freeze `grant`'s run if the memory set aside for paused runs holds it; True when paused."""
+        pausable = grant._pausable
+        room = self.pause_memory_bytes - self.paused_bytes
+        if pausable is None or room <= 0:
+            return False
+        before = pausable.memory_bytes()
+        if before is None or before > room or not pausable.freeze():
+            return False
+        held = pausable.memory_bytes()  # frozen: it can no longer grow
+        if held is None or held > room:
+            _call(pausable.thaw)
+            return False
+        grant._paused_bytes = held
+        grant.clock.pause()
+        self._paused.append(grant)
+        return True
+
+    def _resume(self, grant: Grant) -> None:
+        self._paused.remove(grant)
+        grant._paused_bytes = 0
+        grant.clock.resume()
+        self._to_long_lane(grant)  # its weight is lowered first (the runner's thaw does that too)
+        _call(grant._pausable.thaw)
 
     def _fill_slots(self) -> None:
         while len(self._in_slots) < self.capacity and self._waiting:
@@ -206,17 +378,17 @@ class AdmissionGate:
             self._waiting.remove(grant)
             self._start(grant)
 
-    def _executing(self, member: int | None) -> int:
+    def _in_slots_of(self, member: int | None) -> int:
         if member is None:
             return 0
-        return sum(g.member == member for g in itertools.chain(self._in_slots, self._long))
+        return sum(g.member == member for g in self._in_slots)
 
     def _fair_first(self, grants: list[Grant]) -> Grant:
         return min(grants, key=self._fairness)
 
     def _fairness(self, grant: Grant) -> tuple[int, int, int]:
         last = self._last_start.get(grant.member, 0) if grant.member is not None else 0
-        return (self._executing(grant.member), last, grant.order)
+        return (self._in_slots_of(grant.member), last, grant.order)
 
     def _next_waiter(self) -> Grant:
         light = [g for g in self._waiting if g.light]
@@ -238,7 +410,7 @@ class AdmissionGate:
         return True
 
     def _position(self, grant: Grant) -> int:
-        """Where `grant` stands if nothing else changes: light before heavy, fewer executing first."""
+        """Where `grant` stands if nothing else changes: light before heavy, fewer in slots first."""
         ahead = [g for g in self._waiting if g is not grant and self._sort_key(g) < self._sort_key(grant)]
         return len(ahead) + 1
 

@@ -25,6 +25,7 @@ class SandboxOutcome:
     output_truncated: bool = False
     files: list[GeneratedFile] = dataclasses.field(default_factory=list)
     skipped_files: list[str] = dataclasses.field(default_factory=list)  # "name (reason)"
+    paused_seconds: float = 0.0  # the queue paused the run this long (admission.py); not in `duration`
 
     @property
     def success(self) -> bool:

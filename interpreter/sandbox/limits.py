@@ -7,6 +7,11 @@ group has the same weight however many processes it starts, and a quota of
 RUN_CPU_CORES, so no run takes more than its slot. The cpu controller is optional: a
 host without it keeps memory and pids (the status report says so).
 
+A run can be paused whole (`freeze`/`thaw`: the v1 freezer hierarchy, or v2's
+cgroup.freeze): the admission queue parks a long run there when the long lane is full
+(admission.py). A frozen run cannot allocate, so the memory it holds is fixed and
+known (`memory_bytes`). Optional too: without a freezer, runs are never paused.
+
 Where no cgroup can be created (no root, no delegation), rlimit fallbacks apply:
 RLIMIT_AS for memory and RLIMIT_NPROC for processes (the latter counts every process of
 the sandbox uid, so concurrent runs share it; the status report says so).
@@ -38,6 +43,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 GROUP_NAME = "code-interpreter"
 CPU_PERIOD_US = 100_000
 DEFAULT_SHARES = 1024  # cgroup v1 cpu.shares of a nice-0 task, and of a run's group
+LOWEST_NICE = 19
 REMOVE_TIMEOUT_SECONDS = 10.0  # a killed sandbox leaves its group in ms; bounded all the same
 REMOVE_POLL_SECONDS = 0.005
 STALE_AFTER_SECONDS = 60.0
@@ -74,6 +80,8 @@ class RunCgroup:
     dirs: list[Path]
     version: int
     cpu_dir: Path | None = None  # where the cpu controller's files are (None: no CPU control)
+    freezer_dir: Path | None = None  # where the freezer's files are (None: cannot be paused)
+    frozen: bool = False  # paused by freeze() (only this object freezes the group)
 
     @property
     def procs_files(self) -> list[Path]:
@@ -107,42 +115,90 @@ class RunCgroup:
         return False
 
     def kill_all(self) -> None:
-        """SIGKILL everything in the run's group (a fork bomb included)."""
-        if self.version == 2:
-            try:
-                _write(self.dirs[0] / "cgroup.kill", "1")
-                return
-            except OSError:
-                pass
-        # v1: pass after pass until no process appears that was not killed already (pids.max
-        # bounds how many can appear meanwhile). A killed process stays listed until its exit
-        # is done, some ms: signalling it again gains nothing, and waiting for the list to
-        # empty made every kill ~20 passes of reading the groups (the host's largest cost in a
-        # tiny run). Whatever is still leaving, remove_when_empty waits for.
-        killed: set[int] = set()
-        for _ in range(20):
-            pids = self.pids() - killed
-            if not pids:
-                return
-            for pid in pids:
+        """SIGKILL everything in the run's group (a fork bomb included), paused or not."""
+        try:
+            if self.version == 2:
                 try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
+                    _write(self.dirs[0] / "cgroup.kill", "1")
+                    return
+                except OSError:
                     pass
-            killed |= pids
+            # v1: pass after pass until no process appears that was not killed already (pids.max
+            # bounds how many can appear meanwhile). A killed process stays listed until its exit
+            # is done, some ms: signalling it again gains nothing, and waiting for the list to
+            # empty made every kill ~20 passes of reading the groups (the host's largest cost in a
+            # tiny run). Whatever is still leaving, remove_when_empty waits for.
+            killed: set[int] = set()
+            for _ in range(20):
+                pids = self.pids() - killed
+                if not pids:
+                    return
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                killed |= pids
+        finally:
+            if self.frozen:  # a v1-frozen process dies only once thawed; signalled first, it runs no code of its own
+                self.thaw()
+
+    def freeze(self) -> bool:
+        """Stop every process of the run where it stands (they cannot resist it or notice).
+        False: this run cannot be frozen (no freezer, or the group is gone)."""
+        return self._set_frozen(True)
+
+    def thaw(self) -> None:
+        self._set_frozen(False)
+
+    def _set_frozen(self, frozen: bool) -> bool:
+        if self.freezer_dir is None:
+            return False
+        try:
+            if self.version == 1:
+                _write(self.freezer_dir / "freezer.state", "FROZEN" if frozen else "THAWED")
+            else:
+                _write(self.freezer_dir / "cgroup.freeze", "1" if frozen else "0")
+        except OSError:
+            return False
+        self.frozen = frozen
+        return True
+
+    def memory_bytes(self) -> int | None:
+        """What the run's memory cgroup charges it now (pages, page cache, its tmpfs files)."""
+        name = "memory.usage_in_bytes" if self.version == 1 else "memory.current"
+        try:
+            return int((self.dirs[0] / name).read_text())
+        except (OSError, ValueError):
+            return None
 
     def set_cpu_weight(self, nice: int) -> None:
-        """Weigh the whole run like one task of this nice value (the warm pool lowers a warming sandbox)."""
+        """Weigh the whole run like one task of this nice value (the warm pool lowers a warming
+        sandbox). The lowest (nice 19, a run in the long lane) makes the group SCHED_IDLE
+        where the kernel has cpu.idle (5.15+): it runs only on CPU no other run wants, and a
+        run that wakes up preempts it at once, rather than sharing at weight 15 of 1024."""
         if self.cpu_dir is None:
             return
-        weight = nice_to_weight(nice)
+        idle = self.cpu_dir / "cpu.idle"
         try:
+            if idle.exists():  # the weight of an idle group cannot be written: leave idle first
+                _write(idle, "1" if nice >= LOWEST_NICE else "0")
+                if nice >= LOWEST_NICE:
+                    return
+            weight = nice_to_weight(nice)
             if self.version == 1:
                 _write(self.cpu_dir / "cpu.shares", str(weight))
             else:  # cpu.weight: 1..10000, 100 for nice 0
                 _write(self.cpu_dir / "cpu.weight", str(max(1, min(10_000, weight * 100 // DEFAULT_SHARES))))
         except OSError:
             pass  # gone already, or not permitted: priority is best effort
+
+    def cpu_idle(self) -> bool:
+        """True when the group is SCHED_IDLE (see set_cpu_weight)."""
+        try:
+            return self.cpu_dir is not None and (self.cpu_dir / "cpu.idle").read_text().strip() == "1"
+        except OSError:
+            return False
 
     def remove(self) -> bool:
         """rmdir every directory now; True when none is left. Fails while processes remain."""
@@ -175,10 +231,11 @@ class CgroupManager:
     """Creates per-run groups under one parent group of ours."""
 
     version: int
-    parents: list[Path]  # v1: [memory parent, pids parent(, cpu parent)]; v2: [parent]
+    parents: list[Path]  # v1: [memory parent, pids parent(, cpu parent)(, freezer parent)]; v2: [parent]
     reason: str = ""  # why cgroups are unavailable (when parents is empty)
     cpu: bool = False  # runs get a CPU weight and quota
     cpu_reason: str = ""  # why not, when cpu is False
+    freezer: bool = False  # runs can be paused (v1: the last of `parents` is the freezer's)
     # Groups this process created, so a shutdown removes its own leftovers and never an
     # empty group another process (a second worker on the host) is about to fill.
     created: list[RunCgroup] = dataclasses.field(default_factory=list, repr=False)
@@ -190,7 +247,7 @@ class CgroupManager:
 
     @property
     def controllers(self) -> str:
-        return "memory, pids, cpu" if self.cpu else "memory, pids"
+        return ", ".join(["memory", "pids"] + ["cpu"] * self.cpu + ["freezer"] * self.freezer)
 
     @classmethod
     def detect(cls, settings: Settings | None = None) -> "CgroupManager":
@@ -205,6 +262,19 @@ class CgroupManager:
 
     @classmethod
     def _detect_v1(cls, own: dict[str, str], settings: Settings | None) -> "CgroupManager":
+        manager = cls._detect_v1_limits(own, settings)
+        if manager.available:
+            freezer = CGROUP_ROOT / "freezer" / own.get("freezer", "/").lstrip("/") / GROUP_NAME
+            try:
+                freezer.mkdir(exist_ok=True)
+            except OSError:
+                return manager  # no freezer: runs are never paused (admission.py keeps them in their slot)
+            manager.parents.append(freezer)
+            manager.freezer = True
+        return manager
+
+    @classmethod
+    def _detect_v1_limits(cls, own: dict[str, str], settings: Settings | None) -> "CgroupManager":
         parents = []
         for controller in ("memory", "pids", "cpu"):
             base = CGROUP_ROOT / controller
@@ -247,8 +317,9 @@ class CgroupManager:
             _write(own_dir / "cgroup.subtree_control", "+cpu")
             _write(parent / "cgroup.subtree_control", "+cpu")
         except OSError as exc:
-            return cls(2, [parent], cpu_reason=f"cannot delegate the cpu controller under {own_dir} ({exc.strerror})")
-        return cls(2, [parent], cpu=True)
+            return cls(2, [parent], cpu_reason=f"cannot delegate the cpu controller under {own_dir} ({exc.strerror})",
+                       freezer=(parent / "cgroup.freeze").exists())
+        return cls(2, [parent], cpu=True, freezer=(parent / "cgroup.freeze").exists())
 
     def create(self, settings: Settings) -> RunCgroup | None:
         if not self.available:
@@ -258,6 +329,7 @@ class CgroupManager:
         dirs: list[Path] = []
         quota = round(settings.run_cpu_cores * CPU_PERIOD_US) if settings.run_cpu_cores > 0 else 0
         cpu_dir: Path | None = None
+        freezer_dir: Path | None = None
         try:
             if self.version == 1:
                 for parent in self.parents:
@@ -275,6 +347,8 @@ class CgroupManager:
                     if quota:
                         _write(cpu_dir / "cpu.cfs_period_us", str(CPU_PERIOD_US))
                         _write(cpu_dir / "cpu.cfs_quota_us", str(max(1000, quota)))
+                if self.freezer:
+                    freezer_dir = dirs[-1]
             else:
                 run_dir = self.parents[0] / name
                 run_dir.mkdir()
@@ -286,11 +360,13 @@ class CgroupManager:
                 if self.cpu:
                     cpu_dir = run_dir
                     _write(run_dir / "cpu.max", f"{max(1000, quota)} {CPU_PERIOD_US}" if quota else "max")
+                if self.freezer:
+                    freezer_dir = run_dir
         except OSError as exc:
             log.warning("could not create a run cgroup (%s); using rlimit fallbacks for this run", exc)
             RunCgroup(dirs, self.version).remove()
             return None
-        group = RunCgroup(dirs, self.version, cpu_dir)
+        group = RunCgroup(dirs, self.version, cpu_dir, freezer_dir)
         self.forget_removed()
         self.created.append(group)
         self.maybe_sweep()

@@ -39,7 +39,7 @@ from config import Settings
 from interpreter.sandbox.bwrap import (
     MASKED_PROC_FILES, RUNTIME_MOUNT, BwrapBinary, BwrapNotFound, build_bwrap_args, find_bwrap, sandbox_env,
 )
-from interpreter.sandbox.admission import AdmissionGate, Grant
+from interpreter.sandbox.admission import AdmissionGate, Grant, RunClock
 from interpreter.sandbox.job import SandboxJob, SandboxOutcome
 from interpreter.sandbox.limits import CgroupManager, RunCgroup, prlimit_args
 from interpreter.sandbox.pool import SandboxPool, renice_sandbox
@@ -110,6 +110,7 @@ class SandboxProcess:
         self._finished = asyncio.Event()
         self._ready = asyncio.Event()
         self.jobs_started = 0
+        self._clock = RunClock()  # the current job's time-out clock (run_job)
         self._stopped_after_job = False  # execute(): killed once its job ended cleanly
 
     # ------------------------------------------------------------------ start
@@ -248,7 +249,7 @@ class SandboxProcess:
 
     # ------------------------------------------------------------------ the job
 
-    async def execute(self, job: SandboxJob) -> SandboxOutcome:
+    async def execute(self, job: SandboxJob, clock: RunClock | None = None) -> SandboxOutcome:
         """One job, then the sandbox is destroyed with its cgroup (one-shot runs).
 
         When the job ended cleanly, run_job has already SIGKILLed everything in the
@@ -258,7 +259,7 @@ class SandboxProcess:
         """
         stopped = False
         try:
-            outcome = await self.run_job(job, last=True)
+            outcome = await self.run_job(job, last=True, clock=clock)
             stopped = self._stopped_after_job
             return outcome
         finally:
@@ -273,8 +274,11 @@ class SandboxProcess:
         return (self.proc is not None and self.proc.returncode is None and self._ready.is_set()
                 and (self.jobs_started == 0 or self.state.ended) and self._watch.killed_for is None)
 
-    async def run_job(self, job: SandboxJob, *, last: bool = False) -> SandboxOutcome:
+    async def run_job(self, job: SandboxJob, *, last: bool = False, clock: RunClock | None = None) -> SandboxOutcome:
         """Send one job and wait until it ends: its "end" frame, the sandbox's death, or the timeout.
+
+        The time-out, and the grace for collecting files, run on `clock` (the admission
+        grant's): time the run spent paused by the queue does not count (admission.py).
 
         Output, files and the exit cause are this job's only. With `last` (one-shot
         runs) the job channel is closed after the job, so the bootstrap exits when it is done and
@@ -284,16 +288,15 @@ class SandboxProcess:
         if self.jobs_started:
             self._begin_next_job()
         self.jobs_started += 1
-        started = time.monotonic()
+        self._clock = clock = clock or RunClock()
+        started = clock.mark()
         feeder = asyncio.create_task(self._send_job(job, close=last))
         try:
-            try:
-                await asyncio.wait_for(self._finished.wait(), timeout=job.timeout)
-            except TimeoutError:
+            if not await clock.wait(self._finished, job.timeout):
                 if self._watch.killed_for is None:
                     self._watch.killed_for = ExitCause.TIMEOUT
                 self.kill()
-            duration = time.monotonic() - started
+            duration, paused = clock.ran_since(started), clock.paused_since(started)
             if last:
                 self._stopped_after_job = await self._stop_after_clean_end()
                 if not self._stopped_after_job:
@@ -302,7 +305,7 @@ class SandboxProcess:
                 await self._await_job_end()
                 if not self.can_take_job:
                     await self._await_exit()
-            return self._outcome(job, duration)
+            return self._outcome(job, duration, paused)
         finally:
             feeder.cancel()
 
@@ -342,15 +345,15 @@ class SandboxProcess:
     async def _control_read_within(self, timeout: float) -> bool:
         """Until the control channel's reader is done (True) or `timeout` passed (False).
         Not an await of the task itself: a session ended meanwhile cancels the reader
-        (destroy closes the channels), and that must end this job, not cancel its caller."""
-        done, _ = await asyncio.wait({self._control_task}, timeout=timeout)
-        return bool(done)
+        (destroy closes the channels), and that must end this job, not cancel its caller.
+        On the job's clock: time the queue kept the run paused does not count (admission.py)."""
+        return await self._clock.wait(self._control_task, timeout)
 
     async def _await_exit(self) -> None:
         """Until the sandbox has exited and both channels are read to their end."""
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout=COLLECT_GRACE_SECONDS)
-        except TimeoutError:
+        exited = asyncio.ensure_future(self.proc.wait())
+        if not await self._clock.wait(exited, COLLECT_GRACE_SECONDS):
+            exited.cancel()
             self.state.skipped.append("(file collection took too long and was stopped)")
             self.kill()
             await self.proc.wait()
@@ -410,7 +413,7 @@ class SandboxProcess:
         except (BrokenPipeError, ConnectionResetError):
             pass  # the sandbox died early; the outcome explains why
 
-    def _outcome(self, job: SandboxJob, duration: float) -> SandboxOutcome:
+    def _outcome(self, job: SandboxJob, duration: float, paused: float = 0.0) -> SandboxOutcome:
         watch, state = self._watch, self.state
         truncated = watch.output_total > len(watch.output)
         output = bytes(watch.output).decode("utf-8", errors="replace")
@@ -420,7 +423,7 @@ class SandboxProcess:
             )
         outcome = SandboxOutcome(
             cause=ExitCause.OK, output=output, duration=duration, output_truncated=truncated,
-            files=list(state.files), skipped_files=list(state.skipped),
+            files=list(state.files), skipped_files=list(state.skipped), paused_seconds=paused,
         )
         rc = self.proc.returncode
         finished = state.finished
@@ -522,6 +525,28 @@ LONG_RUN_NICE = 19  # a run moved to the long lane (admission.py)
 NORMAL_NICE = 0
 
 
+class _PausableRun:
+    """How the admission gate pauses a sandbox's run: its whole cgroup frozen (limits.py)."""
+
+    def __init__(self, sandbox: SandboxProcess) -> None:
+        self.sandbox = sandbox
+        self.cgroup = sandbox.cgroup
+
+    def memory_bytes(self) -> int | None:
+        return self.cgroup.memory_bytes()
+
+    def freeze(self) -> bool:
+        if self.sandbox.state.finished is not None:
+            return False  # its code has ended; collecting its files is short: let it finish
+        # A paused run only ever goes on in the long lane: its weight is lowered before the
+        # thaw can let it run (the threads' nice values follow through on_long).
+        self.cgroup.set_cpu_weight(LONG_RUN_NICE)
+        return self.cgroup.freeze()
+
+    def thaw(self) -> None:
+        self.cgroup.thaw()
+
+
 class SandboxRunner:
     """Starts sandboxes and limits how many run at once."""
 
@@ -583,9 +608,9 @@ class SandboxRunner:
     async def run_in(self, sandbox: SandboxProcess, job: SandboxJob) -> SandboxOutcome:
         """One job of a session, in its long-lived sandbox: admitted and counted like any run."""
         async with self.slot(light=classify(job.code) is Workload.LIGHT, member=job.owner) as grant:
-            self._lower_priority_when_long(grant, sandbox)
-            outcome = await sandbox.run_job(job)
-            if grant.long:  # the session's next job starts at normal priority again
+            self._follow_lanes(grant, sandbox)
+            outcome = await sandbox.run_job(job, clock=grant.clock)
+            if grant.long or grant.clock.paused_seconds():  # the session's next job starts at normal priority again
                 await self._set_priority(sandbox, NORMAL_NICE)
         self._count(outcome)
         return outcome
@@ -624,17 +649,21 @@ class SandboxRunner:
             # Moving a run aside is only safe when its priority can be lowered: per-run cgroups list its processes.
             long_capacity = s.max_long_runs if self.cgroups.available else 0
             self._gate = AdmissionGate(s.max_concurrent_runs, long_capacity=long_capacity,
-                                       long_after=s.run_long_after_seconds)
+                                       long_after=s.run_long_after_seconds,
+                                       pause_memory_bytes=s.paused_runs_memory_mb * 1024 * 1024)
             self._gate_loop = loop
         return self._gate
 
-    def _lower_priority_when_long(self, grant: Grant, sandbox: SandboxProcess) -> None:
-        """A long run uses only the CPU short runs leave (admission.py); the sandbox cannot undo it."""
+    def _follow_lanes(self, grant: Grant, sandbox: SandboxProcess) -> None:
+        """A long run uses only the CPU short runs leave, and the queue may pause it
+        (admission.py); the sandbox can undo neither."""
         def lower() -> None:
             task = asyncio.get_running_loop().create_task(self._set_priority(sandbox, LONG_RUN_NICE))
             self._renicing.add(task)  # a reference until done (the loop keeps only a weak one)
             task.add_done_callback(self._renicing.discard)
         grant.on_long(lower)
+        if sandbox.cgroup is not None and sandbox.cgroup.freezer_dir is not None:
+            grant.can_pause(_PausableRun(sandbox))
 
     @staticmethod
     async def _set_priority(sandbox: SandboxProcess, nice: int) -> None:
@@ -793,8 +822,8 @@ class SandboxRunner:
     async def _run_pooled_or_cold(self, job: SandboxJob, workload: Workload, grant: Grant) -> SandboxOutcome:
         sandbox = await self.take_warm(workload, job.timeout)
         if sandbox is not None:
-            self._lower_priority_when_long(grant, sandbox)
-            return await sandbox.execute(job)  # runs once, then destroyed with its cgroup
+            self._follow_lanes(grant, sandbox)
+            return await sandbox.execute(job, grant.clock)  # runs once, then destroyed with its cgroup
         return await self._run_cold(job, grant)
 
     async def _run_cold(self, job: SandboxJob, grant: Grant) -> SandboxOutcome:
@@ -806,8 +835,8 @@ class SandboxRunner:
             log.error("cannot start a sandbox: %s", exc)
             self.unavailable_reason = str(exc)
             return SandboxOutcome(cause=ExitCause.SANDBOX, error=SANDBOX_UNAVAILABLE, return_code=-1)
-        self._lower_priority_when_long(grant, sandbox)
-        return await sandbox.execute(job)
+        self._follow_lanes(grant, sandbox)
+        return await sandbox.execute(job, grant.clock)
 
     def describe(self) -> dict:
         """Which isolation layers are active, for /status and start-up logs."""
@@ -863,6 +892,7 @@ class SandboxRunner:
             "in_flight": self.in_flight,
             "queued": self.queued,
             "long": self._gate.long_running if self._gate is not None else 0,
+            "paused": self._gate.paused if self._gate is not None else 0,
             "completed": self.completed,
             "max_concurrent": self.settings.max_concurrent_runs,
             "pool_idle": {

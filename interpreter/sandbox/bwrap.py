@@ -11,6 +11,7 @@ create further user namespaces.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -64,8 +65,10 @@ def find_bwrap(settings: Settings) -> BwrapBinary:
         ) from exc
 
 
-def _merged_usr_links() -> list[str]:
-    """Recreate /bin, /lib, /lib64 (symlinks into /usr on merged-/usr systems, binds otherwise)."""
+@functools.cache
+def _merged_usr_links() -> tuple[str, ...]:
+    """Recreate /bin, /lib, /lib64 (symlinks into /usr on merged-/usr systems, binds otherwise).
+    Looked up once: the host's layout does not change under a running bot."""
     args: list[str] = []
     for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
         host = Path("/") / name
@@ -73,7 +76,7 @@ def _merged_usr_links() -> list[str]:
             args += ["--symlink", os.readlink(host), f"/{name}"]
         elif host.is_dir():
             args += ["--ro-bind", str(host), f"/{name}"]
-    return args
+    return tuple(args)
 
 
 def run_tmpfs_sizes(settings: Settings) -> dict[str, int]:

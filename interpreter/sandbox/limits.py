@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -87,11 +88,18 @@ class RunCgroup:
     def procs_files(self) -> list[Path]:
         return [d / "cgroup.procs" for d in self.dirs]
 
+    @functools.cached_property
+    def _paths(self) -> tuple[list[str], list[str]]:
+        """(dirs, procs files) as text: pids() and remove() run many times per run, and
+        pathlib's joins and conversions were a visible share of the host's CPU per run."""
+        return [str(d) for d in self.dirs], [str(procs) for procs in self.procs_files]
+
     def pids(self) -> set[int]:
         found: set[int] = set()
-        for procs in self.procs_files:
+        for procs in self._paths[1]:
             try:
-                found.update(int(p) for p in procs.read_text().split())
+                with open(procs, "rb") as handle:
+                    found.update(int(p) for p in handle.read().split())
             except OSError:
                 pass
         return found
@@ -203,9 +211,9 @@ class RunCgroup:
     def remove(self) -> bool:
         """rmdir every directory now; True when none is left. Fails while processes remain."""
         left = False
-        for d in self.dirs:
+        for d in self._paths[0]:
             try:
-                d.rmdir()
+                os.rmdir(d)
             except FileNotFoundError:
                 pass
             except OSError:

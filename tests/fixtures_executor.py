@@ -28,6 +28,7 @@ def worker_settings(**extra: str) -> dict[str, str]:
     settings = {
         "SANDBOX_VENV_DIR": os.environ.get("TEST_SANDBOX_VENV_DIR", DEFAULT_TEST_VENV),
         "VENV_MAX_AGE_DAYS": "0",
+        "SANDBOX_FORK_SERVER": "false",
         "SANDBOX_POOL_SIZE": "0",  # cold runs: warm-up costs CPU the shared test machine lacks
         "SANDBOX_LIGHT_POOL_SIZE": "1",
         "MAX_CONCURRENT_RUNS": "4",

@@ -27,7 +27,8 @@ def bot_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"DISCORD_TOKEN", "MONGODB_URI"}}
     env.update(DATA_DIR=str(tmp_path / "data"),
                SANDBOX_VENV_DIR=os.environ.get("TEST_SANDBOX_VENV_DIR", DEFAULT_TEST_VENV),
-               VENV_MAX_AGE_DAYS="0", PYTHONPATH=str(ROOT))
+               VENV_MAX_AGE_DAYS="0", PYTHONPATH=str(ROOT),
+               SANDBOX_FORK_SERVER="false")  # warm capacity as the pool sizes a test gives (0: none)
     env.update(extra)
     return env
 

@@ -431,6 +431,23 @@ async def test_a_forked_run_filling_its_pending_signal_queue_leaves_other_forked
         await hog.destroy()
 
 
+async def test_the_template_keeps_cap_setuid_alone_in_a_namespace_that_maps_only_the_reserved_range(forking):
+    """What giving runs their own uids costs: the template may become any uid of the range (and
+    nothing else: that is all its user namespace maps), and holds no other capability."""
+    status = dict(line.split(":\t", 1) for line in
+                  Path(f"/proc/{template_python_pid(forking)}/status").read_text().splitlines() if ":\t" in line)
+    cap_setuid = 1 << 7
+    for key in ("CapEff", "CapPrm", "CapBnd"):
+        assert int(status[key], 16) == cap_setuid, (key, status[key])
+    uids = forking.uids
+    mapped = [tuple(map(int, line.split())) for line in
+              Path(f"/proc/{template_python_pid(forking)}/uid_map").read_text().splitlines()]
+    outside = sorted(uid for _inside, first, count in mapped for uid in range(first, first + count))
+    assert outside == list(range(uids.first, uids.first + uids.count)), mapped[:3]
+    gid_map = Path(f"/proc/{template_python_pid(forking)}/gid_map").read_text().split()
+    assert gid_map == ["1000", str(forking.settings.sandbox_gid), "1"]
+
+
 async def test_the_template_holds_no_secret_of_the_bot(forking):
     """The bot's environment holds a fake token and database URI (tests/fixtures_sandbox.py)."""
     environ = Path(f"/proc/{template_python_pid(forking)}/environ").read_bytes()

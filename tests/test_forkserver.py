@@ -381,6 +381,29 @@ async def test_a_forked_run_using_up_its_uids_pipe_quota_does_not_shrink_another
         await hog.destroy()
 
 
+async def test_when_every_uid_of_the_range_is_leased_a_forked_run_shares_the_first_one(tmp_path, sandbox_venv):
+    """Three uids (a range of its own, so other runners on this host do not take them): the
+    template and two runs hold them; a third run still starts, forked, as the first uid (logged)."""
+    runner = fork_runner(tmp_path, SANDBOX_UID="64100", SANDBOX_UID_COUNT="3")
+    sandboxes = []
+    try:
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT), stats(runner)
+        for _ in range(3):
+            sandbox = await runner.fork_server.fork(20)
+            assert sandbox is not None, stats(runner)
+            sandboxes.append(sandbox)
+        owners = [host_uids(sandbox) for sandbox in sandboxes]
+        assert runner.fork_server.template.uid == 64100
+        assert owners[:2] == [{(64101,) * 4}, {(64102,) * 4}] and owners[2] == {(64100,) * 4}, owners
+        assert runner.uids.shared_fallbacks == 1
+        outcome = await sandboxes[2].execute(SandboxJob(code="print('shared but running')", timeout=20))
+        assert outcome.output == "shared but running\n", (outcome.output, outcome.error)
+    finally:
+        for sandbox in sandboxes:
+            await sandbox.destroy()
+        await runner.close()
+
+
 async def test_when_the_host_may_not_map_the_uid_range_forked_runs_share_the_templates_uid(tmp_path, sandbox_venv,
                                                                                             monkeypatch):
     """A host that refuses root's uid_map write (a locked-down container) still gets warm runs:

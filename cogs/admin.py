@@ -96,6 +96,10 @@ def _sandbox_text(sandbox: dict[str, Any]) -> str:
     if isinstance(pool, dict):
         kinds = ", ".join(f"{kind} {info.get('size')}" for kind, info in pool.items() if isinstance(info, dict))
         shown["warm pool"] = f"{kinds or 'off'}{'' if pool.get('started') else ' (not started yet)'}"
+    png = sandbox.get("plotly_png")
+    if isinstance(png, dict):
+        shown["plotly png"] = (f"on, {png.get('rendered')} rendered, {png.get('failed')} failed" if png.get("enabled")
+                               else f"off: {png.get('reason')}")
     limits = sandbox.get("limits")
     if isinstance(limits, dict):
         parts = [f"{limits.get('timeout_s')} s (max {limits.get('max_timeout_s')} s)",

@@ -162,10 +162,9 @@ class LocalExecutor:
 
     async def status(self) -> dict:
         status = dict(await self.packages.status())
-        status["sandbox"] = self.runner.describe()
+        status["sandbox"] = {**self.runner.describe(), "plotly_png": self.renderer.describe()}
         status["runs"] = self.runner.load()
         status["sessions"] = self.sessions.describe()
-        status["plotly_png"] = self.renderer.describe()
         return status
 
     async def warm_up(self) -> dict:

@@ -71,3 +71,11 @@ async def test_status_has_no_noise_and_a_members_error_is_not_a_failure_of_the_b
     assert "**members' errors:** exception 1" in fields["Runs (24 h)"]
     assert "**interpreter failures:** none" in fields["Runs (24 h)"]
     assert "**limits:** 60 s (max" in fields["Sandbox"]
+
+
+async def test_status_says_whether_plotly_figures_get_a_png(discord_world):
+    w = discord_world
+    await w.harness.slash("run", w.bob, code="import plotly.express as px\npx.bar(x=[1], y=[2])")
+    reply = await w.harness.slash("status", w.carol, permissions=admin_permissions())
+    fields = {f["name"]: f["value"] for f in reply.message["embeds"][0]["fields"]}
+    assert "**plotly png:** on, 1 rendered, 0 failed" in fields["Sandbox"], fields["Sandbox"]

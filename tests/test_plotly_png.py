@@ -4,6 +4,7 @@ hostile bytes; a failure costs only the PNG, said in one line."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import zlib
 
@@ -39,8 +40,8 @@ async def test_a_plotly_figure_comes_back_as_png_beside_its_html(engine):
     width, height = struct.unpack(">II", png.data[16:24])
     assert (width, height) == (1600, 533), "a figure's long side is capped like a matplotlib chart's"
     assert result.skipped_files == ()
-    status = await engine.executor.status()
-    assert status["plotly_png"]["enabled"] and status["plotly_png"]["rendered"] == 1
+    status = (await engine.executor.status())["sandbox"]["plotly_png"]
+    assert status["enabled"] and status["rendered"] == 1
 
 
 async def test_write_image_gives_the_png_under_the_name_asked_for(engine):
@@ -70,7 +71,7 @@ async def test_with_plotly_png_off_figures_come_back_as_html_only(sandbox_settin
         result = await engine.run(PLOTLY_BAR, user_id=1)
         assert [item.filename for item in result.generated_files] == ["plotly_figure_1.html"]
         assert result.skipped_files == ()
-        assert (await engine.executor.status())["plotly_png"]["reason"] == "off (PLOTLY_PNG=off)"
+        assert (await engine.executor.status())["sandbox"]["plotly_png"]["reason"] == "off (PLOTLY_PNG=off)"
     finally:
         await engine.close()
 
@@ -168,8 +169,9 @@ def test_a_sound_answer_gives_every_png_in_order():
 async def test_a_render_sandbox_that_floods_or_hangs_is_stopped_and_leaves_nothing(engine, monkeypatch):
     renderer = engine.executor.renderer
     monkeypatch.setattr(plotly_png, "WORKER_SOURCE", b"import os\nwhile True: os.write(1, b'x' * 65536)\n")
-    flooded = await renderer.render([b"{}"], owner=1)
-    assert flooded.reasons == ("too much output",)
+    for _ in range(3):  # it hung about one time in three while its unread flood paused the pipe (Python 3.11)
+        flooded = await asyncio.wait_for(renderer.render([b"{}"], owner=1), timeout=60)
+        assert flooded.reasons == ("too much output",)
     monkeypatch.setattr(plotly_png, "WORKER_SOURCE", b"import time\ntime.sleep(3600)\n")
     monkeypatch.setattr(plotly_png, "RENDER_TIMEOUT_SECONDS", 1.0)
     hung = await renderer.render([b"{}"], owner=1)

@@ -25,8 +25,11 @@ Across processes (several bot processes on one database), each admission is also
 lease in the store (`admission:<member>:<id>`, expiring after the hour): an admission
 takes its lease first, then counts the member's leases, and keeps its place only if it
 is among the first RUNS_PER_MEMBER_PER_HOUR (ordered by time, then id, which every
-process sees alike), so two processes admitting at the same moment can never both take
-the last run. The cooldown (RUN_COOLDOWN_SECONDS) is a lease too (`cooldown:<member>`),
+process sees alike). One member's admissions are decided one at a time, in every process,
+under a short lock lease (`admitting:<member>`, polled while another holds it): ordering by
+time alone let a request whose earlier place was written after a later request had
+counted be granted too, so a burst went over the limit. With the lock, a burst of any
+size through any number of processes gets exactly the limit. The cooldown (RUN_COOLDOWN_SECONDS) is a lease too (`cooldown:<member>`),
 so a member cannot dodge it by landing on another process; and a run holds
 `running:<member>` while it executes (`Admission.running()`), so one member's runs
 execute one at a time across processes as they do within one.
@@ -60,6 +63,12 @@ log = logging.getLogger(__name__)
 RATE_WINDOW = timedelta(hours=1)
 STORE_CHECK_SECONDS = 2.0
 RUN_LEASE_MARGIN = timedelta(seconds=60)  # past the longest run: queueing and answering
+# One member's admissions are decided one at a time across processes (`admitting:<member>`):
+# the lock expires by itself after this (a process that died holding it), and an admission
+# waits for it at most ADMITTING_WAIT_SECONDS, polling every ADMITTING_POLL_SECONDS.
+ADMITTING_HOLD = timedelta(seconds=10)
+ADMITTING_WAIT_SECONDS = 12.0
+ADMITTING_POLL_SECONDS = 0.02
 RUN_LEASE_POLL_SECONDS = 0.25
 UNCOUNTED_NOTE = ("The run history can't be read right now, so your hourly run limit only counts "
                   "the runs since the bot last started.")
@@ -197,14 +206,20 @@ class RunAccess:
         # Reserve before asking the store, so a second request of the same member that
         # arrives meanwhile already sees this one.
         self._admitted.setdefault(context.member_id, collections.deque()).append(now)
-        denial, counted = await self._rate_denial(context.member_id, now, reserved=True)
-        if denial is None and counted:
-            # Places order by time, then by key: the key starts with the wall clock in ns, so an
-            # admission already granted is never overtaken by a later one (clocks kept by NTP).
-            place = _admission_key(context.member_id, f"{time.time_ns():020d}-{token}")
-            denial, counted = await self._take_place(context.member_id, place, now)
+        # Counting the member's hour and taking a place in it is one step for every process:
+        # without the lock, a request that read the places before another's place was
+        # written (or whose earlier place was written after a later one's count) could
+        # both be granted, and a burst of one member's requests went over the limit.
+        async with self._admitting(context.member_id, token):
+            denial, counted = await self._rate_denial(context.member_id, now, reserved=True)
             if denial is None and counted:
-                leases += ((place, place),)
+                # Places order by time, then by key (the wall clock in ns), both taken under the
+                # lock: admissions are decided one at a time, so a later one never overtakes
+                # one already granted.
+                place = _admission_key(context.member_id, f"{time.time_ns():020d}-{token}")
+                denial, counted = await self._take_place(context.member_id, place, self.audit.now())
+                if denial is None and counted:
+                    leases += ((place, place),)
         if denial is not None:
             self._forget(context.member_id, now)
             self._release_later(leases)
@@ -225,6 +240,35 @@ class RunAccess:
         except Exception:  # noqa: BLE001 - a broken store must not stop every run
             log.exception("run limits: the store failed; counting this process's runs only")
             return None
+
+    @contextlib.asynccontextmanager
+    async def _admitting(self, member_id: int, token: str):
+        """Hold `admitting:<member>` (in every process sharing the store) while one admission of
+        the member is decided. Without an answer from the store, or after waiting
+        ADMITTING_WAIT_SECONDS, the admission goes ahead unlocked (the limit then counts
+        this process's runs, as whenever the store cannot answer)."""
+        store = self.audit.store
+        key = _admitting_key(member_id)
+        held = False
+        deadline = time.monotonic() + ADMITTING_WAIT_SECONDS
+        while True:
+            now = self.audit.now()
+            lease = await self._in_store(lambda: store.acquire_lease(key, token, now + ADMITTING_HOLD, now))
+            if lease is None:
+                break
+            if lease.holder == token:
+                held = True
+                break
+            if time.monotonic() >= deadline:
+                log.warning("member %s: another admission held the admission lock too long; going ahead", member_id)
+                break
+            await asyncio.sleep(ADMITTING_POLL_SECONDS)
+        try:
+            yield
+        finally:
+            if held:  # now, not in the background: the member's next admission is waiting for it
+                if await self._in_store(lambda: store.release_lease(key, token)) is None:
+                    self._release_later(((key, token),))
 
     async def _cooldown_denial(self, member_id: int, now: datetime, *, take: str) -> Denial | None:
         """Start the member's cooldown (a lease held by `take`) unless another run started it."""
@@ -362,6 +406,10 @@ class RunAccess:
 
 def _admission_key(member_id: int, token: str) -> str:
     return f"admission:{member_id}:{token}"
+
+
+def _admitting_key(member_id: int) -> str:
+    return f"admitting:{member_id}"
 
 
 def _cooldown_key(member_id: int) -> str:

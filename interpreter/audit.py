@@ -15,8 +15,9 @@ run could have ended (`interrupted_after`) belongs to a process that died mid-ru
 show it as "interrupted", never as running for ever.
 
 Recording never fails or delays a run: records are written in the background, in run
-order, by a single writer, in batches (one transaction for every record waiting, and an
-admission whose end is in the same batch is not written at all). When the database is down (or a write
+order, by a single writer, in batches: it waits WRITE_LINGER_SECONDS for more records,
+then writes every record waiting in one transaction, leaving out an admission whose end
+is in the same batch (a run shorter than that costs one write, not two). When the database is down (or a write
 takes longer than WRITE_TIMEOUT_SECONDS) the writer moves every waiting record to a
 local spool file (interpreter/audit_spool.py) and stops trying for
 OUTAGE_RETRY_SECONDS; records of runs meanwhile go straight to the spool. The spool is
@@ -60,6 +61,7 @@ MAX_LISTED_ITEMS = 50  # packages or files kept per record: an audit, not a copy
 MAX_ITEM_CHARS = 200
 MAX_PENDING = 1_000  # records waiting in memory for the writer
 WRITE_BATCH = 200  # records written in one round trip (one transaction)
+WRITE_LINGER_SECONDS = 0.05  # the writer waits this long for more records before a write that is not full
 INTERRUPTED_MARGIN = timedelta(minutes=5)  # beyond the longest a run can take, before it counts as interrupted
 WRITE_TIMEOUT_SECONDS = 10.0  # one insert longer than this counts as an outage
 OUTAGE_RETRY_SECONDS = 30.0  # after a failed write, records go to the spool this long before the next try
@@ -226,6 +228,10 @@ class RunAudit:
             if await self._spooled() and len(self._pending) < MAX_PENDING // 2:
                 written = await self._replay()
             else:
+                if len(self._pending) < WRITE_BATCH:
+                    # Let a few more records join this transaction: the runs starting and
+                    # ending meanwhile (a tiny run's admission and end become one write).
+                    await asyncio.sleep(WRITE_LINGER_SECONDS)
                 batch = [self._pending[index] for index in range(min(WRITE_BATCH, len(self._pending)))]
                 written = await self._write(batch)
                 if written:

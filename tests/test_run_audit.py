@@ -343,7 +343,7 @@ async def test_background_records_are_written_in_run_order(file_backend, monkeyp
     """Runs started in the same millisecond still list newest first: the first write
     is held up (a slow database), yet the later records wait behind it."""
     audit = audit_for(file_backend)
-    first_write_may_finish = asyncio.Event()
+    first_write_may_finish, first_write_started = asyncio.Event(), asyncio.Event()
     real_save = audit.store.save_runs
     calls = 0
 
@@ -351,15 +351,19 @@ async def test_background_records_are_written_in_run_order(file_backend, monkeyp
         nonlocal calls
         calls += 1
         if calls == 1:
+            first_write_started.set()
             await first_write_may_finish.wait()
         await real_save(batch)
 
     monkeypatch.setattr(audit.store, "save_runs", first_insert_is_slow)
     records = [audit.build_record(result(), user_id=USER, code=f"x = {n}", started_at=audit.now(),
                                   duration_seconds=0.1) for n in range(5)]
-    for rec in records:
+    audit.record_later(records[0])
+    await first_write_started.wait()
+    for rec in records[1:]:
         audit.record_later(rec)
-    await asyncio.sleep(0)  # let the queued writes start; none may overtake the first
+    for _ in range(10):
+        await asyncio.sleep(0)  # let the writer run if it would; none may overtake the first
     assert calls == 1
     first_write_may_finish.set()
     listed = await audit.recent(10)

@@ -249,20 +249,9 @@ class RunAccess:
         this process's runs, as whenever the store cannot answer)."""
         store = self.audit.store
         key = _admitting_key(member_id)
-        held = False
-        deadline = time.monotonic() + ADMITTING_WAIT_SECONDS
-        while True:
-            now = self.audit.now()
-            lease = await self._in_store(lambda: store.acquire_lease(key, token, now + ADMITTING_HOLD, now))
-            if lease is None:
-                break
-            if lease.holder == token:
-                held = True
-                break
-            if time.monotonic() >= deadline:
-                log.warning("member %s: another admission held the admission lock too long; going ahead", member_id)
-                break
-            await asyncio.sleep(ADMITTING_POLL_SECONDS)
+        held = await self._wait_for_lease(key, token, ADMITTING_HOLD, ADMITTING_WAIT_SECONDS, ADMITTING_POLL_SECONDS,
+                                          f"member {member_id}: another admission held the admission lock too long; "
+                                          "going ahead")
         try:
             yield
         finally:
@@ -303,21 +292,32 @@ class RunAccess:
     async def _hold_run_lease(self, member_id: int) -> str | None:
         """Take `running:<member>`, waiting while another process's run of theirs holds it
         (bounded by the longest run); None when the store cannot say (then runs go ahead)."""
-        store = self.audit.store
         token = uuid.uuid4().hex
         hold = timedelta(seconds=self.settings.max_run_timeout) + RUN_LEASE_MARGIN
-        deadline = time.monotonic() + hold.total_seconds()
+        held = await self._wait_for_lease(_running_key(member_id), token, hold, hold.total_seconds(),
+                                          RUN_LEASE_POLL_SECONDS,
+                                          f"member {member_id}: another process's run held the run lease too long; "
+                                          "running anyway")
+        return token if held else None
+
+    async def _wait_for_lease(self, key: str, token: str, hold: timedelta, wait_seconds: float, poll_seconds: float,
+                              too_long: str) -> bool:
+        """Take lease `key` for `token` (held for `hold`), polling while someone else holds it.
+        False, and the caller goes ahead without it, when the store cannot answer or after
+        `wait_seconds` (then `too_long` is logged)."""
+        store = self.audit.store
+        deadline = time.monotonic() + wait_seconds
         while True:
             now = self.audit.now()
-            lease = await self._in_store(lambda: store.acquire_lease(_running_key(member_id), token, now + hold, now))
+            lease = await self._in_store(lambda: store.acquire_lease(key, token, now + hold, now))
             if lease is None:
-                return None
+                return False
             if lease.holder == token:
-                return token
+                return True
             if time.monotonic() >= deadline:
-                log.warning("member %s: another process's run held the run lease too long; running anyway", member_id)
-                return None
-            await asyncio.sleep(RUN_LEASE_POLL_SECONDS)
+                log.warning("%s", too_long)
+                return False
+            await asyncio.sleep(poll_seconds)
 
     def _release_later(self, leases: tuple[tuple[str, str], ...]) -> None:
         """Give leases back in the background (cancel() is synchronous, and never waits on the store)."""

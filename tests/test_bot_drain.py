@@ -14,22 +14,15 @@ from pathlib import Path
 from bot.client import RESTARTING
 from tests.fake_discord import FakeDiscord
 from tests.test_bot_main import REJECTED_TOKEN, bot_env
+from tests.waiting import until
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-async def until(condition, polls: int = 1000) -> None:
-    for _ in range(polls):
-        if condition():
-            return
-        await asyncio.sleep(0.01)  # polling for a state, not timing a behaviour
-    raise AssertionError("condition never became true")
 
 
 async def test_drain_lets_a_run_in_progress_answer_and_refuses_new_ones(discord_world):
     w = discord_world
     slow = w.harness.start_slash("run", w.bob, code="import time; time.sleep(1.5); print('finished after all')")
-    await until(lambda: w.bot.scheduler.stats().in_progress == 1)
+    await until(lambda: w.bot.scheduler.stats().in_progress == 1, "the run is in progress")
 
     drain = asyncio.create_task(w.bot.drain(timeout=60))
     refused = await w.harness.slash("run", w.carol, code="print(1)")
@@ -44,7 +37,7 @@ async def test_drain_lets_a_run_in_progress_answer_and_refuses_new_ones(discord_
 async def test_drain_gives_up_after_its_limit(discord_world):
     w = discord_world
     stuck = w.harness.start_slash("run", w.bob, code="import time; time.sleep(20)")
-    await until(lambda: w.bot.scheduler.stats().in_progress == 1)
+    await until(lambda: w.bot.scheduler.stats().in_progress == 1, "the run is in progress")
     assert await w.bot.drain(timeout=0.2) == 1  # the process may go; the grace period is spent
     stuck.task.cancel()
 

@@ -5,10 +5,10 @@ Real bot, real cogs, real engine and sandbox; only Discord's network is recorded
 
 from __future__ import annotations
 
-import asyncio
 
 from interpreter.engine import default_engine
 from tests.discord_harness import admin_permissions
+from tests.waiting import until
 
 CHART_CODE = """
 import seaborn as sns, pandas as pd, matplotlib.pyplot as plt
@@ -22,15 +22,6 @@ def no_pings(sent) -> None:
     mentions = sent.allowed_mentions
     assert mentions is not None, f"no allowed_mentions in {sent.kind}"
     assert mentions.get("parse") == [] and not mentions.get("users") and not mentions.get("roles"), mentions
-
-
-async def until(condition, *, turns: int = 20000) -> None:
-    """Let the event loop run until `condition()` holds (no wall-clock sleeps)."""
-    for _ in range(turns):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never became true")
 
 
 async def test_run_prints_output_with_status_and_time(discord_world):
@@ -167,7 +158,7 @@ async def test_queue_position_is_told_and_the_run_starts_later(discord_world):
     gate = default_engine().runner._admission()
     holders = await occupy_every_slot(gate.capacity)
     queued = w.harness.start_slash("run", w.alice, code="print('my turn')")
-    await until(lambda: any(s.kind == "edit_original" for s in queued.sent))
+    await until(lambda: any(s.kind == "edit_original" for s in queued.sent), "the queue position is told")
     assert "number 1 in line" in queued.content and not queued.ephemeral
     for holder in holders:
         gate.release(holder)
@@ -184,7 +175,7 @@ async def test_refusals_under_load_are_ephemeral(discord_world):
     running = w.bot.scheduler.submit(w.alice.id)  # alice already has a run going
     holders = await occupy_every_slot(gate.capacity)
     waiting = w.harness.start_slash("run", w.alice, code="print(1)")
-    await until(lambda: any(s.kind == "edit_original" for s in waiting.sent))
+    await until(lambda: any(s.kind == "edit_original" for s in waiting.sent), "the waiting run is told its place")
 
     refused = await w.harness.slash("run", w.alice, code="print(2)")
     assert refused.callback.payload["type"] == 4 and refused.ephemeral

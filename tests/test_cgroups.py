@@ -119,3 +119,46 @@ print(round(time.process_time() - cpu, 2))
         assert int(throttled["nr_throttled"]) > 0
     finally:
         await engine.close()
+
+
+def in_a_frozen_run_group(manager: CgroupManager, *, orphaned: bool) -> tuple[RunCgroup, int]:
+    """A run group holding one `sleep`, frozen: its parent is this test, or (orphaned) init,
+    as when the bot that paused the run has died."""
+    import subprocess
+
+    group = manager.create(make_settings(Path("/tmp")))
+    assert group is not None and group.freezer_dir is not None, manager
+    joins = " && ".join(f"echo $$ > {procs}" for procs in group.procs_files)
+    inner = f"{joins} && exec sleep 300"
+    if orphaned:  # the outer shell exits at once: the inner one is re-parented to init
+        out = subprocess.run(["sh", "-c", f"sh -c '{inner}' >/dev/null 2>&1 & echo $!"], capture_output=True,
+                             text=True, check=True).stdout
+        pid = int(out)
+    else:
+        pid = subprocess.Popen(["sh", "-c", inner]).pid
+    deadline = time.monotonic() + 10
+    while pid not in group.pids():
+        assert time.monotonic() < deadline, "the sleep never joined its group"
+        time.sleep(0.01)
+    assert group.freeze()
+    return group, pid
+
+
+def test_a_run_left_frozen_by_a_bot_that_died_is_killed_and_a_live_bots_is_not():
+    manager = CgroupManager.detect()
+    orphan, orphan_pid = in_a_frozen_run_group(manager, orphaned=True)
+    live, live_pid = in_a_frozen_run_group(manager, orphaned=False)
+    try:
+        CgroupManager.detect()  # the bot starting up again
+        deadline = time.monotonic() + 10
+        while orphan.pids():
+            assert time.monotonic() < deadline, "the orphaned frozen run was left frozen"
+            time.sleep(0.01)
+        assert live.pids() == {live_pid}  # another bot's paused run is left alone
+    finally:
+        for group in (orphan, live):
+            group.frozen = True
+            group.kill_all()
+        for group in (orphan, live):
+            assert asyncio.run(group.remove_when_empty())
+        os.waitpid(live_pid, 0)  # reap the live one's sleep

@@ -10,7 +10,9 @@ host without it keeps memory and pids (the status report says so).
 A run can be paused whole (`freeze`/`thaw`: the v1 freezer hierarchy, or v2's
 cgroup.freeze): the admission queue parks a long run there when the long lane is full
 (admission.py). A frozen run cannot allocate, so the memory it holds is fixed and
-known (`memory_bytes`). Optional too: without a freezer, runs are never paused.
+known (`memory_bytes`). Optional too: without a freezer, runs are never paused. A run
+left frozen by a bot that died would ignore its die-with-parent SIGKILL for ever: the
+sweep kills it (`_kill_orphaned_frozen`).
 
 Where no cgroup can be created (no root, no delegation), rlimit fallbacks apply:
 RLIMIT_AS for memory and RLIMIT_NPROC for processes (the latter counts every process of
@@ -398,6 +400,7 @@ class CgroupManager:
         not joined yet, here or in another process sharing the parent.
         """
         self._last_sweep = time.monotonic()
+        self._kill_orphaned_frozen()
         removed = 0
         now = time.time()
         for parent in self.parents:
@@ -413,10 +416,38 @@ class CgroupManager:
             log.info("removed %d stale run cgroups", removed)
         return removed
 
+    def _kill_orphaned_frozen(self) -> None:
+        """A run paused by a bot that has died stays frozen, deaf even to its die-with-parent
+        SIGKILL, with the memory it holds. A frozen group none of whose processes has a
+        parent outside it but init is such a run (a live bot is the parent of its sandboxes'
+        bwrap, a live fork-server template of its forks' waiters): kill it and thaw it."""
+        if not self.freezer:
+            return
+        state = "freezer.state" if self.version == 1 else "cgroup.freeze"
+        for child in self.parents[-1].glob("run-*"):
+            try:
+                if (child / state).read_text().strip() not in {"FROZEN", "FREEZING", "1"}:
+                    continue
+            except OSError:
+                continue
+            group = RunCgroup([child], self.version, freezer_dir=child, frozen=True)  # kill_all thaws it
+            pids = group.pids()
+            if pids and all(_parent_pid(pid) in pids | {0, 1} for pid in pids):
+                log.warning("killing run cgroup %s: paused, and the bot that paused it is gone", child.name)
+                group.kill_all()
+
     def maybe_sweep(self) -> None:
         """A sweep at most every SWEEP_INTERVAL_SECONDS (called as runs start)."""
         if time.monotonic() - self._last_sweep >= SWEEP_INTERVAL_SECONDS:
             self.sweep()
+
+
+def _parent_pid(pid: int) -> int:
+    """`pid`'s parent, 0 when it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def run_rlimits(settings: Settings, timeout: float, *, with_fallbacks: bool) -> dict[str, tuple[int, int]]:

@@ -15,6 +15,7 @@ import pytest
 import interpreter
 from interpreter.sandbox.admission import AdmissionGate, RunClock, observe_queue
 from tests.fixtures_sandbox import make_settings
+from tests.waiting import until
 
 ALICE, BOB, CAROL = 1, 2, 3
 SLEEPER = "import time\ntime.sleep(60)"  # no heavy import: the guess says "light"
@@ -239,8 +240,7 @@ async def test_paused_runs_hold_no_more_memory_than_set_aside_for_them():
     carol = await asyncio.wait_for(gate.acquire(light=True, member=CAROL), 5)
     carol_group = FakeRunGroup(30)  # 30 + 30 MB: more than the 50 set aside
     carol.can_pause(carol_group)
-    while carol._timer is not None:  # until carol's run is long (its timer has fired)
-        await asyncio.sleep(0.01)
+    await until(lambda: carol._timer is None, "carol's run is long (its timer has fired)")
     assert not carol.paused and carol_group.history == []  # never even frozen: it keeps its slot
     assert gate.paused_bytes == 30 * MB
     gate.release(alice)  # bob goes on in the long lane; his 30 MB are free, so carol's run is paused now
@@ -389,14 +389,6 @@ async def full_lane_engine(request, tmp_path: Path, sandbox_venv):
     assert engine.runner.cgroups.freezer, f"no cgroup freezer on this host: {engine.runner.cgroups}"
     yield engine
     await engine.close()
-
-
-async def until(condition, what: str, within: float = 30) -> None:
-    """Wait (on the event loop, polling) until `condition()` holds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {within} s: {what}"
-        await asyncio.sleep(0.01)
 
 
 def freezer_state(group) -> str:

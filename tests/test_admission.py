@@ -232,6 +232,21 @@ async def test_paused_runs_go_on_first_paused_first():
     gate.release(carol)
 
 
+async def test_a_paused_chart_goes_on_before_paused_runs_the_guess_called_light():
+    gate = pausing_gate()
+    alice = await started_long(gate, ALICE)
+    bob, _ = await started_paused(gate, BOB)  # light: a sleep or a loop, likely to its time-out
+    carol = await asyncio.wait_for(gate.acquire(light=False, member=CAROL), 5)
+    carol_group = FakeRunGroup()
+    carol.can_pause(carol_group)
+    await asyncio.wait_for(carol_group.was_frozen.wait(), 5)
+    gate.release(alice)
+    assert carol.long and bob.paused  # the chart, paused later, needs only a little more
+    gate.release(carol)
+    assert bob.long
+    gate.release(bob)
+
+
 async def test_paused_runs_hold_no_more_memory_than_set_aside_for_them():
     """A frozen run cannot grow, so what it holds when frozen is what it holds."""
     gate = pausing_gate(memory_mb=50)

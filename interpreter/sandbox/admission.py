@@ -26,8 +26,8 @@ the lowest CPU weight (`on_long` callbacks), so it uses only the CPU short runs 
 When the long lane has no place for it (full, or its member already has a run there),
 a long run is paused rather than left in its slot: its whole cgroup is frozen (see
 `Grant.can_pause`; limits.py), its time-out clock (`Grant.clock`) stops, and it gives
-its slot up all the same. Paused runs take long-lane places as they free, first paused
-first (still one per member), thawed at the lowest CPU weight. A run's time-out is
+its slot up all the same. Paused runs take long-lane places as they free, heavy ones
+first, then first paused first (still one per member), thawed at the lowest CPU weight. A run's time-out is
 the time it was allowed to run: paused time does not count, and the result says how
 long it was paused. Pausing is bounded by memory: a frozen run cannot allocate, so what
 it holds is measured when it is frozen, and runs are paused only while the paused ones
@@ -326,7 +326,10 @@ class AdmissionGate:
                 ready = [g for g in self._paused if not self._has_long_run(g.member)]
                 if not ready:
                     break
-                self._resume(ready[0])
+                # Heavy runs (charts) first, then first paused first: a chart that outlived its
+                # 2 s needs about a second more; a run the guess called light that outlived
+                # 0.5 s is a sleep or a loop, and most of those run to their time-out.
+                self._resume(min(ready, key=lambda g: g.light))
             for grant in [g for g in self._in_slots if g.overdue]:
                 if len(self._long) < self.long_capacity and not self._has_long_run(grant.member):
                     self._in_slots.remove(grant)

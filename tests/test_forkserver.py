@@ -45,27 +45,41 @@ class BumpablePackages(PackageManager):
 def fork_runner(tmp_path: Path, **environ: str) -> SandboxRunner:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    # No spare: each run is forked when it arrives (the spares have a test of their own).
-    values = {"SANDBOX_FORK_SERVER": "true", "SANDBOX_POOL_PRELOAD": "json", "SANDBOX_FORK_SPARES": "0"} | environ
+    # No spare: each run is forked when it arrives (the spares have a test of their own). One
+    # template, unless a test says otherwise: its runs are counted on it (BOTH_TEMPLATES runs a
+    # test's runs through the light template as well; tests/test_fork_light.py has the rest).
+    values = {"SANDBOX_FORK_SERVER": "true", "SANDBOX_POOL_PRELOAD": "json", "SANDBOX_FORK_SPARES": "0",
+              "SANDBOX_FORK_LIGHT_TEMPLATE": "false"} | environ
     settings = make_settings(data, **values)
     return SandboxRunner(settings, BumpablePackages(settings))
 
 
+# Which template forks a test's runs: every run of these tests imports no data library, so
+# with SANDBOX_FORK_LIGHT_TEMPLATE on they are all forked from the light template.
+TEMPLATES = {"data template": "false", "light template": "true"}
+BOTH_TEMPLATES = pytest.mark.parametrize("forking", list(TEMPLATES), indirect=True)
+
+
 @pytest.fixture
-async def forking(tmp_path, sandbox_venv):
-    runner = fork_runner(tmp_path)
+async def forking(request, tmp_path, sandbox_venv):
+    runner = fork_runner(tmp_path, SANDBOX_FORK_LIGHT_TEMPLATE=TEMPLATES[getattr(request, "param", "data template")])
     assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT), runner.describe()["fork_server"]
     yield runner
     await runner.close()
-    assert runner.fork_server.template is None
+    assert all(server.template is None for server in (runner.fork_server, runner.light_fork_server) if server)
+
+
+def serving(runner: SandboxRunner):
+    """The fork server these tests' runs are forked from: the light template's where there is one."""
+    return runner.light_fork_server or runner.fork_server
 
 
 def stats(runner: SandboxRunner) -> dict:
-    return runner.fork_server.describe()
+    return serving(runner).describe()
 
 
 def template_python_pid(runner: SandboxRunner) -> int:
-    return runner.fork_server.template.python_pid
+    return serving(runner).template.python_pid
 
 
 # ---------------------------------------------------------------------- warm-up
@@ -102,7 +116,7 @@ async def test_execute_code_warms_in_the_background_on_first_use(tmp_path, sandb
     does not wait for it; later runs are forked."""
     data = tmp_path / "data"
     data.mkdir()
-    engine = interpreter.configure(make_settings(data, SANDBOX_FORK_SERVER="true", SANDBOX_POOL_PRELOAD="json",
+    engine = interpreter.configure(make_settings(data, SANDBOX_FORK_SERVER="true", SANDBOX_FORK_LIGHT_TEMPLATE="false", SANDBOX_POOL_PRELOAD="json",
                                                  SANDBOX_WARM_ON_FIRST_RUN="true", SANDBOX_FORK_SPARES="0"))
     try:
         assert engine.runner.fork_server is None
@@ -121,7 +135,7 @@ async def test_execute_code_warms_in_the_background_on_first_use(tmp_path, sandb
 async def test_the_public_warm_up_returns_once_the_template_is_ready(tmp_path, sandbox_venv):
     data = tmp_path / "data"
     data.mkdir()
-    engine = interpreter.configure(make_settings(data, SANDBOX_FORK_SERVER="true", SANDBOX_POOL_PRELOAD="json",
+    engine = interpreter.configure(make_settings(data, SANDBOX_FORK_SERVER="true", SANDBOX_FORK_LIGHT_TEMPLATE="false", SANDBOX_POOL_PRELOAD="json",
                                                  SANDBOX_FORK_SPARES="0"))
     try:
         layers = await asyncio.wait_for(interpreter.warm_up(), READY_TIMEOUT)
@@ -227,6 +241,7 @@ SHOW_SELF = """
 """ % (NAMESPACES,)
 
 
+@BOTH_TEMPLATES
 async def test_two_forked_runs_at_once_share_no_namespace_and_see_only_their_own_processes(forking):
     """While run A keeps a background process alive, run B sees none of A's processes,
     and every namespace of the two runs differs."""
@@ -248,6 +263,7 @@ async def test_two_forked_runs_at_once_share_no_namespace_and_see_only_their_own
     assert mine["uid"] == 1000 and mine["hostname"] == "sandbox"
 
 
+@BOTH_TEMPLATES
 async def test_a_forked_run_holds_no_capability_no_template_descriptor_and_runs_under_seccomp(forking):
     outcome = await run(forking, SHOW_SELF)
     seen = json.loads(outcome.output)
@@ -264,6 +280,7 @@ async def test_a_forked_run_holds_no_capability_no_template_descriptor_and_runs_
     assert not any(link.startswith("socket:") for link in seen["fds"]), seen["fds"]
 
 
+@BOTH_TEMPLATES
 async def test_a_forked_run_learns_nothing_host_wide_from_its_proc(forking, tmp_path):
     """The run mounts a /proc of its own, over the template's masked one: the masks are made again."""
     import fcntl
@@ -286,6 +303,7 @@ async def test_a_forked_run_learns_nothing_host_wide_from_its_proc(forking, tmp_
     assert outcome.output.strip() == "[('/proc/cmdline', ''), ('/proc/locks', '')]", (outcome.output, outcome.error)
 
 
+@BOTH_TEMPLATES
 async def test_nothing_a_run_leaves_in_memory_or_files_reaches_the_next_run(forking):
     writer = await run(forking, """
         import json, os, sys
@@ -307,6 +325,7 @@ async def test_nothing_a_run_leaves_in_memory_or_files_reaches_the_next_run(fork
     assert reader.output == "False x False\n[]\n", reader.output
 
 
+@BOTH_TEMPLATES
 async def test_a_run_cannot_write_into_anything_it_shares_with_the_template(forking):
     outcome = await run(forking, """
         import os
@@ -341,11 +360,12 @@ def host_uids(sandbox) -> set[tuple[int, ...]]:
     return found
 
 
+@BOTH_TEMPLATES
 async def test_each_forked_run_has_a_host_uid_of_its_own_until_its_last_process_is_gone(forking):
     """Before: every forked run had the template's host uid, so per-uid kernel pools (pipe pages,
     pending signals, epoll watches) were shared by all of them. Now the host leases a uid of the
     reserved range for each run, as for a launched sandbox, and the template gives it to the run."""
-    server, uids = forking.fork_server, forking.uids
+    server, uids = serving(forking), forking.uids
     first, second = await server.fork(20), await server.fork(20)
     assert first is not None and second is not None, stats(forking)
     try:
@@ -366,10 +386,11 @@ async def test_each_forked_run_has_a_host_uid_of_its_own_until_its_last_process_
     assert not set(leased) & set(uids._held), "a uid stayed leased after its run was gone"
 
 
+@BOTH_TEMPLATES
 async def test_a_forked_run_using_up_its_uids_pipe_quota_does_not_shrink_another_forked_runs_pipes(forking):
     """One forked session holds 1,200 pipes (past its uid's 16,384 pages); a run forked meanwhile
     still gets 64 KiB pipes. Before, both had the template's uid and the probe got 4 KiB."""
-    hog = await forking.fork_server.fork(60)
+    hog = await serving(forking).fork(60)
     assert hog is not None, stats(forking)
     try:
         held = await hog.run_job(SandboxJob(code=PIPE_HOG, timeout=30))
@@ -430,6 +451,7 @@ async def test_when_the_host_may_not_map_the_uid_range_forked_runs_share_the_tem
         await runner.close()
 
 
+@BOTH_TEMPLATES
 async def test_a_forked_run_filling_its_pending_signal_queue_leaves_other_forked_runs_theirs(forking):
     """Pending signals are counted at every user namespace level up to the host's; all forked runs
     meet at the template's, capped by the template's RLIMIT_SIGPENDING. Before, one forked run
@@ -442,7 +464,7 @@ async def test_a_forked_run_filling_its_pending_signal_queue_leaves_other_forked
             os.kill(os.getpid(), signal.SIGRTMIN)   # queued while blocked; past the limit, not queued
         print(open('/proc/self/status').read().split('SigQ:')[1].split()[0])
     """
-    hog = await forking.fork_server.fork(60)
+    hog = await serving(forking).fork(60)
     assert hog is not None, stats(forking)
     try:
         filled = await hog.run_job(SandboxJob(code=textwrap.dedent(fill % "resource.getrlimit(resource.RLIMIT_SIGPENDING)[0] + 10"), timeout=30))
@@ -454,6 +476,7 @@ async def test_a_forked_run_filling_its_pending_signal_queue_leaves_other_forked
         await hog.destroy()
 
 
+@BOTH_TEMPLATES
 async def test_the_template_keeps_cap_setuid_alone_in_a_namespace_that_maps_only_the_reserved_range(forking):
     """What giving runs their own uids costs: the template may become any uid of the range (and
     nothing else: that is all its user namespace maps), and holds no other capability."""
@@ -471,6 +494,7 @@ async def test_the_template_keeps_cap_setuid_alone_in_a_namespace_that_maps_only
     assert gid_map == ["1000", str(forking.settings.sandbox_gid), "1"]
 
 
+@BOTH_TEMPLATES
 async def test_the_template_holds_no_secret_of_the_bot(forking):
     """The bot's environment holds a fake token and database URI (tests/fixtures_sandbox.py)."""
     environ = Path(f"/proc/{template_python_pid(forking)}/environ").read_bytes()
@@ -503,6 +527,7 @@ async def test_each_forked_run_has_its_own_memory_and_pids_cgroup(tmp_path, sand
         await runner.close()
 
 
+@BOTH_TEMPLATES
 async def test_a_forked_run_gets_the_cpu_limit_of_its_own_timeout(forking):
     outcome = await run(forking, "import resource; print(resource.getrlimit(resource.RLIMIT_CPU))", timeout=7)
     assert outcome.output == "(8, 10)\n", outcome.output

@@ -152,22 +152,40 @@ async def test_runs_as_an_unprivileged_uid_with_no_capabilities(runner):
 
 
 async def test_sandbox_processes_run_as_the_sandbox_uid_on_the_host(runner, sandbox_settings):
-    """Seen from the host, every process of a run belongs to SANDBOX_UID, never to root (pitfall 1)."""
-    marker = "uid-probe-7f3a"
-    task = asyncio.create_task(run(runner, f"# {marker}\nwhile True:\n    pass\n", timeout=5))
-    owners: set[int] = set()
+    """Seen from the host, every process of a run belongs to one uid of the reserved range, never
+    to root (pitfall 1); so does every other sandbox process of this runner (with
+    TEST_SANDBOX_FORK_SERVER=1 its templates, each with a uid of its own)."""
+    marker = "uid-probe-7f3a"  # the run's member process names itself (PR_SET_NAME) so the host finds it
+    task = asyncio.create_task(run(runner, f"import ctypes\nctypes.CDLL(None).prctl(15, b'{marker}', 0, 0, 0)\n"
+                                           "while True:\n    pass\n", timeout=5))
+    member = None
     for _ in range(200):  # poll (bounded) until the run's python is visible on the host
-        owners = {uid for pid, uid in _bootstrap_processes() if _descends_from(pid, os.getpid())}
-        if owners:
+        member = next((int(proc.name) for proc in Path("/proc").iterdir() if proc.name.isdigit()
+                       and _process_name(int(proc.name)) == marker and _descends_from(int(proc.name), os.getpid())),
+                      None)
+        if member is not None:
             break
         await asyncio.sleep(0.05)
+    assert member is not None, "the run's member process never showed on the host"
+    supervisor = int(_status(member)["PPid"])
+    run_owners = {int(_status(pid)["Uid"].split()[1]) for pid in (member, supervisor)}
+    sandbox_owners = {uid for pid, uid in _bootstrap_processes() if _descends_from(pid, os.getpid())}
     await task
     if RUNNING_AS_ROOT:  # one uid of the reserved range, leased to this sandbox
         first = sandbox_settings.sandbox_uid
-        assert len(owners) == 1 and first <= min(owners) < first + sandbox_settings.sandbox_uid_count, owners
+        reserved = range(first, first + sandbox_settings.sandbox_uid_count)
+        assert len(run_owners) == 1 and min(run_owners) in reserved, run_owners
+        assert all(uid in reserved for uid in sandbox_owners), sandbox_owners
     else:
-        assert owners == {os.geteuid()}
-    assert 0 not in owners
+        assert run_owners | sandbox_owners == {os.geteuid()}
+    assert 0 not in run_owners | sandbox_owners
+
+
+def _process_name(pid: int) -> str | None:
+    try:
+        return _status(pid)["Name"]
+    except (OSError, KeyError):
+        return None
 
 
 async def test_each_live_sandbox_has_a_host_uid_of_its_own(runner):

@@ -136,11 +136,17 @@ async def test_member_code_has_no_handle_on_the_control_channel(runner):
     assert [f.filename for f in outcome.files] == []
 
 
+# Both kinds of run: with TEST_SANDBOX_FORK_SERVER=1 one is forked from the light template, the
+# other from the data-library template (each template's runs are read by the same host code).
+RUNS = {"light run": "print('hi')", "data-library run": "import pandas; print('hi')"}
+
+
+@pytest.mark.parametrize("code", list(RUNS.values()), ids=list(RUNS))
 async def test_a_hostile_control_stream_is_a_failed_audited_run_that_never_stalls_the_bot(
-        hostile_bootstrap, engine):
+        hostile_bootstrap, engine, code):
     with LoopLag() as lag:
         started = time.monotonic()
-        result = await engine.execute("print('hi')", USER)
+        result = await engine.execute(code, USER)
         took = time.monotonic() - started
     assert result["success"] is False
     assert result["exit_cause"] == ExitCause.PROTOCOL.value, result

@@ -7,6 +7,7 @@ tests/test_forkserver.py): fresh namespaces, its own cgroups, nothing shared."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,40 @@ async def test_with_the_light_template_gone_light_runs_fork_from_the_data_templa
     outcome = await run(two_templates, "print('still warm')")
     assert outcome.success and outcome.output == "still warm\n"
     assert heavy.describe()["runs_forked"] == 1
+
+
+NAMESPACES = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")
+
+
+async def test_a_light_run_shares_nothing_with_a_data_run_forked_beside_it(two_templates):
+    """A run of each template at once: no namespace in common, none of the data run's processes or
+    files visible to the light run, and the module the data run tampered with untouched.
+    (Light runs among themselves: tests/test_forkserver.py's BOTH_TEMPLATES tests.)"""
+    show = """
+        import json, os
+        print(json.dumps({"ns": {n: os.readlink(f"/proc/self/ns/{n}") for n in %r},
+                          "pids": sorted(int(p) for p in os.listdir('/proc') if p.isdigit()),
+                          "left": sorted(place for place in ('/tmp', '/dev/shm', '/work', '/data')
+                                         if os.path.exists(os.path.join(place, 'left-behind'))),
+                          "tampered": hasattr(json, 'LEFT_BEHIND')}), flush=True)
+    """ % (NAMESPACES,)
+    holder = asyncio.create_task(run(two_templates, """
+        import json, os, subprocess, time, pandas
+        json.LEFT_BEHIND = 'member data'
+        for place in ('/tmp', '/dev/shm', '/work', '/data'):
+            open(os.path.join(place, 'left-behind'), 'w').write('member data')
+        child = subprocess.Popen(['sleep', '30'])
+    """ + show + """
+        time.sleep(2.5)
+    """, timeout=20))
+    looker = await run(two_templates, show)
+    held = await holder
+    assert looker.success and held.success, (looker.error, held.error)
+    light, data = json.loads(looker.output), json.loads(held.output)
+    assert data["left"] == ["/data", "/dev/shm", "/tmp", "/work"] and data["tampered"], data
+    for name in NAMESPACES:
+        assert light["ns"][name] != data["ns"][name], f"a light run and a data run share a {name} namespace"
+    assert light["pids"] in ([1, 2, 3], [1, 2, 3, 4]), light["pids"]  # its own init, supervisor, member
+    assert light["left"] == [] and not light["tampered"], light
+    counts = (two_templates.light_fork_server.describe()["runs_forked"], two_templates.fork_server.describe()["runs_forked"])
+    assert counts == (1, 1), counts

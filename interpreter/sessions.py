@@ -392,6 +392,7 @@ class SessionManager:
                 preload = ",".join(self.settings.sandbox_pool_preload) if workload is Workload.HEAVY else ""
                 sandbox = SandboxProcess(self.runner, venv_dir, preload=preload,
                                          cpu_seconds=self.settings.session_cpu_seconds)
+                self.runner.cold_starts += 1
                 await sandbox.start()
             except (BwrapNotFound, OSError) as exc:
                 log.error("cannot start a session sandbox: %s", exc)

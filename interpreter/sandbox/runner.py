@@ -567,6 +567,7 @@ class SandboxRunner:
         self.in_flight = 0
         self.queued = 0
         self.completed = 0
+        self.cold_starts = 0  # runs and sessions launched because no warm capacity was ready
         self.failures_by_cause: dict[str, int] = {}
         self._reaping: set[asyncio.Task] = set()  # destroy_later(): sandboxes killed, being reaped
         self._renicing: set[asyncio.Task] = set()  # long runs whose priority is being lowered
@@ -830,6 +831,7 @@ class SandboxRunner:
         try:
             venv_dir = await self.packages.ensure_venv()
             sandbox = SandboxProcess(self, venv_dir, cpu_seconds=job.timeout)
+            self.cold_starts += 1
             await sandbox.start()
         except (BwrapNotFound, OSError) as exc:
             log.error("cannot start a sandbox: %s", exc)

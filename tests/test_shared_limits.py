@@ -204,3 +204,23 @@ async def test_the_hourly_sweep_drops_expired_leases(tmp_path):
     assert [lease.key for lease in await engine.store.leases_with_prefix("cooldown:", now - timedelta(days=1))] == [
         "cooldown:2"]
     await engine.close()
+
+
+async def test_processes_opening_a_new_sqlite_database_at_once_all_get_in(tmp_path):
+    """Several processes starting together on a fresh data dir race to switch the new
+    database to WAL; SQLite answers the losers "database is locked" at once (no busy
+    wait). Each open must wait its turn like any write, never report the store down."""
+    from datetime import datetime, timezone
+
+    from interpreter.store.sqlite import SQLiteStore
+
+    now = datetime.now(timezone.utc)
+    for round_ in range(60):
+        path = tmp_path / f"round-{round_}" / "interpreter.sqlite"
+        stores = [SQLiteStore(path) for _ in range(4)]  # four connections: as four processes
+        # some connections are still opening while others already write
+        counts = await asyncio.gather(*(stores[i % 4].count_up_to("runs", 100, now, now + timedelta(days=1))
+                                        for i in range(16)))
+        assert sorted(counts) == list(range(1, 17)), counts
+        for store in stores:
+            await store.close()

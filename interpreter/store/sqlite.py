@@ -16,6 +16,7 @@ import asyncio
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -140,6 +141,27 @@ def _record(row: tuple[Any, ...]) -> FileRecord:
                       _from_epoch(uploaded_at), _from_epoch(expires_at))
 
 
+BUSY_TIMEOUT_MS = 10_000  # how long a statement waits for another connection's write lock
+
+
+def _use_write_ahead_log(connection: sqlite3.Connection) -> None:
+    """Switch the database to WAL (it stays so, in the file). Several processes opening a new
+    database at once race for the switch, and SQLite answers the loser "database is locked"
+    at once instead of waiting (the busy handler is not used for it): retry until the
+    busy timeout, as any other statement would wait."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)  # in the store's worker thread, never on the event loop
+        delay = min(delay * 2, 0.2)
+
+
 class SQLiteStore(FileStore):
     backend = "sqlite"
 
@@ -158,10 +180,10 @@ class SQLiteStore(FileStore):
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            connection = sqlite3.connect(self.path, timeout=10, check_same_thread=False, isolation_level=None)
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, isolation_level=None)
             try:
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA busy_timeout=10000")
+                connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                _use_write_ahead_log(connection)
                 connection.executescript(_SCHEMA)
                 _migrate(connection)
             except BaseException:

@@ -367,7 +367,9 @@ def resolve_warm(name: str) -> dict:
 
 def warm_description(settings) -> str:
     if settings.sandbox_fork_server:
-        return f"fork server, {settings.sandbox_fork_spares} spare(s)"
+        light = (f", light template with {settings.sandbox_fork_light_spares} spare(s)"
+                 if settings.sandbox_fork_light_template else "")
+        return f"fork server, {settings.sandbox_fork_spares} spare(s){light}"
     return f"pool, {settings.sandbox_pool_size} heavy + {settings.sandbox_light_pool_size} light"
 
 

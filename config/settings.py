@@ -255,6 +255,7 @@ FIELDS: tuple[Field, ...] = (
     Field("sandbox_fork_server", "SANDBOX_FORK_SERVER", "true", _bool, "Warm capacity by forking: one template sandbox imports SANDBOX_POOL_PRELOAD once (about 120 MB) and every run is forked from it into fresh namespaces, its own cgroup and (as root) its own host uid, so charts start warm at any arrival rate. It and its spares (SANDBOX_FORK_SPARES) replace the pool (SANDBOX_POOL_SIZE, SANDBOX_LIGHT_POOL_SIZE). false: the pool instead."),
     Field("sandbox_fork_spares", "SANDBOX_FORK_SPARES", "1", _int_range(0, 16), "With SANDBOX_FORK_SERVER: runs forked ahead and waiting for a job, so a run skips the 50-80 ms of setting its fork up; a spare shares the template's pages, so it holds only the few MB it has copied (measured: about 6 MB a spare beside the template's 120 MB; docs/performance.md). 0: every run is forked when it arrives."),
     Field("sandbox_fork_light_template", "SANDBOX_FORK_LIGHT_TEMPLATE", "true", _bool, "With SANDBOX_FORK_SERVER: a second template that imports nothing heavy serves the runs that import no data library, such as a print. Forking it costs such a run about a quarter of the CPU of a fork of the data-library template (its page tables are small: ~20-27 ms of CPU a print instead of ~85 ms). Its memory: about 14 MB charged to its cgroups with its spare (PSS 14 MB), beside the data-library template's ~131 MB (measured idle as bench/arrivals.py does; docs/performance.md). false: every run is forked from the data-library template."),
+    Field("sandbox_fork_light_spares", "SANDBOX_FORK_LIGHT_SPARES", "4", _int_range(0, 16), "With SANDBOX_FORK_LIGHT_TEMPLATE: runs forked ahead from the light template, so a burst of small runs (8 prints at once) skips their set-up; each holds a few MB and one uid of SANDBOX_UID_COUNT while it waits (docs/performance.md). 0: light runs are forked when they arrive."),
     Field("sandbox_warm_on_first_run", "SANDBOX_WARM_ON_FIRST_RUN", "true", _bool, "Start the warm capacity in the background on the first run when nothing started it (a library calling execute_code). false: only warm_up() or the bot's start-up start it."),
     Field("venv_max_age_days", "VENV_MAX_AGE_DAYS", "7", _float_range(0), "Rebuild the sandbox venv after this many days. 0: never."),
     Field("extra_approved_packages", "EXTRA_APPROVED_PACKAGES", "", _name_list, "Packages members may install on top of the built-in approved list. An entry may set the version policy (pandas>=2.2; list a name twice for two bounds): members never choose versions."),
@@ -338,6 +339,7 @@ class Settings:
     sandbox_fork_server: bool
     sandbox_fork_spares: int
     sandbox_fork_light_template: bool
+    sandbox_fork_light_spares: int
     sandbox_warm_on_first_run: bool
     venv_max_age_days: float
     extra_approved_packages: tuple[str, ...]

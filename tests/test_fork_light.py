@@ -32,7 +32,8 @@ async def two_templates(tmp_path: Path, sandbox_venv: Path):
     data = tmp_path / "data"
     data.mkdir()
     settings = make_settings(data, SANDBOX_FORK_SERVER="true", SANDBOX_FORK_LIGHT_TEMPLATE="true",
-                             SANDBOX_POOL_PRELOAD="numpy,pandas", SANDBOX_FORK_SPARES="0")
+                             SANDBOX_POOL_PRELOAD="numpy,pandas", SANDBOX_FORK_SPARES="0",
+                             SANDBOX_FORK_LIGHT_SPARES="0")
     runner = SandboxRunner(settings, PackageManager(settings))
     assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT), runner.describe()
     yield runner
@@ -44,6 +45,23 @@ async def test_warm_up_waits_for_both_templates_and_status_shows_both(two_templa
     layers = two_templates.describe()
     assert layers["fork_server"]["ready"] and layers["fork_server"]["preload"] == "numpy,pandas"
     assert layers["light_fork_server"]["ready"] and layers["light_fork_server"]["preload"] == "(none)"
+
+
+async def test_the_light_template_keeps_spares_of_its_own_for_a_burst_of_small_runs(tmp_path, sandbox_venv):
+    """SANDBOX_FORK_LIGHT_SPARES: a burst of prints takes runs forked ahead from the light
+    template (cheap: it imported nothing), whatever the data template's SANDBOX_FORK_SPARES."""
+    settings = make_settings(tmp_path, SANDBOX_FORK_SERVER="true", SANDBOX_FORK_LIGHT_TEMPLATE="true",
+                             SANDBOX_POOL_PRELOAD="numpy", SANDBOX_FORK_SPARES="0", SANDBOX_FORK_LIGHT_SPARES="3")
+    runner = SandboxRunner(settings, PackageManager(settings))
+    try:
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT), runner.describe()
+        light, heavy = runner.light_fork_server, runner.fork_server
+        assert (light.describe()["spares"], heavy.describe()["spares"]) == ("3 of 3", "0 of 0")
+        printed = await asyncio.gather(*(run(runner, f"print({i})") for i in range(3)))
+        assert [outcome.output for outcome in printed] == ["0\n", "1\n", "2\n"], [o.error for o in printed]
+        assert light.served_spare == 3 and heavy.describe()["runs_forked"] == 0
+    finally:
+        await runner.close()
 
 
 async def test_a_print_is_forked_from_the_light_template_and_a_pandas_run_from_the_data_one(two_templates):

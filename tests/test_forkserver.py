@@ -49,7 +49,7 @@ def fork_runner(tmp_path: Path, **environ: str) -> SandboxRunner:
     # template, unless a test says otherwise: its runs are counted on it (BOTH_TEMPLATES runs a
     # test's runs through the light template as well; tests/test_fork_light.py has the rest).
     values = {"SANDBOX_FORK_SERVER": "true", "SANDBOX_POOL_PRELOAD": "json", "SANDBOX_FORK_SPARES": "0",
-              "SANDBOX_FORK_LIGHT_TEMPLATE": "false"} | environ
+              "SANDBOX_FORK_LIGHT_SPARES": "0", "SANDBOX_FORK_LIGHT_TEMPLATE": "false"} | environ
     settings = make_settings(data, **values)
     return SandboxRunner(settings, BumpablePackages(settings))
 

@@ -137,6 +137,8 @@ UCOUNT_RLIMITS = ("RLIMIT_SIGPENDING", "RLIMIT_MEMLOCK", "RLIMIT_MSGQUEUE")
 def run_pool_limits(settings) -> dict[str, tuple[int, int]]:
     """The rlimits of UCOUNT_RLIMITS for one forked run."""
     live = settings.max_concurrent_runs + settings.max_sessions + settings.sandbox_fork_spares
+    if settings.sandbox_fork_light_template:
+        live += settings.sandbox_fork_light_spares
     limits = {}
     for name in UCOUNT_RLIMITS:
         soft, _hard = resource.getrlimit(getattr(resource, name))
@@ -210,7 +212,7 @@ class _UsernsSetup:
 class ForkServer:
     """The fork-server template of one runner, on the event loop that started it."""
 
-    def __init__(self, runner: "SandboxRunner", *, preload: str) -> None:
+    def __init__(self, runner: "SandboxRunner", *, preload: str, spares: int) -> None:
         self.runner = runner
         self.packages = runner.packages
         self.preload = preload
@@ -225,7 +227,7 @@ class ForkServer:
         self.fork_failures = 0
         self.last_failure = ""
         self.own_uids_refused: str | None = None  # why forked runs share the template's uid, if they do
-        self.spares_target = runner.settings.sandbox_fork_spares
+        self.spares_target = spares
         self.spares: collections.deque[ForkedSandbox] = collections.deque()  # forked ahead, waiting for a job
         self.served_spare = 0
         self._wake = asyncio.Event()

@@ -722,10 +722,11 @@ class SandboxRunner:
         if self.light_fork_server is not None and self.light_fork_server.loop is not loop:
             self.light_fork_server = None
         if self.fork_server is None:
-            self.fork_server = ForkServer(self, preload=",".join(self.settings.sandbox_pool_preload))
+            self.fork_server = ForkServer(self, preload=",".join(self.settings.sandbox_pool_preload),
+                                          spares=self.settings.sandbox_fork_spares)
             self.fork_server.start()
         if self.settings.sandbox_fork_light_template and self.light_fork_server is None:
-            self.light_fork_server = ForkServer(self, preload="")
+            self.light_fork_server = ForkServer(self, preload="", spares=self.settings.sandbox_fork_light_spares)
             self.light_fork_server.start()
         return self.fork_server
 

@@ -9,8 +9,8 @@ Every member submits all their runs at once; the runs are shuffled. Each run goe
 way a /run does after Discord: the bot's request rules (cogs/_queue.py RunScheduler,
 with the cooldown off and room for every run of a member, so none is refused), then
 `interpreter.run_code` inside `observe_queue`, into the engine's one queue with
-MAX_CONCURRENT_RUNS=2 and the warm capacity started (the pool, or with --fork-server
-the fork server). What is left out is Discord itself
+MAX_CONCURRENT_RUNS=2 and the warm capacity started (the project's default, the fork
+server with its light template; `--warm pool` for the pool). What is left out is Discord itself
 (rendering, HTTP), which costs the same whatever the queue does.
 
 The mix: `print` (50%), a pandas/seaborn chart (20%), an exception (20%), and a
@@ -51,6 +51,7 @@ CODE = {
     "sleep": "import time\ntime.sleep(3600)",
     "loop": "while True:\n    pass",
 }
+WARM = {"default": None, "fork": True, "pool": False}  # make_settings' fork_server
 EXPECTED_CAUSE = {"print": "ok", "chart": "ok", "error": "exception", "timeout": "timeout"}
 
 
@@ -72,12 +73,12 @@ def plan(members: int, runs_each: int, seed: int) -> list[tuple[int, str, str]]:
 
 
 async def mixed_load(data_dir: Path, members: int, runs_each: int, timeout: int, *, long_runs: int,
-                     long_after: float | None = None, fork_server: bool = False, paused_mb: int | None = None,
+                     long_after: float | None = None, fork_server: bool | None = None, paused_mb: int | None = None,
                      seed: int = 13) -> dict:
     import interpreter
 
-    settings = make_settings(data_dir, heavy=1, light=2).replace(max_long_runs=long_runs,
-                                                                 sandbox_fork_server=fork_server)
+    # fork_server None: the project's default warm capacity (the fork server and its light template)
+    settings = make_settings(data_dir, heavy=1, light=2, fork_server=fork_server).replace(max_long_runs=long_runs)
     if long_after is not None:
         settings = settings.replace(run_long_after_seconds=long_after)
     if paused_mb is not None:
@@ -138,7 +139,8 @@ def report(label: str, result: dict, goal: float) -> None:
 async def main(args: argparse.Namespace) -> None:
     announce_machine("no per-run cgroups, so no long lane")
     print(f"mixed load: {args.members} members x {args.runs_per_member} runs at once, 10% time-outs of "
-          f"{args.timeout} s, MAX_CONCURRENT_RUNS=2, MAX_LONG_RUNS={args.long_runs}, through the bot's request "
+          f"{args.timeout} s, MAX_CONCURRENT_RUNS=2, MAX_LONG_RUNS={args.long_runs}, warm capacity: {args.warm}, "
+          "through the bot's request "
           "rules and the engine's queue")
     variants = [("paused when the long lane is full", None)]
     variants += [("kept in their slot (PAUSED_RUNS_MEMORY_MB=0)", 0)] if args.compare else []
@@ -150,7 +152,7 @@ async def main(args: argparse.Namespace) -> None:
             for index, (label, paused_mb) in enumerate(order):
                 results[label] = await mixed_load(
                     Path(tmp) / f"{round_}-{index}", args.members, args.runs_per_member, args.timeout,
-                    long_runs=args.long_runs, long_after=args.long_after, fork_server=args.fork_server,
+                    long_runs=args.long_runs, long_after=args.long_after, fork_server=WARM[args.warm],
                     paused_mb=paused_mb)
                 report(f"round {round_ + 1}, long runs {label}", results[label], args.goal)
             if args.compare:
@@ -174,7 +176,8 @@ if __name__ == "__main__":
                         help="run the same load again with long runs kept in their slot when the long lane is full")
     parser.add_argument("--rounds", type=int, default=1, help="repeat (with --compare: paired, alternating order)")
     parser.add_argument("--long-runs", type=int, default=8, help="MAX_LONG_RUNS (0: the long lane off)")
-    parser.add_argument("--fork-server", action="store_true", help="warm capacity by forking (SANDBOX_FORK_SERVER)")
+    parser.add_argument("--warm", choices=list(WARM), default="default",
+                        help="warm capacity: the project's default (the fork server), the fork server, or the pool")
     parser.add_argument("--long-after", type=float, default=None,
                         help="RUN_LONG_AFTER_SECONDS for this run (default: the setting's default)")
     asyncio.run(main(parser.parse_args()))

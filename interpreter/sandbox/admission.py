@@ -59,7 +59,7 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 
 DEFAULT_HEAVY_MAX_WAIT = 5.0
-DEFAULT_LONG_AFTER = 0.5
+DEFAULT_LONG_AFTER = 0.2
 # A heavy run (a chart) needs most of a second of CPU alone, more under load: it counts
 # as long only after this many times `long_after`, so charts do not fill the long lane
 # that exists for runs the guess called light.

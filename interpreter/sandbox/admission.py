@@ -327,8 +327,9 @@ class AdmissionGate:
                 if not ready:
                     break
                 # Heavy runs (charts) first, then first paused first: a chart that outlived its
-                # 2 s needs about a second more; a run the guess called light that outlived
-                # 0.5 s is a sleep or a loop, and most of those run to their time-out.
+                # long-after time needs about a second more; a run the guess called light that
+                # outlived its (a print takes ~10 ms) is a sleep or a loop, and most of those
+                # run to their time-out.
                 self._resume(min(ready, key=lambda g: g.light))
             for grant in [g for g in self._in_slots if g.overdue]:
                 if len(self._long) < self.long_capacity and not self._has_long_run(grant.member):

@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from interpreter.sandbox import forkserver as forkserver_module
 from interpreter.sandbox import runner as runner_module
 from interpreter.sandbox.protocol import MAX_SKIPPED_LISTED
 from interpreter.types import ExitCause
@@ -68,8 +67,7 @@ def hostile_bootstrap(request, monkeypatch) -> str:
     """Installs one hostile stream's bootstrap, before the engine fixture starts anything:
     a fork-server template reads the bootstrap when it is launched (TEST_SANDBOX_FORK_SERVER=1)."""
     source = (HOSTILE_TEMPLATE % HOSTILE_STREAMS[request.param]).encode()
-    monkeypatch.setattr(runner_module, "BOOTSTRAP_SOURCE", source)
-    monkeypatch.setattr(forkserver_module, "BOOTSTRAP_SOURCE", source)
+    monkeypatch.setattr(runner_module, "BOOTSTRAP_SOURCE", source)  # the fork server reads it there too
     return request.param
 
 

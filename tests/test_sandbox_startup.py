@@ -68,6 +68,33 @@ async def test_bytecode_that_does_not_match_its_source_is_never_run(launched, mo
     assert "marker source" in outcome.output
 
 
+@pytest.mark.parametrize("fork_server", ["false", "true"], ids=["launched", "forked"])
+async def test_one_swap_of_the_bootstrap_reaches_launched_and_forked_runs(fork_server, tmp_path, sandbox_venv,
+                                                                         monkeypatch):
+    # Before: forkserver.py imported its own reference to the source, so a test that swapped the
+    # bootstrap had to patch it twice, and one that patched runner.py alone got the old one forked
+    # (once forkserver.py had been imported, as it is in a whole-suite run: import it first).
+    importlib.import_module("interpreter.sandbox.forkserver")
+    monkeypatch.setattr(runner_module, "BOOTSTRAP_SOURCE",
+                        runner_module.BOOTSTRAP_SOURCE + b"\nMARKER = 'swapped in runner.py'\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    settings = make_settings(data, SANDBOX_FORK_SERVER=fork_server, SANDBOX_POOL_PRELOAD="json",
+                             SANDBOX_FORK_SPARES="0", SANDBOX_FORK_LIGHT_SPARES="0",
+                             SANDBOX_FORK_LIGHT_TEMPLATE="false")
+    runner = SandboxRunner(settings, PackageManager(settings))
+    try:
+        if fork_server == "true":
+            assert await runner.warm_up(), runner.describe()["fork_server"]
+        outcome = await run(runner, WHERE_FROM)
+        assert outcome.cause is ExitCause.OK, outcome.error
+        assert "marker swapped in runner.py" in outcome.output, outcome.output
+        if fork_server == "true":
+            assert runner.fork_server.describe()["runs_forked"] == 1, "the run was not forked"
+    finally:
+        await runner.close()
+
+
 async def test_every_runtime_module_has_its_bytecode_bound(launched):
     outcome = await run(launched, """
         import os

@@ -55,7 +55,8 @@ from typing import TYPE_CHECKING
 from interpreter.sandbox.bwrap import build_bwrap_args, run_tmpfs_sizes, sandbox_env
 from interpreter.sandbox.limits import RunCgroup, run_rlimits
 from interpreter.sandbox.pool import REFILL_DEFER_SECONDS, pooled_cpu_seconds, stop_keeper
-from interpreter.sandbox.runner import BOOTSTRAP_SOURCE, RUNTIME_MODULES, SandboxProcess, data_fd
+from interpreter.sandbox import runner as sandbox_runner
+from interpreter.sandbox.runner import SandboxProcess, data_fd
 
 if TYPE_CHECKING:
     from interpreter.sandbox.runner import SandboxRunner
@@ -376,10 +377,12 @@ class ForkServer:
         try:
             if uid is not None and self.own_uids_refused is None:  # root: we write the template's uid map
                 userns_setup = _UsernsSetup.open()
-            bootstrap_fd = data_fd("bootstrap", BOOTSTRAP_SOURCE)
+            # Read from runner.py at each launch, not imported by value: the one reference cold
+            # runs use too, so a swapped bootstrap reaches both launch paths.
+            bootstrap_fd = data_fd("bootstrap", sandbox_runner.BOOTSTRAP_SOURCE)
             fds.append(bootstrap_fd)
             module_fds = {}
-            for name, source in RUNTIME_MODULES.items():  # forkserver.py among them
+            for name, source in sandbox_runner.RUNTIME_MODULES.items():  # forkserver.py among them
                 module_fds[name] = data_fd(name, source)
                 fds.append(module_fds[name])
             seccomp_fd = None

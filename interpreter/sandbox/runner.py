@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
+# The one copy of the runtime's source: cold launches here and the fork server's template
+# (forkserver.py) read these attributes when they launch, so a test swaps them in one place.
 BOOTSTRAP_SOURCE = (_RUNTIME_DIR / "bootstrap.py").read_bytes()
 # The bootstrap's companion modules (display, errors, offline), bound beside it at /opt/runtime.
 RUNTIME_MODULES = {path.name: path.read_bytes() for path in sorted(_RUNTIME_DIR.glob("*.py"))

@@ -42,13 +42,13 @@ import hashlib
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from interpreter.audit_spool import AuditSpool
 from interpreter.clock import expiry_after, store_time, utc_now
+from interpreter.run_ids import new_run_id
 from interpreter.store import RUN_INTERRUPTED, RUN_REFUSED, RUN_RUNNING, FileStore, RunRecord, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -88,10 +88,6 @@ def _names(items: Iterable[Any] | None) -> tuple[str, ...]:
 
 def _snowflake(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def new_run_id() -> str:
-    return uuid.uuid4().hex
 
 
 def interrupted_after(settings: Any) -> timedelta:

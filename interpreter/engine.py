@@ -27,7 +27,8 @@ from config import Settings, load_settings
 from interpreter import policy
 from interpreter.access import RunAccess
 from interpreter.assistant import Assistant
-from interpreter.audit import Clock, RunAudit, new_run_id
+from interpreter.audit import Clock, RunAudit
+from interpreter.run_ids import new_run_id
 from interpreter.budget import DailyBudget
 from interpreter.packages import PackageManager
 from interpreter.clock import store_time
@@ -153,7 +154,7 @@ class Engine:
 
         result = await self._run(code, user_id, user_files, install_packages, timeout,
                                  keep_generated_files=keep_generated_files, session_id=session_id,
-                                 attach_named_files=attach_named_files, admitted=admitted)
+                                 attach_named_files=attach_named_files, admitted=admitted, run_id=run_id)
         record = self.audit.build_record(
             result.to_dict(), user_id=member, code=code, started_at=started_at,
             duration_seconds=time.monotonic() - began, guild_id=guild_id, channel_id=channel_id,
@@ -164,7 +165,8 @@ class Engine:
     async def _run(self, code: Any, user_id: int, user_files: list[str] | None,
                    install_packages: list[str] | None, timeout: float | None, *,
                    keep_generated_files: bool, session_id: str | None = None,
-                   attach_named_files: bool = True, admitted: Callable[[], None] = lambda: None) -> RunResult:
+                   attach_named_files: bool = True, admitted: Callable[[], None] = lambda: None,
+                   run_id: str | None = None) -> RunResult:
         checked = self._check(code, timeout, user_id=user_id, user_files=user_files,
                               install_packages=install_packages, session_id=session_id)
         if checked.refusal:
@@ -178,7 +180,8 @@ class Engine:
             result = RunResult.refusal(str(exc))
         else:
             request = ExecutionRequest(code=code, timeout=checked.limit, user_id=user_id, input_files=tuple(inputs),
-                                       packages=tuple(install_packages or ()), session_id=session_id)
+                                       packages=tuple(install_packages or ()), session_id=session_id,
+                                       run_id=run_id)
             result = await self.executor.run(request)
             if keep_generated_files and result.generated_files:
                 kept = await self.files.keep_generated(user_id, list(result.generated_files))

@@ -46,6 +46,9 @@ class ExecutionRequest:
     input_files: tuple[InputFile, ...] = ()
     packages: tuple[str, ...] = ()
     session_id: str | None = None  # run in this member's session (opened if needed)
+    # The id of the run's audit record (interpreter/run_ids.py), made at admission on the bot
+    # side; a worker logs it beside the run. None for runs nothing audits (the CLI's snippets).
+    run_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -229,7 +229,8 @@ class RemoteExecutor:
             return await self._run_in_session(request, body, timeout)
         tried: set[str] = set()
         # A retry is still the same run: its audit record (one run id, one record) is written
-        # by the engine on this side, which owns the store; workers keep none.
+        # by the engine on this side, which owns the store; workers keep none, but log each
+        # run under the id sent with it, and so does this side when a worker fails it.
         for attempt in range(2):  # the first worker, then once more on another
             worker = await self._pick(tried)
             if worker is None:
@@ -239,12 +240,14 @@ class RemoteExecutor:
                 answer = await self._call(worker, "POST", "/v1/run", body, timeout=timeout)
                 result = self._result(answer)
             except WorkerUnavailable as exc:
-                log.warning("run not answered (%s)%s", exc, "; sending it to another worker" if attempt == 0 else "")
+                log.warning("run %s not answered (%s)%s", request.run_id, exc,
+                            "; sending it to another worker" if attempt == 0 else "")
                 continue
             except WorkerRefused as exc:
-                return self._refused(exc)
+                return self._refused(exc, request.run_id)
             except asyncio.TimeoutError:
-                log.error("execution worker %s gave no answer within %.0f s", worker.url, timeout)
+                log.error("execution worker %s gave no answer to run %s within %.0f s", worker.url, request.run_id,
+                          timeout)
                 return RunResult.refusal("The code runner gave no answer in time; please try again")
             self.retried += attempt
             return result
@@ -258,12 +261,12 @@ class RemoteExecutor:
             raise WorkerUnavailable(f"malformed answer: {exc}") from None
 
     @staticmethod
-    def _refused(exc: WorkerRefused) -> RunResult:
+    def _refused(exc: WorkerRefused, run_id: str | None) -> RunResult:
         if exc.status == 401:
             return RunResult.refusal(MISCONFIGURED)
         if exc.status == 413:
             return RunResult.refusal("The files for this run are too large to send to the code runners")
-        log.error("execution worker refused a run: HTTP %s %s", exc.status, exc)
+        log.error("execution worker refused run %s: HTTP %s %s", run_id, exc.status, exc)
         return RunResult.refusal(f"The code runner refused this run: {exc}")
 
     # ------------------------------------------------------------------ session placement
@@ -322,11 +325,11 @@ class RemoteExecutor:
             answer = await self._call(worker, "POST", "/v1/run", body, timeout=timeout)
             result = self._result(answer)
         except WorkerUnavailable as exc:
-            log.warning("session %s: its worker is gone (%s)", session_id, exc)
+            log.warning("session %s: its worker is gone (%s) during run %s", session_id, exc, request.run_id)
             await self._mark_gone(session_id, worker)
             return RunResult.refusal(SESSION_GONE)
         except WorkerRefused as exc:
-            return self._refused(exc)
+            return self._refused(exc, request.run_id)
         except asyncio.TimeoutError:
             return RunResult.refusal("The code runner gave no answer in time; please try again")
         restarted = bool(instance) and answer.instance != instance  # same address, new process: sessions lost

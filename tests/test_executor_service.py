@@ -74,6 +74,11 @@ async def test_token_is_required_and_probes_are_open(two_workers):
     ({"code": "print(1)", "timeout": 10_000, "user_id": 1}, "timeout"),
     ({"code": "print(1)", "timeout": 5, "user_id": 1, "files": [{"file_id": "a", "filename": "a", "file_type": "csv",
                                                                   "data": "not base64!"}]}, "files[0].data"),
+    # The run id is written into the worker's log: one format, bounded, no forged log lines.
+    ({"code": "print(1)", "timeout": 5, "user_id": 1, "run_id": 7}, "run_id"),
+    ({"code": "print(1)", "timeout": 5, "user_id": 1, "run_id": "0" * 31 + "\nINFO forged"}, "run_id"),
+    ({"code": "print(1)", "timeout": 5, "user_id": 1, "run_id": "a" * 1_000_000}, "run_id"),
+    ({"code": "print(1)", "timeout": 5, "user_id": 1, "run_id": "A" * 32}, "run_id"),
 ])
 async def test_malformed_requests_get_a_clear_400(two_workers, body, field):
     status, text = await call(two_workers[0].url, "POST", "/v1/run", body=body)
@@ -108,6 +113,30 @@ async def test_member_cannot_load_another_members_file_remotely(bot_engine):
     assert not named_only.success and "total" not in named_only.output
 
 
+def logged_runs(worker) -> dict[str, list[str]]:
+    """The worker's log lines about each run, by run id ("run <id>: ...")."""
+    lines: dict[str, list[str]] = {}
+    for line in worker.log_path.read_text(errors="replace").splitlines():
+        head, found, rest = line.partition(" run ")
+        if found and ": " in rest:
+            run_id, _, what = rest.partition(": ")
+            lines.setdefault(run_id, []).append(what)
+    return lines
+
+
+async def test_the_worker_logs_each_run_under_its_audit_records_id(bot_engine, two_workers):
+    # Before: the run id stayed on the bot side; a worker's log could not be matched to the audit.
+    results = [await bot_engine.run(f"print({n})", 1) for n in range(3)]
+    assert [r.output for r in results] == ["0\n", "1\n", "2\n"], [r.error for r in results]
+    await bot_engine.audit.flush()
+    audited = {run["run_id"] for run in await bot_engine.recent_runs(10, user_id=1)}
+    assert len(audited) == 3
+    logged = {run_id: what for worker in two_workers for run_id, what in logged_runs(worker).items()}
+    for run_id in audited:
+        assert [line.split(" in ")[0] for line in logged.get(run_id, [])] == [
+            "started (one-shot, 0 input files, 0 packages)", "ended ok"], (run_id, logged)
+
+
 async def test_sigkill_mid_load_every_run_gets_one_correct_answer(bot_engine, two_workers):
     fid = (await bot_engine.files.upload(1, CSV, "sales.csv"))["file_id"]
     code = "import time\ntime.sleep(1.5)\n" + LOAD.format(fid=fid)
@@ -129,6 +158,11 @@ async def test_sigkill_mid_load_every_run_gets_one_correct_answer(bot_engine, tw
     await bot_engine.audit.flush()
     audited = await bot_engine.recent_runs(20, user_id=1)
     assert [run["status"] for run in audited] == ["ok"] * 6 and len({run["run_id"] for run in audited}) == 6
+    # ...and the worker that answered it logged its end under that id (a retried run: the
+    # survivor, under the id the victim logged it started with).
+    ended = {run_id for worker in two_workers for run_id, what in logged_runs(worker).items()
+             if any(line.startswith("ended ok") for line in what)}
+    assert {run["run_id"] for run in audited} <= ended, ended
 
 
 async def test_sigterm_drains_runs_in_flight_and_leaves_nothing(bot_engine, two_workers):

@@ -20,6 +20,10 @@ before they are read whole; malformed requests get 400 with the field named. Eve
 answer names this process (`X-Executor-Instance`), so the bot can tell a restarted
 worker, which lost its sessions, from the one that opened them.
 
+A worker keeps no audit (the bot that owns the store writes it). It logs each run it
+executes, started and ended, under the run id the bot's audit record has (sent with the
+request, interpreter/run_ids.py), so its log can be matched to that record.
+
 Draining (SIGTERM): /readyz turns 503 and new requests get 503 {"kind": "draining"}
 (the bot retries one-shot runs elsewhere); runs in flight finish, up to the longest
 run timeout; then every session is ended with a reason and the sandboxes and their
@@ -44,6 +48,7 @@ from typing import Any
 from aiohttp import web
 
 from interpreter.executor import LocalExecutor
+from interpreter.result import RunResult
 from interpreter.service.metrics import ServiceMetrics
 from interpreter.service.wire import (
     INSTANCE_HEADER,
@@ -190,9 +195,19 @@ class ExecutionService:
         try:
             job = await asyncio.to_thread(request_from_wire, obj, files_dir,
                                           max_timeout=float(self.settings.max_run_timeout))
-            result = await self.executor.run(job)
+            # The bot's audit id (checked by request_from_wire): this worker's lines about the
+            # run can be matched to the bot's audit record.
+            run_id = job.run_id or "(no id)"
+            log.info("run %s: started (%s, %d input files, %d packages)", run_id,
+                     "in a session" if job.session_id else "one-shot", len(job.input_files), len(job.packages))
+            try:
+                result = await self.executor.run(job)
+            except Exception:
+                log.exception("run %s: stopped by an error of this worker", run_id)
+                raise
         finally:
             await asyncio.to_thread(shutil.rmtree, files_dir, True)
+        log.info("run %s: ended %s in %.2f s", run_id, _how_it_ended(result), time.monotonic() - began)
         self.metrics.record_run(result, time.monotonic() - began)
         payload = await asyncio.to_thread(lambda: json.dumps(result_to_wire(result)).encode())
         return web.Response(body=payload, content_type="application/json")
@@ -323,6 +338,11 @@ class ExecutionService:
                 return
             await asyncio.sleep(0.1)
         log.warning("draining: %d run cgroups could not be removed", len(cgroups.created))
+
+
+def _how_it_ended(result: RunResult) -> str:
+    """A run's end for the log: its exit cause, or "refused" (nothing of the member's output)."""
+    return result.exit_cause.value if result.exit_cause is not None else "refused"
 
 
 def _session_id(value: Any) -> str:

@@ -7,6 +7,7 @@ value is a `WireError` (the worker answers 400 with its message), never a traceb
 
 Shapes (all JSON objects):
 - run request:  {code, timeout, user_id, packages: [str], session_id: str|null,
+                 run_id: str|null (the bot's audit id; 32 lowercase hex digits, nothing else),
                  files: [{file_id, filename, file_type, data}]}
 - run result:   RunResult's fields; exit_cause as its value, generated_files with base64 data,
                 session as {info: SessionInfo fields, active, started, note, ended}
@@ -24,6 +25,7 @@ from typing import Any
 
 from interpreter.executor import ExecutionRequest
 from interpreter.result import RunResult, SessionState
+from interpreter.run_ids import RUN_ID_CHARS, is_run_id
 from interpreter.sessions import SessionInfo
 from interpreter.types import ExitCause, GeneratedFile, InputFile
 
@@ -98,6 +100,7 @@ def request_to_wire(request: ExecutionRequest) -> dict:
         "user_id": request.user_id,
         "packages": list(request.packages),
         "session_id": request.session_id,
+        "run_id": request.run_id,
         "files": [{"file_id": f.file_id, "filename": f.filename, "file_type": f.file_type,
                    "data": _b64(f.host_path.read_bytes())} for f in request.input_files],
     }
@@ -113,6 +116,9 @@ def request_from_wire(obj: Any, files_dir: Path, *, max_timeout: float) -> Execu
     session_id = _text(obj, "session_id", MAX_ID_CHARS, optional=True)
     if session_id is not None and not session_id.strip():
         raise WireError("session_id: empty")
+    run_id = obj.get("run_id")  # optional: a bot from before run ids were sent has none
+    if run_id is not None and not is_run_id(run_id):
+        raise WireError(f"run_id: expected {RUN_ID_CHARS} lowercase hex digits")
     raw_files = _field(obj, "files", list, optional=True) or []
     if len(raw_files) > MAX_FILES:
         raise WireError(f"files: more than {MAX_FILES}")
@@ -128,7 +134,7 @@ def request_from_wire(obj: Any, files_dir: Path, *, max_timeout: float) -> Execu
         inputs.append(InputFile(file_id=file_id, filename=filename, file_type=file_type, host_path=path,
                                 size=len(data)))
     return ExecutionRequest(code=code, timeout=timeout, user_id=user_id, input_files=tuple(inputs),
-                            packages=_texts(obj, "packages"), session_id=session_id)
+                            packages=_texts(obj, "packages"), session_id=session_id, run_id=run_id)
 
 
 # --- sessions

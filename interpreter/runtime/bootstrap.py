@@ -415,21 +415,61 @@ def prepare() -> None:
     for name in os.environ.get("SANDBOX_PRELOAD", "").split(","):
         if name:
             __import__(name)  # pooled sandboxes import the heavy libraries before the job arrives
-    if "matplotlib" in sys.modules:
-        import io
-
-        import matplotlib.pyplot as pyplot
-
-        # Draw and throw away one tiny chart: the first savefig loads fonts and the PNG
-        # writer, and a warm sandbox should have paid for that before the member's job.
-        figure = pyplot.figure(figsize=(1, 1))
-        figure.add_subplot().plot([0, 1])
-        figure.savefig(io.BytesIO(), format="png")
-        pyplot.close(figure)
+    warm_up()
 
 
-def member_main(orders_fd: int, reports_fd: int, *, prepared: bool = False) -> None:
-    """Runs in the forked member process: preload (unless `prepared`), then job after job. Never returns."""
+def warm_up() -> None:
+    """Draw and throw away one chart like a member's, with the preloaded libraries only.
+
+    The first chart of a process pays for loading fonts, the PNG writer, text layout and
+    legend caches, and the first pandas operations; a warm sandbox pays that before the
+    member's job (measured: a forked run's seaborn chart ~20-40 ms faster after this one
+    than after a bare line chart; docs/performance.md). Called by prepare() (so a fork-server
+    template passes the warm caches to every run) and by a spare forked ahead, in its own
+    process (member_main's `warm`), so the pages of those caches are its own before its job.
+
+    Nothing of it is visible to the member's code: the figure is closed (the next one is
+    figure 1 again), rcParams are restored, warnings it raises are neither shown nor
+    remembered (the filters change back, which clears every module's warning registry),
+    the PNG goes to memory, and it never imports a library that was not preloaded.
+    """
+    if "matplotlib" not in sys.modules:
+        return
+    import io
+    import warnings
+
+    import matplotlib
+    import matplotlib.pyplot as pyplot
+
+    pandas, seaborn = sys.modules.get("pandas"), sys.modules.get("seaborn")
+    with warnings.catch_warnings(), matplotlib.rc_context():
+        warnings.simplefilter("ignore")
+        figure = pyplot.figure()
+        try:
+            axes = figure.add_subplot()
+            if pandas is not None and seaborn is not None:
+                table = pandas.DataFrame({"month": ["Jan", "Feb", "Mar"] * 2, "region": ["N"] * 3 + ["S"] * 3,
+                                          "value": [1.0, 2.5, 2.0, 1.5, 3.0, 0.5]})
+                table.groupby("region").value.sum().to_dict()
+                table.to_string()  # what a notebook-style last line shows
+                seaborn.barplot(data=table, x="month", y="value", hue="region", ax=axes)
+            else:
+                axes.plot([0, 1], [0, 1], label="line")
+                axes.legend()
+            axes.set_title("warm-up")
+            figure.savefig(io.BytesIO(), format="png")  # the member's savefig, patched as theirs is
+        finally:
+            pyplot.close(figure)
+
+
+def member_main(orders_fd: int, reports_fd: int, *, prepared: bool = False, warm: bool = False) -> None:
+    """Runs in the forked member process: preload (unless `prepared`), then job after job. Never returns.
+
+    `warm` (a fork-server spare, forked before its job is known): draw warm_up()'s chart in
+    this process too before saying ready. A forked process starts with the template's caches
+    but not their pages: its first chart copies thousands of them (page faults) and fills
+    the caches no fork keeps; paid here, at the spare's low CPU weight, the member's job
+    does not wait for them."""
     reports = os.fdopen(reports_fd, "wb", buffering=0)
     orders = os.fdopen(orders_fd, "rb")
 
@@ -438,6 +478,11 @@ def member_main(orders_fd: int, reports_fd: int, *, prepared: bool = False) -> N
 
     if prepared:
         prepare_matplotlib_cache()  # into this run's own, fresh /tmp (matplotlib may be imported later)
+        if warm:
+            try:
+                warm_up()
+            except Exception:  # noqa: BLE001 - an optimisation: the job runs all the same
+                pass
     else:
         prepare()
     report("ready")
@@ -650,9 +695,10 @@ def main() -> None:
     run_supervised(int(sys.argv[1]), int(sys.argv[2]))
 
 
-def run_supervised(control_fd: int, job_fd: int, *, prepared: bool = False) -> None:
+def run_supervised(control_fd: int, job_fd: int, *, prepared: bool = False, warm: bool = False) -> None:
     """Become the supervisor of a member process forked here (`prepared`: the libraries are
-    already imported, as in a run forked from the fork-server template). Never returns."""
+    already imported, as in a run forked from the fork-server template; `warm`: see
+    member_main). Never returns."""
     global _control
     orders_r, orders_w = os.pipe()  # supervisor -> member: each job's code and files
     reports_r, reports_w = os.pipe()  # member -> supervisor: ready, and how each job ended
@@ -661,7 +707,7 @@ def run_supervised(control_fd: int, job_fd: int, *, prepared: bool = False) -> N
         for fd in (control_fd, job_fd, orders_w, reports_r):
             os.close(fd)
         try:
-            member_main(orders_r, reports_w, prepared=prepared)
+            member_main(orders_r, reports_w, prepared=prepared, warm=warm)
         except BaseException:  # noqa: BLE001 - e.g. a preload that fails to import: say why, then go
             import traceback
 

@@ -28,8 +28,8 @@ pid into the run's memory and pids cgroups and answers "go". Only then does anyt
 of the run begin. At the end the waiter sends {"exit": status} (bwrap's convention:
 128 + signal for a signalled run).
 
-Template requests on SOCKET_FD (SOCK_SEQPACKET): one JSON message (limits, tmpfs sizes
-and the run's host uid) with four fds (job pipe, output pipe, control pipe, handshake
+Template requests on SOCKET_FD (SOCK_SEQPACKET): one JSON message (limits, tmpfs sizes,
+the run's host uid, and `warm`: a spare that warms up in its own process) with four fds (job pipe, output pipe, control pipe, handshake
 socket). The template keeps CAP_SETUID in its own user namespace for the waiters'
 setresuid (bwrap's --cap-add; the host wrote the map, so the only uids it can take are
 the reserved range's); a run never holds it: the waiter's unshare leaves every
@@ -237,7 +237,7 @@ def _run_init(request: dict, job_fd: int, output_fd: int, control_fd: int, secco
         _say(output_fd, f"fork server: run set-up failed: {exc}")
         os._exit(1)
     if runner == 0:
-        _run_runner(job_fd, output_fd, control_fd)  # never returns
+        _run_runner(job_fd, output_fd, control_fd, warm=bool(request.get("warm")))  # never returns
     # Nothing of the template's (its log pipe on 1 and 2) and nothing of the run's pipes
     # stays open here: the run's output ends when the runner ends.
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -305,9 +305,10 @@ def _drop_privileges(seccomp: bytes) -> None:
         _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "loading seccomp")
 
 
-def _run_runner(job_fd: int, output_fd: int, control_fd: int) -> None:
+def _run_runner(job_fd: int, output_fd: int, control_fd: int, *, warm: bool) -> None:
     """pid 2 of the run: the bootstrap's supervisor (and its member process) on fresh pipes,
-    laid out as in a launched sandbox."""
+    laid out as in a launched sandbox. `warm`: a spare, whose member process draws the
+    warm-up chart in its own pages before it is ready (bootstrap.member_main)."""
     try:
         os.setsid()
         # Out of the way first, so no target number overwrites a source still to be moved.
@@ -321,7 +322,7 @@ def _run_runner(job_fd: int, output_fd: int, control_fd: int) -> None:
         os.closerange(JOB_FD + 1, 1024)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         _reseed()
-        bootstrap.run_supervised(CONTROL_FD, JOB_FD, prepared=True)
+        bootstrap.run_supervised(CONTROL_FD, JOB_FD, prepared=True, warm=warm)
     except BaseException as exc:  # noqa: BLE001
         _say(2, f"fork server: run set-up failed: {exc}")
     os._exit(1)

@@ -54,9 +54,9 @@ from typing import TYPE_CHECKING
 
 from interpreter.sandbox.bwrap import build_bwrap_args, run_tmpfs_sizes, sandbox_env
 from interpreter.sandbox.limits import RunCgroup, run_rlimits
-from interpreter.sandbox.pool import REFILL_DEFER_SECONDS, pooled_cpu_seconds, stop_keeper
+from interpreter.sandbox.pool import REFILL_DEFER_SECONDS, WARMING_NICE, pooled_cpu_seconds, stop_keeper
 from interpreter.sandbox import runner as sandbox_runner
-from interpreter.sandbox.runner import SandboxProcess, data_fd
+from interpreter.sandbox.runner import NORMAL_NICE, SandboxProcess, data_fd
 
 if TYPE_CHECKING:
     from interpreter.sandbox.runner import SandboxRunner
@@ -67,6 +67,10 @@ READY_TIMEOUT = 120.0  # the template's imports; a loaded machine may take long
 HANDSHAKE_TIMEOUT = 10.0  # a fork and one message: anything slower means the template is stuck
 RUN_READY_TIMEOUT = 10.0  # a forked run's namespaces and mounts (~20 ms normally)
 MAX_BACKOFF = 30.0  # between failed template starts: a broken venv must not spin the CPU
+SPARE_READY_TIMEOUT = 60.0  # a spare sets up and warms up at a low CPU weight: slow while runs keep the CPUs
+# A spare's warm-up chart (~0.1-0.3 s of CPU in its member process) must not come out of the
+# CPU the member's job may use: a warming spare's RLIMIT_CPU is this much higher.
+WARM_UP_CPU_SECONDS = 1
 FAILED_FORKS_BEFORE_RESTART = 3  # consecutive forks that never became ready: relaunch the template
 OUTPUT_KEPT = 4000  # of the template's own stderr, for the log
 _CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
@@ -213,7 +217,7 @@ class _UsernsSetup:
 class ForkServer:
     """The fork-server template of one runner, on the event loop that started it."""
 
-    def __init__(self, runner: "SandboxRunner", *, preload: str, spares: int) -> None:
+    def __init__(self, runner: "SandboxRunner", *, preload: str, spares: int, warm_spares: bool = False) -> None:
         self.runner = runner
         self.packages = runner.packages
         self.preload = preload
@@ -229,6 +233,9 @@ class ForkServer:
         self.last_failure = ""
         self.own_uids_refused: str | None = None  # why forked runs share the template's uid, if they do
         self.spares_target = spares
+        # Spares draw a throwaway chart in their own process before they are ready (only a
+        # template that preloaded matplotlib has one to draw: bootstrap.warm_up).
+        self.warm_spares = warm_spares and "matplotlib" in preload.split(",")
         self.spares: collections.deque[ForkedSandbox] = collections.deque()  # forked ahead, waiting for a job
         self.served_spare = 0
         self._wake = asyncio.Event()
@@ -338,7 +345,7 @@ class ForkServer:
                 await asyncio.wait_for(self._runs_ended.wait(), remaining)
         if self.closed or self.template is not template or not template.can_fork(self.packages.generation):
             return
-        spare = await self._fork_now(template, pooled_cpu_seconds(self.runner.settings))
+        spare = await self._fork_now(template, pooled_cpu_seconds(self.runner.settings), spare=True)
         if spare is None:
             await asyncio.sleep(min(MAX_BACKOFF, 0.5 * 2 ** template.failed_forks))  # a broken fork must not spin
         elif self.closed or self.template is not template:
@@ -504,6 +511,8 @@ class ForkServer:
             spare = self.spares.popleft()
             self._wake.set()  # the keeper forks the next one
             if spare.template is template and spare.can_take_job and cpu_seconds <= spare.cpu_seconds:
+                if spare.cgroup is not None:  # its job competes as any run does
+                    spare.cgroup.set_cpu_weight(NORMAL_NICE)
                 self.served_spare += 1
                 self.forked += 1
                 return spare
@@ -513,11 +522,14 @@ class ForkServer:
             self.forked += 1
         return sandbox
 
-    async def _fork_now(self, template: _Template, cpu_seconds: float) -> "ForkedSandbox | None":
-        sandbox = ForkedSandbox(self, template, cpu_seconds=cpu_seconds)
+    async def _fork_now(self, template: _Template, cpu_seconds: float, *,
+                        spare: bool = False) -> "ForkedSandbox | None":
+        """A run forked now: for a job waiting (at normal CPU weight), or a `spare` forked ahead
+        (at WARMING_NICE until a job takes it, warming up when warm_spares says so)."""
+        sandbox = ForkedSandbox(self, template, cpu_seconds=cpu_seconds, spare=spare, warm=spare and self.warm_spares)
         try:
             await sandbox.start()
-            ready = await asyncio.wait_for(sandbox.wait_ready(), RUN_READY_TIMEOUT)
+            ready = await asyncio.wait_for(sandbox.wait_ready(), SPARE_READY_TIMEOUT if spare else RUN_READY_TIMEOUT)
         except (ForkFailed, OSError, TimeoutError) as exc:
             ready = False
             sandbox._watch.output += str(exc).encode()
@@ -642,16 +654,21 @@ class _OutputPipe:
 class ForkedSandbox(SandboxProcess):
     """A SandboxProcess whose process comes from the fork-server template instead of bwrap."""
 
-    def __init__(self, server: ForkServer, template: _Template, *, cpu_seconds: float) -> None:
+    def __init__(self, server: ForkServer, template: _Template, *, cpu_seconds: float, spare: bool = False,
+                 warm: bool = False) -> None:
         super().__init__(server.runner, template.venv_dir, preload=template.preload, cpu_seconds=cpu_seconds)
         self.server = server
         self.template = template
+        self.spare = spare  # forked ahead: a low CPU weight until a job takes it (ForkServer.fork)
+        self.warm = warm  # its member process draws the warm-up chart before it is ready
         self._released = False
 
     async def start(self) -> None:
         runner, settings = self.runner, self.settings
         loop = asyncio.get_running_loop()
         self.cgroup = runner.cgroups.create(settings) if runner.cgroups.available else None
+        if self.cgroup is not None and self.spare:  # its set-up and warm-up yield to the runs in flight
+            self.cgroup.set_cpu_weight(WARMING_NICE)
         if self.template.runs_get_own_uids:  # released by destroy(), once nothing of the run is left
             self.uid = runner.uids.acquire()
         self.template.in_use += 1
@@ -662,10 +679,11 @@ class ForkedSandbox(SandboxProcess):
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         ours.setblocking(False)
         request = {
-            "rlimits": run_rlimits(settings, self.cpu_seconds, with_fallbacks=self.cgroup is None)
-            | run_pool_limits(settings),
+            "rlimits": run_rlimits(settings, self.cpu_seconds + (WARM_UP_CPU_SECONDS if self.warm else 0),
+                                   with_fallbacks=self.cgroup is None) | run_pool_limits(settings),
             "tmpfs": run_tmpfs_sizes(settings),
             "uid": self.uid,  # a host uid: the template finds it in its user namespace's map
+            "warm": self.warm,
         }
         try:
             try:

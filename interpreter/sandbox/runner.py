@@ -725,7 +725,8 @@ class SandboxRunner:
             self.light_fork_server = None
         if self.fork_server is None:
             self.fork_server = ForkServer(self, preload=",".join(self.settings.sandbox_pool_preload),
-                                          spares=self.settings.sandbox_fork_spares)
+                                          spares=self.settings.sandbox_fork_spares,
+                                          warm_spares=self.settings.sandbox_fork_warm_spares)
             self.fork_server.start()
         if self.settings.sandbox_fork_light_template and self.light_fork_server is None:
             self.light_fork_server = ForkServer(self, preload="", spares=self.settings.sandbox_fork_light_spares)

@@ -1,0 +1,112 @@
+"""A fork-server spare that warms up before its job: faster charts, and nothing of it visible.
+
+Real sandboxes, the production preload (the warm-up draws only with matplotlib preloaded).
+Each test takes two runs at once from one runner with one spare: one run is served by the
+spare (which drew the warm-up chart in its own process), the other is forked when it
+arrives (no warm-up of its own): the second is the reference for what a run sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from interpreter.sandbox.forkserver import WARM_UP_CPU_SECONDS
+from interpreter.sandbox.pool import pooled_cpu_seconds
+from tests.sandbox_helpers import run
+from tests.test_forkserver import READY_TIMEOUT, fork_runner
+
+DATA_PRELOAD = "numpy,pandas,matplotlib,seaborn"
+
+CHART = """
+import pandas as pd, seaborn as sns, matplotlib.pyplot as plt
+df = pd.DataFrame({'month': ['Jan', 'Feb', 'Mar', 'Apr'] * 2, 'region': ['N'] * 4 + ['S'] * 4,
+                   'revenue': [120, 150, 170, 160, 90, 80, 110, 130]})
+sns.barplot(data=df, x='month', y='revenue', hue='region')
+plt.savefig('revenue.png')
+"""
+
+# What a run could find of a warm-up: figures, figure numbers, rcParams, seaborn's
+# palette, warning registries, files, and how much of its CPU limit is already used.
+PROBE = """
+import json, os, resource, sys, time
+cpu_left = resource.getrlimit(resource.RLIMIT_CPU)[0] - time.process_time()
+import matplotlib, matplotlib.pyplot as plt, seaborn as sns
+def files(root):
+    return sorted(os.path.relpath(os.path.join(folder, name), root)
+                  for folder, _, names in os.walk(root) for name in names)
+state = {
+    "open_figures": plt.get_fignums(),
+    "new_figure_number": plt.figure().number,
+    "rcparams": sorted((key, repr(value)) for key, value in matplotlib.rcParams.items()),
+    "palette": sns.color_palette().as_hex(),
+    "warning_registries": sorted(name for name, module in list(sys.modules.items())
+                                 if len(getattr(module, "__warningregistry__", {}) or {}) > 1),
+    "tmp": [name for name in files("/tmp")  # but the font list every run gets (bootstrap.prepare_matplotlib_cache)
+            if not os.path.join("/tmp", name).startswith(os.environ["MPLCONFIGDIR"] + "/")],
+    "work": files("/work"),
+}
+plt.close("all")
+print(json.dumps(state))
+print(json.dumps({"cpu_left": cpu_left}))
+"""
+
+
+def faulted_pages(code: str) -> str:
+    """`code`, then the minor page faults it took in the member's process."""
+    return ("import resource as _resource\n_faults = _resource.getrusage(0).ru_minflt\n" + code
+            + "print('faults', _resource.getrusage(0).ru_minflt - _faults)\n")
+
+
+async def spare_and_arrival(tmp_path, code: str):
+    """(outcomes of two runs of `code` started together, the runner's fork-server stats)."""
+    runner = fork_runner(tmp_path, SANDBOX_POOL_PRELOAD=DATA_PRELOAD, SANDBOX_FORK_SPARES="1",
+                         SANDBOX_FORK_WARM_SPARES="true")
+    try:
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT), runner.describe()["fork_server"]
+        assert runner.fork_server.spares[0].warm
+        outcomes = await asyncio.gather(run(runner, code), run(runner, code))
+        for outcome in outcomes:
+            assert outcome.success, outcome.error
+        return outcomes, runner.fork_server.describe(), pooled_cpu_seconds(runner.settings)
+    finally:
+        await runner.close()
+
+
+async def test_a_warmed_spares_first_chart_copies_far_fewer_pages_than_a_run_forked_on_arrival(tmp_path,
+                                                                                                sandbox_venv):
+    """The cost a fresh fork pays on its first chart (copy-on-write faults on the template's
+    pages, caches no fork keeps) is paid by the spare before its job arrives."""
+    outcomes, stats, _ = await spare_and_arrival(tmp_path, faulted_pages(CHART))
+    assert stats["served_by_a_spare"] == 1 and stats["runs_forked"] == 2, stats
+    faults = sorted(int(outcome.output.split()[-1]) for outcome in outcomes)
+    assert faults[0] * 2 < faults[1], f"page faults of the chart: spare vs on arrival {faults}"
+
+
+async def test_nothing_of_a_spares_warm_up_is_visible_to_the_run_it_serves(tmp_path, sandbox_venv):
+    """No open figure (the member's first is figure 1), rcParams, palette, warning registries
+    and files as in a run that never warmed up, and the CPU the warm-up took is not taken
+    from the run's limit."""
+    outcomes, stats, budget = await spare_and_arrival(tmp_path, PROBE)
+    assert stats["served_by_a_spare"] == 1, stats
+    states = [json.loads(outcome.output.splitlines()[0]) for outcome in outcomes]
+    assert states[0] == states[1]
+    assert states[0]["open_figures"] == [] and states[0]["new_figure_number"] == 1
+    assert states[0]["tmp"] == [] and states[0]["work"] == []
+    cpu_left = sorted(json.loads(outcome.output.splitlines()[1])["cpu_left"] for outcome in outcomes)
+    # The spare's limit is its budget + 1 (as any run's) + what its warm-up may use; the run
+    # forked on arrival gets the limit of its own 20 s timeout.
+    assert cpu_left[1] >= budget + 1 - 0.1, (cpu_left, budget, WARM_UP_CPU_SECONDS)
+
+
+async def test_without_warm_spares_a_spare_waits_as_forked(tmp_path, sandbox_venv):
+    runner = fork_runner(tmp_path, SANDBOX_POOL_PRELOAD=DATA_PRELOAD, SANDBOX_FORK_SPARES="1",
+                         SANDBOX_FORK_WARM_SPARES="false")
+    try:
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
+        spare = runner.fork_server.spares[0]
+        assert not spare.warm
+        outcome = await run(runner, "import resource; print(resource.getrlimit(resource.RLIMIT_CPU)[0])")
+        assert int(outcome.output) == pooled_cpu_seconds(runner.settings) + 1
+    finally:
+        await runner.close()

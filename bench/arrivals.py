@@ -2,6 +2,7 @@
 
     cd /work/main && .venv/bin/python -m bench.arrivals                    # fork server and pool, ~3 min
     .venv/bin/python -m bench.arrivals --warm fork --charts 6 --tiny 40   # a quick sanity check
+    .venv/bin/python -m bench.arrivals --warm fork --warm-spares both     # spares warming up or not, paired
     .venv/bin/python -m bench.arrivals --snekbox http://127.0.0.1:8060   # also 8 prints at a running snekbox
     (bench/snekbox.py starts snekbox itself and compares side by side, round by round)
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -102,11 +104,17 @@ def smaps_rollup_kb(pid: int) -> dict[str, int]:
 
 
 
-async def measure(data_dir: Path, warm: str, args: argparse.Namespace) -> dict:
+async def measure(data_dir: Path, warm: str, args: argparse.Namespace, warm_spares: bool | None = None) -> dict:
+    """One kind of warm capacity; for the fork server, `warm_spares` (None: the project's default)
+    and --fork-spares (SANDBOX_FORK_WARM_SPARES, SANDBOX_FORK_SPARES) may differ from the defaults."""
     import interpreter
 
     fork = warm == "fork"
-    settings = make_settings(data_dir / warm, heavy=0 if fork else 1, light=2, fork_server=fork)
+    settings = make_settings(data_dir / f"{warm}-{warm_spares}", heavy=0 if fork else 1, light=2, fork_server=fork)
+    if fork and warm_spares is not None:
+        settings = dataclasses.replace(settings, sandbox_fork_warm_spares=warm_spares)
+    if fork and args.fork_spares is not None:
+        settings = dataclasses.replace(settings, sandbox_fork_spares=args.fork_spares)
     engine = interpreter.configure(settings)
     members = max(args.charts, args.burst, args.tiny, 8) + 1
     scheduler = bot_scheduler(settings, members=members, runs_each=args.repeats + 2)
@@ -166,7 +174,12 @@ async def main(args: argparse.Namespace) -> None:
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
     with tempfile.TemporaryDirectory(prefix="bench-arrivals-") as tmp:
         for warm in (["fork", "pool"] if args.warm == "both" else [args.warm]):
-            report(warm, await measure(Path(tmp), warm, args))
+            if warm == "fork" and args.warm_spares != "default":
+                for warm_spares in ([False, True] if args.warm_spares == "both" else [args.warm_spares == "on"]):
+                    label = f"fork, spares warming up {'on' if warm_spares else 'off'}"
+                    report(label, await measure(Path(tmp), warm, args, warm_spares))
+            else:
+                report(warm, await measure(Path(tmp), warm, args))
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end (other work on this machine adds noise)")
 
 
@@ -177,6 +190,9 @@ if __name__ == "__main__":
     parser.add_argument("--charts", type=int, default=20, help="charts in the steady pattern")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between steady charts")
     parser.add_argument("--burst", type=int, default=4)
+    parser.add_argument("--fork-spares", type=int, default=None, help="SANDBOX_FORK_SPARES (default: the project's)")
+    parser.add_argument("--warm-spares", choices=("default", "on", "off", "both"), default="default",
+                        help="SANDBOX_FORK_WARM_SPARES; both: the fork server measured without, then with")
     parser.add_argument("--tiny", type=int, default=120, help="tiny runs submitted at once")
     parser.add_argument("--snekbox", default="", help="URL of a running snekbox to compare 8 prints with")
     arguments = parser.parse_args()

@@ -12,7 +12,8 @@ import asyncio
 import json
 
 from interpreter.sandbox.forkserver import WARM_UP_CPU_SECONDS
-from interpreter.sandbox.pool import pooled_cpu_seconds
+from interpreter.sandbox.limits import DEFAULT_SHARES, nice_to_weight
+from interpreter.sandbox.pool import WARMING_NICE, pooled_cpu_seconds
 from tests.sandbox_helpers import run
 from tests.test_forkserver import READY_TIMEOUT, fork_runner
 
@@ -108,5 +109,26 @@ async def test_without_warm_spares_a_spare_waits_as_forked(tmp_path, sandbox_ven
         assert not spare.warm
         outcome = await run(runner, "import resource; print(resource.getrlimit(resource.RLIMIT_CPU)[0])")
         assert int(outcome.output) == pooled_cpu_seconds(runner.settings) + 1
+    finally:
+        await runner.close()
+
+
+def cpu_shares(sandbox) -> int:
+    assert sandbox.cgroup is not None and sandbox.cgroup.cpu_dir is not None, "the tests run as root, with cgroups"
+    return int((sandbox.cgroup.cpu_dir / "cpu.shares").read_text())
+
+
+async def test_a_spare_waits_at_a_low_cpu_weight_and_its_run_competes_at_the_normal_one(tmp_path, sandbox_venv):
+    """A spare's set-up and warm-up yield to the runs in flight; the job that takes it does not."""
+    runner = fork_runner(tmp_path, SANDBOX_FORK_SPARES="1")
+    try:
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
+        spare = runner.fork_server.spares[0]
+        assert cpu_shares(spare) == nice_to_weight(WARMING_NICE)
+        taken = await runner.fork_server.fork(5)
+        try:
+            assert taken is spare and cpu_shares(taken) == DEFAULT_SHARES
+        finally:
+            await taken.destroy()
     finally:
         await runner.close()

@@ -703,8 +703,7 @@ class ForkedSandbox(SandboxProcess):
                 if self.uid is not None and credentials[1] != self.uid:
                     raise ForkFailed(f"the run has host uid {credentials[1]}, not the {self.uid} leased for it")
                 if self.cgroup is not None:
-                    for procs in self.cgroup.procs_files:
-                        procs.write_text(str(pid))
+                    self.cgroup.join(pid)
                 ours.send(b"go")
             except BaseException:
                 with contextlib.suppress(OSError):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import itertools
 import logging
 import os
 import signal
@@ -44,11 +45,12 @@ log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 GROUP_NAME = "code-interpreter"
-CPU_PERIOD_US = 100_000
+CPU_PERIOD_US = 100_000  # the kernel's default cfs period (v1), so never written there
 DEFAULT_SHARES = 1024  # cgroup v1 cpu.shares of a nice-0 task, and of a run's group
 LOWEST_NICE = 19
 REMOVE_TIMEOUT_SECONDS = 10.0  # a killed sandbox leaves its group in ms; bounded all the same
 REMOVE_POLL_SECONDS = 0.005
+KILL_AGAIN_EVERY_POLLS = 20
 STALE_AFTER_SECONDS = 60.0
 SWEEP_INTERVAL_SECONDS = 300.0
 
@@ -71,6 +73,15 @@ def _write(path: Path, value: str) -> None:
     path.write_text(value)
 
 
+def _write_text(path: str, value: str) -> None:
+    """One write(2) of `value` (a cgroup file takes a value in one write), without pathlib."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
 def nice_to_weight(nice: int) -> int:
     """The scheduler's weight for a nice value (1024 at 0, x1.25 per step), as a cgroup v1 cpu.shares."""
     return max(2, round(DEFAULT_SHARES / 1.25 ** nice))
@@ -85,6 +96,7 @@ class RunCgroup:
     cpu_dir: Path | None = None  # where the cpu controller's files are (None: no CPU control)
     freezer_dir: Path | None = None  # where the freezer's files are (None: cannot be paused)
     frozen: bool = False  # paused by freeze() (only this object freezes the group)
+    removed: bool = False  # remove() found every directory gone
 
     @property
     def procs_files(self) -> list[Path]:
@@ -96,15 +108,29 @@ class RunCgroup:
         pathlib's joins and conversions were a visible share of the host's CPU per run."""
         return [str(d) for d in self.dirs], [str(procs) for procs in self.procs_files]
 
-    def pids(self) -> set[int]:
-        found: set[int] = set()
+    def join(self, pid: int) -> None:
+        """Move `pid` into every directory of the group (OSError: it is in none or some of
+        them; the caller kills it). Nothing inside a run can move itself out again: it has
+        no cgroup filesystem, and its cgroup namespace hides the hierarchy."""
+        text = str(pid).encode()
         for procs in self._paths[1]:
+            fd = os.open(procs, os.O_WRONLY)
             try:
-                with open(procs, "rb") as handle:
-                    found.update(int(p) for p in handle.read().split())
-            except OSError:
-                pass
-        return found
+                os.write(fd, text)  # the move happens here (the kernel's answer is this write's)
+            finally:
+                os.close(fd)
+
+    def pids(self) -> set[int]:
+        """Every process of the run. One hierarchy is read, not each: a run's processes are
+        in all of its directories at once (joined together, before anything of the run
+        starts, by `join` or the launcher's chain, which stops at the first that fails, and
+        the first directory is joined first), and they cannot leave. Reading all four was
+        four times the cost on every kill pass and removal poll, for the same set."""
+        try:
+            with open(self._paths[1][0], "rb") as handle:
+                return {int(p) for p in handle.read().split()}
+        except OSError:
+            return set()
 
     def oom_killed(self) -> bool:
         for d in self.dirs:
@@ -220,15 +246,28 @@ class RunCgroup:
                 pass
             except OSError:
                 left = True
-        return not left
+        self.removed = not left
+        return self.removed
 
     async def remove_when_empty(self, timeout: float = REMOVE_TIMEOUT_SECONDS) -> bool:
         """Kill what is left and remove the group once its last process has gone. False: timed out
-        (logged; the periodic sweep removes it later)."""
+        (logged; the periodic sweep removes it later).
+
+        Each poll reads the one list of the run's processes and signals only those not
+        signalled yet (a process forked meanwhile included); the directories are removed
+        once that list is empty. (Trying every rmdir and re-reading every hierarchy's list
+        on each poll, while a killed run was still leaving, cost the host more CPU than
+        creating the group.)"""
         deadline = time.monotonic() + timeout
-        while True:
-            self.kill_all()
-            if self.remove():  # rmdir refuses a group that still has a process
+        killed: set[int] = set()
+        for poll in itertools.count():
+            if poll % KILL_AGAIN_EVERY_POLLS == 0:
+                killed.clear()  # and so, now and then, signal everyone again: a reused pid is no excuse
+            pids = self.pids()
+            if self.frozen or pids - killed:
+                self.kill_all()
+                killed |= pids
+            if not pids and self.remove():  # rmdir refuses a group that still has a process
                 return True
             if time.monotonic() >= deadline:
                 log.warning("run cgroup %s still busy after %ss; left for the sweep", self.dirs[0].name, timeout)
@@ -250,6 +289,7 @@ class CgroupManager:
     # empty group another process (a second worker on the host) is about to fill.
     created: list[RunCgroup] = dataclasses.field(default_factory=list, repr=False)
     _last_sweep: float = dataclasses.field(default=0.0, repr=False)
+    _memsw: bool | None = dataclasses.field(default=None, repr=False)
 
     @property
     def available(self) -> bool:
@@ -345,18 +385,17 @@ class CgroupManager:
                 for parent in self.parents:
                     (parent / name).mkdir()
                     dirs.append(parent / name)
-                mem_dir, pids_dir = dirs[0], dirs[1]
-                _write(mem_dir / "memory.limit_in_bytes", str(memory))
-                swap_limit = mem_dir / "memory.memsw.limit_in_bytes"
-                if swap_limit.exists():  # no escaping the limit into swap
-                    _write(swap_limit, str(memory))
-                _write(pids_dir / "pids.max", str(settings.run_max_processes))
+                mem_dir, pids_dir = str(dirs[0]), str(dirs[1])
+                _write_text(f"{mem_dir}/memory.limit_in_bytes", str(memory))
+                if self._has_memsw(dirs[0]):  # no escaping the limit into swap
+                    _write_text(f"{mem_dir}/memory.memsw.limit_in_bytes", str(memory))
+                _write_text(f"{pids_dir}/pids.max", str(settings.run_max_processes))
                 if self.cpu:
                     cpu_dir = dirs[2]
-                    _write(cpu_dir / "cpu.shares", str(DEFAULT_SHARES))
+                    # A new group starts at cpu.shares 1024 (DEFAULT_SHARES) and a period of
+                    # 100 ms (CPU_PERIOD_US) whatever its parent's: only the quota is written.
                     if quota:
-                        _write(cpu_dir / "cpu.cfs_period_us", str(CPU_PERIOD_US))
-                        _write(cpu_dir / "cpu.cfs_quota_us", str(max(1000, quota)))
+                        _write_text(f"{cpu_dir}/cpu.cfs_quota_us", str(max(1000, quota)))
                 if self.freezer:
                     freezer_dir = dirs[-1]
             else:
@@ -377,13 +416,20 @@ class CgroupManager:
             RunCgroup(dirs, self.version).remove()
             return None
         group = RunCgroup(dirs, self.version, cpu_dir, freezer_dir)
-        self.forget_removed()
+        self.created = [group for group in self.created if not group.removed]  # no stat of every live group per run
         self.created.append(group)
         self.maybe_sweep()
         return group
 
+    def _has_memsw(self, memory_dir: Path) -> bool:
+        """Whether the memory controller accounts swap (the same for every group: looked up once)."""
+        if self._memsw is None:
+            self._memsw = (memory_dir / "memory.memsw.limit_in_bytes").exists()
+        return self._memsw
+
     def forget_removed(self) -> None:
-        self.created = [group for group in self.created if any(d.exists() for d in group.dirs)]
+        self.created = [group for group in self.created
+                        if not group.removed and any(d.exists() for d in group.dirs)]
 
     def remove_own_leftovers(self) -> int:
         """Remove this process's groups that are still there (emptied by now); how many remain."""

@@ -112,13 +112,8 @@ class RunCgroup:
         """Move `pid` into every directory of the group (OSError: it is in none or some of
         them; the caller kills it). Nothing inside a run can move itself out again: it has
         no cgroup filesystem, and its cgroup namespace hides the hierarchy."""
-        text = str(pid).encode()
         for procs in self._paths[1]:
-            fd = os.open(procs, os.O_WRONLY)
-            try:
-                os.write(fd, text)  # the move happens here (the kernel's answer is this write's)
-            finally:
-                os.close(fd)
+            _write_text(procs, str(pid))  # the move happens in this write (its error is the kernel's refusal)
 
     def pids(self) -> set[int]:
         """Every process of the run. One hierarchy is read, not each: a run's processes are

@@ -14,6 +14,9 @@ import json
 from interpreter.sandbox.forkserver import WARM_UP_CPU_SECONDS
 from interpreter.sandbox.limits import DEFAULT_SHARES, nice_to_weight
 from interpreter.sandbox.pool import WARMING_NICE, pooled_cpu_seconds
+from interpreter.packages import PackageManager
+from interpreter.sandbox import SandboxRunner
+from tests.fixtures_sandbox import make_settings
 from tests.sandbox_helpers import run
 from tests.test_forkserver import READY_TIMEOUT, fork_runner
 
@@ -130,5 +133,28 @@ async def test_a_spare_waits_at_a_low_cpu_weight_and_its_run_competes_at_the_nor
             assert taken is spare and cpu_shares(taken) == DEFAULT_SHARES
         finally:
             await taken.destroy()
+    finally:
+        await runner.close()
+
+
+async def test_a_pooled_sandbox_that_warmed_up_shows_the_run_what_a_cold_start_does(tmp_path, sandbox_venv):
+    """The pool's heavy sandboxes draw the same warm-up chart (bootstrap.prepare): their run
+    sees no figure, file, rcParams or palette of it, as a sandbox started cold for the run."""
+    data = tmp_path / "data"
+    data.mkdir()
+    settings = make_settings(data, SANDBOX_FORK_SERVER="false", SANDBOX_POOL_SIZE="1", SANDBOX_LIGHT_POOL_SIZE="0",
+                             SANDBOX_POOL_PRELOAD=DATA_PRELOAD)
+    runner = SandboxRunner(settings, PackageManager(settings))
+    try:
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
+        pooled, cold = await asyncio.gather(run(runner, PROBE), run(runner, PROBE))  # one pooled sandbox: one is cold
+        for outcome in (pooled, cold):
+            assert outcome.success, outcome.error
+        assert runner.pool.describe()["heavy"]["served_warm"] == 1, runner.pool.describe()
+        states = [json.loads(outcome.output.splitlines()[0]) for outcome in (pooled, cold)]
+        for state in states:
+            state.pop("warning_registries")  # a cold start imports the libraries during the run: its own warnings
+        assert states[0] == states[1]
+        assert states[0]["open_figures"] == [] and states[0]["new_figure_number"] == 1
     finally:
         await runner.close()

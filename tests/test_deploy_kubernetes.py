@@ -160,11 +160,22 @@ def test_every_container_has_requests_and_limits():
             assert quantity(c["resources"]["requests"]["memory"]) <= quantity(c["resources"]["limits"]["memory"])
 
 
+def warm_capacity_mb(settings) -> int:
+    """The idle warm capacity's memory, as measured (docs/performance.md): the fork server's
+    template (~125 MB), each data-library spare (~6 MB, ~33 MB when it warmed up), the light
+    template with its spares (~14 MB and a few MB a spare); or the pool's sandboxes."""
+    if not settings.sandbox_fork_server:
+        return settings.sandbox_pool_size * 120 + settings.sandbox_light_pool_size * 7
+    spare = 33 if settings.sandbox_fork_warm_spares else 6
+    light = 14 + 3 * settings.sandbox_fork_light_spares if settings.sandbox_fork_light_template else 0
+    return 125 + settings.sandbox_fork_spares * spare + light
+
+
 def test_executor_memory_covers_its_concurrent_runs_and_warm_sandboxes():
     settings = load_settings(effective_environment(container(executor(), "executor")), dotenv=False)
     limits = container(executor(), "executor")["resources"]["limits"]
     runs = settings.max_concurrent_runs * settings.run_memory_mb * 2**20
-    warm = (settings.sandbox_pool_size * 120 + settings.sandbox_light_pool_size * 7) * 2**20
+    warm = warm_capacity_mb(settings) * 2**20
     worker = 250 * 2**20
     assert quantity(limits["memory"]) >= runs + warm + worker
     # Guaranteed QoS: a sandbox host is not the first pod evicted under memory pressure.

@@ -423,10 +423,12 @@ def warm_up() -> None:
 
     The first chart of a process pays for loading fonts, the PNG writer, text layout and
     legend caches, and the first pandas operations; a warm sandbox pays that before the
-    member's job (measured: a forked run's seaborn chart ~20-40 ms faster after this one
-    than after a bare line chart; docs/performance.md). Called by prepare() (so a fork-server
-    template passes the warm caches to every run) and by a spare forked ahead, in its own
-    process (member_main's `warm`), so the pages of those caches are its own before its job.
+    member's job. Called by prepare() (a fork-server template passes the warm caches to
+    every run; in a plain process the next seaborn chart took ~5-10 ms less than after a
+    bare line chart, in forked runs the difference is within the noise) and by a spare
+    forked ahead, in its own process (member_main's `warm`), so the pages of those caches
+    are its own before its job: that is what pays (~40 ms of the job, ~4,800 fewer page
+    faults; docs/performance.md).
 
     Nothing of it is visible to the member's code: the figure is closed (the next one is
     figure 1 again), rcParams are restored, warnings it raises are neither shown nor

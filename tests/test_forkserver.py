@@ -257,10 +257,34 @@ async def test_two_forked_runs_at_once_share_no_namespace_and_see_only_their_own
     mine, theirs = json.loads(looker.output), json.loads(held.output)
     for name in NAMESPACES:
         assert mine["ns"][name] != theirs["ns"][name], f"the two runs share a {name} namespace"
-    # pid 1 is the run's init, 2 the supervisor, 3 the member's Python (as in a bwrap sandbox): nothing of
-    # run A, nor the template.
-    assert mine["pids"] == [1, 2, 3], mine["pids"]
+    # pid 1 is the run's init, which is its supervisor, 2 the member's Python: nothing of run A, nor
+    # the template.
+    assert mine["pids"] == [1, 2], mine["pids"]
     assert mine["uid"] == 1000 and mine["hostname"] == "sandbox"
+
+
+@BOTH_TEMPLATES
+async def test_a_forked_runs_orphans_are_reaped_and_hold_none_of_its_process_limit(forking):
+    """The run's pid 1 (its supervisor) reaps the member's orphans: three times RUN_MAX_PROCESSES
+    of them, one after another, leave no zombie behind and the run can still start processes."""
+    outcome = await run(forking, """
+        import os, subprocess, time
+        def states():
+            for pid in os.listdir('/proc'):
+                try:
+                    yield open(f'/proc/{pid}/stat').read().rpartition(')')[2].split()[0]
+                except (OSError, ValueError):
+                    pass   # gone meanwhile, or not a process
+        for _ in range(3 * %d):
+            subprocess.run(['sh', '-c', 'true & exit 0'], check=True)   # the `true` is orphaned
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and 'Z' in list(states()):
+            time.sleep(0.05)
+        states = list(states())
+        print('zombies', states.count('Z'), subprocess.run(['true']).returncode)
+        """ % forking.settings.run_max_processes, timeout=60)
+    assert outcome.success, (outcome.error, outcome.output)
+    assert outcome.output == "zombies 0 0\n", outcome.output
 
 
 @BOTH_TEMPLATES

@@ -602,6 +602,22 @@ class MemberLink:
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
+def reap_orphans_of(member: int) -> None:
+    """As the run's pid 1: reap every ended child but the member (whose status
+    `exit_like_member` reads), so that orphans do not hold the run's pids as zombies."""
+    while True:
+        try:
+            ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if ended is None or ended.si_pid == member:
+            return  # nothing more, or the member ended: the run ends now anyway
+        try:
+            os.waitpid(ended.si_pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
 def _processes():
     """(pid, state letter) of every process in the sandbox's pid namespace."""
     for entry in os.listdir("/proc"):
@@ -697,10 +713,12 @@ def main() -> None:
     run_supervised(int(sys.argv[1]), int(sys.argv[2]))
 
 
-def run_supervised(control_fd: int, job_fd: int, *, prepared: bool = False, warm: bool = False) -> None:
+def run_supervised(control_fd: int, job_fd: int, *, prepared: bool = False, warm: bool = False,
+                   reap_orphans: bool = False) -> None:
     """Become the supervisor of a member process forked here (`prepared`: the libraries are
     already imported, as in a run forked from the fork-server template; `warm`: see
-    member_main). Never returns."""
+    member_main; `reap_orphans`: we are the run's pid 1, as there, so the member's orphans
+    are ours to reap). Never returns."""
     global _control
     orders_r, orders_w = os.pipe()  # supervisor -> member: each job's code and files
     reports_r, reports_w = os.pipe()  # member -> supervisor: ready, and how each job ended
@@ -717,6 +735,8 @@ def run_supervised(control_fd: int, job_fd: int, *, prepared: bool = False, warm
         os._exit(1)
     os.close(orders_r)
     os.close(reports_w)
+    if reap_orphans:
+        signal.signal(signal.SIGCHLD, lambda _signum, _frame: reap_orphans_of(pid))
     _control = os.fdopen(control_fd, "wb", buffering=1 << 16)
     supervise(MemberLink(pid, orders_w, reports_r), os.fdopen(job_fd, "rb"))
 

@@ -17,10 +17,13 @@ One run is three processes:
         init   pid 1 of the run: mounts a private /proc and fresh tmpfs (/tmp, /dev/shm,
                /work, /data), a new devpts, /dev read-only; checks that nothing writable
                is left shared with the template; drops every capability, sets
-               no_new_privs and loads the seccomp filter; forks the runner and reaps
-        runner pid 2: the bootstrap's supervisor, which forks the member process that runs
-               the jobs (interpreter/runtime/bootstrap.py `run_supervised`), as in a
-               launched sandbox
+               no_new_privs and loads the seccomp filter; then becomes the bootstrap's
+               supervisor, which forks the member process that runs the jobs
+               (interpreter/runtime/bootstrap.py `run_supervised`) and, as pid 1, reaps
+               the member's orphans. (A separate supervisor below init was a fourth
+               Python process per run: a fork, its copy-on-write faults and an exit,
+               ~2 ms of a print's CPU; docs/performance.md.) As pid 1 the supervisor
+               cannot be signalled by any process of the run.
 
 Handshake on the run's own socket (SOCK_SEQPACKET): the waiter sends "hello"; the
 kernel attaches its pid, as the host sees it (SCM_CREDENTIALS); the host moves that
@@ -220,7 +223,7 @@ def _become(uid: int) -> None:
 
 
 def _run_init(request: dict, job_fd: int, output_fd: int, control_fd: int, seccomp: bytes) -> None:
-    """pid 1 of the run: build its private world, give up every privilege, fork the runner, reap."""
+    """pid 1 of the run: build its private world, give up every privilege, become the supervisor."""
     try:
         # The waiter gone: the whole run goes. (getppid() is 0 here, pid 1 of a new
         # namespace, so a waiter killed before this line goes unnoticed; the host then
@@ -232,19 +235,10 @@ def _run_init(request: dict, job_fd: int, output_fd: int, control_fd: int, secco
         _write("/proc/sys/user/max_user_namespaces", "0")
         _check_nothing_shared_is_writable()
         _drop_privileges(seccomp)
-        runner = os.fork()
     except BaseException as exc:  # noqa: BLE001
         _say(output_fd, f"fork server: run set-up failed: {exc}")
         os._exit(1)
-    if runner == 0:
-        _run_runner(job_fd, output_fd, control_fd, warm=bool(request.get("warm")))  # never returns
-    # Nothing of the template's (its log pipe on 1 and 2) and nothing of the run's pipes
-    # stays open here: the run's output ends when the runner ends.
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.closerange(3, 1024)
-    _reap_until(runner)
+    _run_supervisor(job_fd, output_fd, control_fd, warm=bool(request.get("warm")))  # never returns
 
 
 def _mount_private_world(sizes: dict) -> None:
@@ -305,10 +299,11 @@ def _drop_privileges(seccomp: bytes) -> None:
         _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "loading seccomp")
 
 
-def _run_runner(job_fd: int, output_fd: int, control_fd: int, *, warm: bool) -> None:
-    """pid 2 of the run: the bootstrap's supervisor (and its member process) on fresh pipes,
-    laid out as in a launched sandbox. `warm`: a spare, whose member process draws the
-    warm-up chart in its own pages before it is ready (bootstrap.member_main)."""
+def _run_supervisor(job_fd: int, output_fd: int, control_fd: int, *, warm: bool) -> None:
+    """The run's pid 1 from here on: the bootstrap's supervisor (and its member process) on
+    the run's pipes, laid out as in a launched sandbox; nothing of the template's (its log
+    pipe on 1 and 2) stays open. `warm`: a spare, whose member process draws the warm-up
+    chart in its own pages before it is ready (bootstrap.member_main)."""
     try:
         os.setsid()
         # Out of the way first, so no target number overwrites a source still to be moved.
@@ -322,7 +317,7 @@ def _run_runner(job_fd: int, output_fd: int, control_fd: int, *, warm: bool) -> 
         os.closerange(JOB_FD + 1, 1024)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         _reseed()
-        bootstrap.run_supervised(CONTROL_FD, JOB_FD, prepared=True, warm=warm)
+        bootstrap.run_supervised(CONTROL_FD, JOB_FD, prepared=True, warm=warm, reap_orphans=True)
     except BaseException as exc:  # noqa: BLE001
         _say(2, f"fork server: run set-up failed: {exc}")
     os._exit(1)
@@ -340,19 +335,6 @@ def _reseed() -> None:
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         numpy.random.seed()
-
-
-def _reap_until(runner: int) -> None:
-    """As pid 1: reap every orphan; when the runner ends, end the run with its status."""
-    while True:
-        try:
-            pid, wait_status = os.wait()
-        except ChildProcessError:
-            os._exit(1)
-        except InterruptedError:
-            continue
-        if pid == runner:
-            os._exit(_exit_status(wait_status))
 
 
 def _exit_status(wait_status: int) -> int:

@@ -212,7 +212,8 @@ FIELDS: tuple[Field, ...] = (
     Field("max_concurrent_runs", "MAX_CONCURRENT_RUNS", "2", _int_range(1, 256), "Runs executing at once across the whole bot; others wait in a queue."),
     Field("max_long_runs", "MAX_LONG_RUNS", "8", _int_range(0, 1024), "Runs still going after RUN_LONG_AFTER_SECONDS give their slot to the next run and go on beside the MAX_CONCURRENT_RUNS slots at the lowest CPU weight (they use only CPU the other runs leave), up to this many at once (one per member), so short runs never wait behind a sleeping or looping one. Each may use RUN_MEMORY_MB: size it to the memory the host can give runs. 0: long runs keep their slot."),
     Field("paused_runs_memory_mb", "PAUSED_RUNS_MEMORY_MB", "1024", _int_range(0), "When the long lane (MAX_LONG_RUNS) has no place for a long run, the run is paused (its cgroup frozen, its time-out clock stopped) and gives its slot up until a place frees; the member is told how long it was paused. Paused runs hold at most this much memory in all (a frozen run cannot grow, so what it holds is measured). 0, or no cgroup freezer: such runs keep their slot until there is room."),
-    Field("run_long_after_seconds", "RUN_LONG_AFTER_SECONDS", "0.2", _float_range(0.1), "Seconds after which a run counts as long (see MAX_LONG_RUNS); four times that for runs that import the data libraries (charts). A print runs in ~10 ms, so a run still going after 0.2 s is likely a loop or a sleep; each such run held a slot for this long before leaving it (bench.mixed_load on the quiet VM: print p95 9.6 s at 0.5, 3.9 s at 0.2, 3.2 s at 0.1, where runs slowed only by a busy CPU start to be taken for long ones)."),
+    Field("run_long_after_seconds", "RUN_LONG_AFTER_SECONDS", "0.2", _float_range(0.1), "Seconds a run may run or sleep in its slot before it counts as long (see MAX_LONG_RUNS); time its processes spent waiting for a CPU does not count (per-task /proc/PID/schedstat; where the kernel has none, wall time, and the status says so), so a print slowed by a busy machine is never taken for a loop or a sleep. Runs that import the data libraries (charts) have RUN_HEAVY_LONG_AFTER_SECONDS instead."),
+    Field("run_heavy_long_after_seconds", "RUN_HEAVY_LONG_AFTER_SECONDS", "0.8", _float_range(0.1), "RUN_LONG_AFTER_SECONDS for runs that import the data libraries (charts): they need a few tenths of a second of CPU, so they count as long later and do not fill the long lane that exists for sleeps and loops the import-based guess called light."),
     Field("run_queue_per_member", "RUN_QUEUE_PER_MEMBER", "2", _int_range(0, 50), "Runs one member may have waiting behind their running one; more are refused."),
     Field("run_queue_max", "RUN_QUEUE_MAX", "20", _int_range(0, 10_000), "Runs waiting across the whole bot; when full, new runs are refused until the queue drains."),
     Field("run_cooldown_seconds", "RUN_COOLDOWN_SECONDS", "3", _float_range(0), "Seconds a member must wait between starting two runs. 0: no cooldown."),
@@ -303,6 +304,7 @@ class Settings:
     max_long_runs: int
     paused_runs_memory_mb: int
     run_long_after_seconds: float
+    run_heavy_long_after_seconds: float
     run_queue_per_member: int
     run_queue_max: int
     run_cooldown_seconds: float

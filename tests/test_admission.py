@@ -7,13 +7,19 @@ runs in the real sandbox."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import select
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 import interpreter
-from interpreter.sandbox.admission import AdmissionGate, RunClock, observe_queue
+from interpreter.sandbox.admission import AdmissionGate, LaneCounts, RunClock, observe_queue
+from interpreter.sandbox.schedstat import RunTaskTimes, TaskTimes
 from tests.fixtures_sandbox import make_settings
 from tests.waiting import until
 
@@ -137,6 +143,98 @@ async def test_charts_count_as_long_only_after_several_times_as_long():
     assert loop.time() - started >= 0.05 * HEAVY_LONG_FACTOR * 0.9
     gate.release(light)
     gate.release(heavy)
+
+
+# ------------------------------------------- long is the time a run ran or slept (gate rules)
+
+
+async def test_a_run_that_waited_for_a_cpu_is_not_long_until_it_has_run_or_slept_long_enough():
+    loop = asyncio.get_running_loop()
+    gate = AdmissionGate(1, long_capacity=1, long_after=0.05, wait_for_probe=True)
+    grant = await gate.acquire(light=True, member=ALICE)
+    waiting = {"now": True}
+    since = loop.time()
+    grant.measure_with(lambda: TaskTimes(0.0, loop.time() - since if waiting["now"] else 0.0))
+    await until(lambda: gate.counts.rechecked >= 3, "the run is looked at again, three times")
+    assert not grant.long and gate.long_running == 0
+    waiting["now"] = False  # from now on, it sleeps: its own time is its wall time
+    await until(lambda: grant.long, "the run becomes long")
+    assert gate.counts.judged_by_wall == 0
+    gate.release(grant)
+
+
+async def test_a_run_with_more_cpu_time_than_its_long_after_time_is_long_however_much_it_waited():
+    """Many busy processes wait at once: their waits add up to more than the wall time."""
+    gate = AdmissionGate(1, long_capacity=1, long_after=0.05, wait_for_probe=True)
+    grant = await gate.acquire(light=True, member=ALICE)
+    grant.measure_with(lambda: TaskTimes(on_cpu=0.06, waited=1000.0))
+    await until(lambda: grant.long, "the run becomes long")
+    gate.release(grant)
+
+
+async def test_while_a_task_is_runnable_only_cpu_time_counts():
+    """The kernel adds a wait to the statistics only when it ends: time unaccounted for
+    while a task is runnable may be a wait going on."""
+    gate = AdmissionGate(1, long_capacity=1, long_after=0.05, wait_for_probe=True)
+    grant = await gate.acquire(light=True, member=ALICE)
+    cpu = {"seconds": 0.0}
+    grant.measure_with(lambda: TaskTimes(on_cpu=cpu["seconds"], waited=0.0, runnable=True))
+    await until(lambda: gate.counts.rechecked >= 3, "the run is looked at again, three times")
+    assert not grant.long
+    cpu["seconds"] = 0.05
+    await until(lambda: grant.long, "the run becomes long on its CPU time")
+    gate.release(grant)
+
+
+async def test_without_per_task_times_wall_time_decides_and_is_counted():
+    gate = AdmissionGate(1, long_capacity=1, long_after=0.05, wait_for_probe=True)
+    grant = await gate.acquire(light=True, member=ALICE)
+    grant.measure_with(lambda: None)  # nothing could be read
+    await until(lambda: grant.long, "the run becomes long")
+    assert gate.counts.judged_by_wall == 1 and gate.counts.rechecked == 0
+    gate.release(grant)
+
+
+async def test_a_run_is_judged_only_once_its_sandbox_has_started():
+    """Starting the sandbox is the host's work, not the member's code: with
+    `wait_for_probe`, a run's own time starts when the runner measures it."""
+    gate = AdmissionGate(1, long_capacity=1, long_after=0.05, wait_for_probe=True)
+    grant = await gate.acquire(light=True, member=ALICE)
+    started = asyncio.get_running_loop().time()
+    await until(lambda: asyncio.get_running_loop().time() - started > 0.2, "four times its long-after time passes")
+    assert not grant.long and gate.counts == LaneCounts()
+    grant.measure_with(None)  # started, without a probe: wall time from now
+    await until(lambda: grant.long, "the run becomes long")
+    gate.release(grant)
+
+
+async def test_charts_have_a_long_after_time_of_their_own():
+    gate = AdmissionGate(2, long_capacity=2, long_after=0.05, heavy_long_after=30, wait_for_probe=True)
+    loop = asyncio.get_running_loop()
+    light = await gate.acquire(light=True, member=ALICE)
+    heavy = await gate.acquire(light=False, member=BOB)
+    for grant in (light, heavy):
+        grant.measure_with(None)
+    await until(lambda: light.long, "the light run becomes long")
+    assert not heavy.long and heavy._timer.when() - loop.time() > 25
+    gate.release(light)
+    gate.release(heavy)
+
+
+def test_a_runs_task_times_count_only_what_its_tasks_did_since_and_keep_those_of_tasks_that_exited(tmp_path: Path):
+    tasks = tmp_path / "tasks"  # stands in for the run cgroup's list of tasks
+    child = subprocess.Popen([sys.executable, "-c", "import sys\nsys.stdin.read()\nsum(range(3_000_000))"],
+                             stdin=subprocess.PIPE)
+    tasks.write_text(f"{child.pid}\n")
+    probe = RunTaskTimes(tasks)  # the child's start-up is before it: not counted
+    assert probe().on_cpu < 0.02
+    child.stdin.close()  # it computes for ~30 ms of CPU, then exits
+    before_exit = None
+    while child.poll() is None:
+        before_exit = probe() or before_exit
+    assert before_exit is not None and before_exit.on_cpu > 0.01, before_exit
+    after_exit = probe()  # gone: it counts what it had when last read
+    assert after_exit is not None and after_exit.on_cpu == before_exit.on_cpu
 
 
 # ---------------------------------------------------------------------- pausing (gate rules)
@@ -503,3 +601,112 @@ async def test_a_paused_session_job_goes_on_and_the_sessions_next_job_is_back_to
     with pytest.raises(asyncio.CancelledError):
         await alice
 
+
+
+# ------------------------------------------- long is the time a run ran or slept, not waited for a CPU
+
+STARVED_PRINT = "total = sum(range(3_000_000))\nprint('quick', total > 0)"  # light: ~30 ms of CPU
+HOGS = 2  # busy processes on the runs' CPU, weighing 16 times the runs: a run gets ~6% of it
+
+
+@contextlib.contextmanager
+def pinned_threads(cpus: set[int]):
+    """Every thread of this process on `cpus` (threads made meanwhile, and processes
+    spawned, inherit it), then back to where they were."""
+    before = os.sched_getaffinity(0)
+    tids = lambda: [int(tid) for tid in os.listdir("/proc/self/task")]  # noqa: E731
+    for tid in tids():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, cpus)
+    try:
+        yield
+    finally:
+        for tid in tids():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, before)
+
+
+HOG = """
+import ctypes, os, sys, time
+ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: it goes with the test, whatever happens
+os.sched_setaffinity(0, {{{cpu}}})
+with open(sys.argv[1], "w") as procs:
+    procs.write(str(os.getpid()))
+os.write(1, b"spinning")
+os.close(1)
+end = time.monotonic() + 120  # and never outlives a hung test by much
+while time.monotonic() < end:
+    pass
+"""
+HOG_SHARES = 16 * 1024  # the hogs' cpu cgroup weighs like 16 busy tasks; the runs' group like one per slot
+
+
+@contextlib.contextmanager
+def cpu_hogs(cpu: int, count: int):
+    """`count` busy processes on `cpu`, in a cpu cgroup of their own that outweighs the runs
+    16 to 1 (a cgroup, not nice values: autogroups would put all hogs at one weight), so
+    that runs on that CPU spend most of their time waiting on its runqueue."""
+    cpu_root = Path("/sys/fs/cgroup/cpu")
+    assert (cpu_root / "cpu.shares").exists(), "this test needs the cgroup v1 cpu controller at /sys/fs/cgroup/cpu"
+    group = cpu_root / f"test-cpu-hogs-{os.getpid()}"
+    group.mkdir()
+    (group / "cpu.shares").write_text(str(HOG_SHARES))
+    hogs = [subprocess.Popen([sys.executable, "-c", HOG.format(cpu=cpu), str(group / "cgroup.procs")],
+                             stdout=subprocess.PIPE) for _ in range(count)]
+    try:
+        for hog in hogs:  # all of them spinning in their group before the test goes on
+            ready, _, _ = select.select([hog.stdout], [], [], 30)
+            assert ready and hog.stdout.read() == b"spinning", "a CPU hog did not start"
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+        for hog in hogs:
+            hog.wait()
+            hog.stdout.close()
+        group.rmdir()
+
+
+@pytest.fixture
+async def starved_engine(tmp_path: Path, sandbox_venv):
+    """One slot, runs forked from templates pinned to one CPU that busy processes hog,
+    while the bot itself runs on the other CPUs; long after 0.1 s (the setting's least)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    assert len(cpus) >= 2, f"this test needs two CPUs, it has {cpus}"
+    runs_cpu, host_cpus = cpus[-1], set(cpus[:-1])
+    data = tmp_path / "data"
+    data.mkdir()
+    with pinned_threads({runs_cpu}):  # the templates (and the runs they fork) stay on it
+        engine = interpreter.configure(make_settings(
+            data, MAX_CONCURRENT_RUNS="1", MAX_LONG_RUNS="4", RUN_LONG_AFTER_SECONDS="0.1",
+            MAX_RUN_TIMEOUT_SECONDS="60", SANDBOX_WARM_ON_FIRST_RUN="false", SANDBOX_FORK_SERVER="true"))
+        assert await interpreter.warm_up()
+    try:
+        with pinned_threads(host_cpus), cpu_hogs(runs_cpu, HOGS):
+            yield engine
+    finally:
+        await engine.close()
+
+
+async def test_a_print_starved_of_cpu_is_neither_moved_nor_paused(starved_engine):
+    gate = starved_engine.runner._admission()
+    run = asyncio.create_task(interpreter.execute_code(STARVED_PRINT, user_id=ALICE, timeout=60))
+    await until(run.done, "the print ends", within=60)
+    result = run.result()
+    assert result["output"] == "quick True\n", result
+    # It reached its long-after time in wall time (so by wall time it was long) ...
+    assert gate.counts.rechecked >= 1, f"the print never waited 0.1 s, the test proves nothing: {gate.counts}"
+    # ... but it had not run or slept that long: it stayed in its slot, at normal priority.
+    assert (gate.counts.moved_to_long, gate.counts.paused, gate.counts.judged_by_wall) == (0, 0, 0), gate.counts
+    assert not result.get("warnings")
+
+
+@pytest.mark.parametrize("long_code", [SLEEPER, SPINNER])
+async def test_a_sleep_and_a_loop_starved_of_cpu_still_become_long(starved_engine, long_code):
+    gate = starved_engine.runner._admission()
+    run = asyncio.create_task(interpreter.execute_code(long_code, user_id=ALICE, timeout=60))
+    await until(lambda: gate.long_running == 1, "the run moves to the long lane")
+    assert gate.counts.judged_by_wall == 0, gate.counts
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run

@@ -17,11 +17,26 @@ Who goes next, when a slot frees:
 
 The lane is a guess from the code's imports (workload.py), and a guess can be wrong: a
 `time.sleep` loop or a plain-Python loop looks light. So the queue does not trust it
-for long: a run still executing after `long_after` seconds (heavy runs: HEAVY_LONG_FACTOR
-times that) becomes "long". It gives its slot to the next waiter and goes on in the
-long lane (at most `long_capacity` runs, and one per member), where the runner gives it
-the lowest CPU weight (`on_long` callbacks), so it uses only the CPU short runs leave.
-`long_capacity=0` turns this off.
+for long: a run that has been running or sleeping for `long_after` seconds in its slot
+(heavy runs: `heavy_long_after`) becomes "long". It gives its slot to the next waiter and
+goes on in the long lane (at most `long_capacity` runs, and one per member), where the
+runner gives it the lowest CPU weight (`on_long` callbacks), so it uses only the CPU short
+runs leave. `long_capacity=0` turns this off.
+
+"Running or sleeping", not wall time: on a busy machine a print can spend most of its
+time waiting for a CPU, and a run judged long for that would be demoted to the idle lane
+(or paused) where it starves further with its time-out running. So the runner gives each
+run a probe (`Grant.measure_with`, schedstat.py) once its sandbox has started: its tasks'
+CPU time and runqueue wait since then. A run's own time is its wall time since then less
+the time its tasks waited for a CPU, or the CPU time its tasks used if that is more (a run
+of many busy processes waits in all of them at once: its wait can exceed its wall time,
+never its CPU). While one of its tasks is runnable, only its CPU time counts: the kernel
+adds a wait to the statistics when it ends, so a wait going on cannot be told from a
+sleep. At its long-after time a run whose own time is shorter is looked at again when it
+could have reached it. Without a probe, or where the probe reads nothing (no
+per-task statistics: `counts.judged_by_wall` says how often), wall time decides, as before.
+With `wait_for_probe`, the time before the probe (the sandbox starting: the host's work,
+not the member's code) does not count either.
 
 When the long lane has no place for it (full, or its member already has a run there),
 a long run is paused rather than left in its slot: its whole cgroup is frozen (see
@@ -50,20 +65,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+from interpreter.sandbox.schedstat import TaskTimes
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HEAVY_MAX_WAIT = 5.0
 DEFAULT_LONG_AFTER = 0.2
-# A heavy run (a chart) needs most of a second of CPU alone, more under load: it counts
-# as long only after this many times `long_after`, so charts do not fill the long lane
-# that exists for runs the guess called light.
+# A heavy run (a chart) needs most of a second of CPU alone, more under load: by default
+# it counts as long only after this many times `long_after`, so charts do not fill the
+# long lane that exists for runs the guess called light.
 HEAVY_LONG_FACTOR = 4
+# A run found short of its long-after time (it waited for a CPU) is looked at again when
+# it could have reached it, but not sooner than this share of that time: a starved run
+# is not re-read in a tight loop.
+RECHECK_FRACTION = 0.25
 _REMEMBERED_MEMBERS = 10_000  # last-start times kept; beyond, only those of waiting members
 
 QueueObserver = Callable[[int], None]
@@ -161,6 +183,19 @@ class Pausable(Protocol):
     def thaw(self) -> None: ...
 
 
+TimesProbe = Callable[[], TaskTimes | None]
+
+
+@dataclasses.dataclass
+class LaneCounts:
+    """What the gate decided about long runs since it was made (status, benchmarks, tests)."""
+
+    moved_to_long: int = 0  # runs that went on in the long lane (from a slot, or resumed)
+    paused: int = 0  # runs paused because the long lane had no place for them
+    rechecked: int = 0  # times a run reached its long-after time in wall time but not in its own time
+    judged_by_wall: int = 0  # judgements made without per-task times (no probe, or it read nothing)
+
+
 class Grant:
     """A run's hold on the gate, from admission to `release`."""
 
@@ -176,6 +211,10 @@ class Grant:
         self.clock = RunClock()  # the run's time-out clock (stops while paused); real time, whatever the gate's clock
         self._future: asyncio.Future | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._judged_long = False  # its long-after time came, in its own time
+        self._probe: TimesProbe | None = None
+        self._measured_since: float | None = None  # loop time from which its own time counts
+        self._probe_since: float | None = None  # loop time the probe was attached
         self._on_long: list[Callable[[], None]] = []
         self._pausable: Pausable | None = None
         self._paused_bytes = 0  # what it held when frozen (counted while paused)
@@ -187,7 +226,34 @@ class Grant:
     @property
     def overdue(self) -> bool:
         """Started, and still in its slot past its long-after time."""
-        return self.started and self._timer is None and not self.long and not self.released
+        return self._judged_long and not self.long and not self.released
+
+    def measure_with(self, probe: TimesProbe | None) -> None:
+        """From now on, judge whether this run is long by the time it ran or slept, from
+        `probe` (its tasks' CPU and runqueue wait since the probe was made; None: by wall
+        time from now). The runner calls it once the run's sandbox has started."""
+        if self._probe_since is not None or self.released:
+            return
+        now = asyncio.get_running_loop().time()
+        self._probe, self._probe_since = probe, now
+        if self._measured_since is None:  # the gate waited for the probe: its own time starts now
+            self._measured_since = now
+            if self.started and not self.long:
+                self.gate._arm(self, self.gate._long_after_of(self))
+
+    def own_seconds(self) -> float:
+        """Seconds this run has run or slept since its own time began counting (wall time
+        before the probe came; wall time less runqueue wait, or CPU time, after)."""
+        now = asyncio.get_running_loop().time()
+        since = self._measured_since if self._measured_since is not None else now
+        times = self._probe() if self._probe is not None else None
+        if times is None:
+            self.gate.counts.judged_by_wall += 1
+            return now - since
+        probed = self._probe_since
+        if times.runnable:  # a wait going on now is not in `waited` yet: only CPU time is sure to be its own
+            return (probed - since) + times.on_cpu
+        return (probed - since) + max(now - probed - times.waited, times.on_cpu)
 
     def can_pause(self, pausable: Pausable) -> None:
         """This run can be paused whole through `pausable` (the runner passes its cgroup)."""
@@ -212,12 +278,17 @@ def _call(callback: Callable[[], None]) -> None:
 
 class AdmissionGate:
     def __init__(self, capacity: int, *, long_capacity: int = 0, long_after: float = DEFAULT_LONG_AFTER,
-                 pause_memory_bytes: int = 0, heavy_max_wait: float = DEFAULT_HEAVY_MAX_WAIT,
+                 heavy_long_after: float | None = None, pause_memory_bytes: int = 0,
+                 heavy_max_wait: float = DEFAULT_HEAVY_MAX_WAIT, wait_for_probe: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity = capacity
         self.long_capacity = long_capacity
         self.pause_memory_bytes = pause_memory_bytes if long_capacity > 0 else 0  # paused runs wait for the long lane
         self.long_after = long_after
+        self.heavy_long_after = heavy_long_after if heavy_long_after is not None else long_after * HEAVY_LONG_FACTOR
+        # Every run gets a probe once started (measure_with), and is judged only from then on.
+        self.wait_for_probe = wait_for_probe
+        self.counts = LaneCounts()
         self.heavy_max_wait = heavy_max_wait
         self._clock = clock
         self._waiting: list[Grant] = []
@@ -307,16 +378,32 @@ class AdmissionGate:
             if len(self._last_start) > _REMEMBERED_MEMBERS:
                 self._last_start = {g.member: self._last_start.get(g.member, 0) for g in self._waiting}
             self._last_start[grant.member] = next(self._starts)
-        if self.long_capacity > 0:
-            after = self.long_after * (1 if grant.light else HEAVY_LONG_FACTOR)
-            grant._timer = asyncio.get_running_loop().call_later(after, self._became_long, grant)
+        if self.long_capacity > 0 and not self.wait_for_probe:
+            grant._measured_since = asyncio.get_running_loop().time()
+            self._arm(grant, self._long_after_of(grant))
         if grant._future is not None and not grant._future.done():
             grant._future.set_result(None)
 
-    def _became_long(self, grant: Grant) -> None:
+    def _long_after_of(self, grant: Grant) -> float:
+        return self.long_after if grant.light else self.heavy_long_after
+
+    def _arm(self, grant: Grant, delay: float) -> None:
+        if self.long_capacity > 0:
+            grant._timer = asyncio.get_running_loop().call_later(delay, self._long_after_came, grant)
+
+    def _long_after_came(self, grant: Grant) -> None:
+        """Its long-after time came in wall time: long if its own time says so too, else look again later."""
         grant._timer = None
-        if not grant.released and grant in self._in_slots:
-            self._rebalance()
+        if grant.released or grant not in self._in_slots:
+            return
+        after = self._long_after_of(grant)
+        own = grant.own_seconds()
+        if own < after:  # it waited for a CPU meanwhile: not long (yet)
+            self.counts.rechecked += 1
+            self._arm(grant, max(after - own, after * RECHECK_FRACTION))
+            return
+        grant._judged_long = True
+        self._rebalance()
 
     def _rebalance(self) -> None:
         """Paused runs take the long lane's free places; overdue runs in slots move to the
@@ -347,6 +434,7 @@ class AdmissionGate:
     def _to_long_lane(self, grant: Grant) -> None:
         self._long.append(grant)
         grant.long = True
+        self.counts.moved_to_long += 1
         callbacks, grant._on_long = grant._on_long, []
         for callback in callbacks:
             _call(callback)
@@ -367,6 +455,7 @@ class AdmissionGate:
         grant._paused_bytes = held
         grant.clock.pause()
         self._paused.append(grant)
+        self.counts.paused += 1
         return True
 
     def _resume(self, grant: Grant) -> None:

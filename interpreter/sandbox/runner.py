@@ -40,6 +40,7 @@ from interpreter.sandbox.bwrap import (
     MASKED_PROC_FILES, RUNTIME_MOUNT, BwrapBinary, BwrapNotFound, build_bwrap_args, find_bwrap, sandbox_env,
 )
 from interpreter.sandbox.admission import AdmissionGate, Grant, RunClock
+from interpreter.sandbox.schedstat import RunTaskTimes, schedstat_unavailable
 from interpreter.sandbox.job import SandboxJob, SandboxOutcome
 from interpreter.sandbox.limits import CgroupManager, RunCgroup, prlimit_args
 from interpreter.sandbox.pool import SandboxPool, renice_sandbox
@@ -653,7 +654,11 @@ class SandboxRunner:
             long_capacity = s.max_long_runs if self.cgroups.available else 0
             self._gate = AdmissionGate(s.max_concurrent_runs, long_capacity=long_capacity,
                                        long_after=s.run_long_after_seconds,
-                                       pause_memory_bytes=s.paused_runs_memory_mb * 1024 * 1024)
+                                       heavy_long_after=s.run_heavy_long_after_seconds,
+                                       pause_memory_bytes=s.paused_runs_memory_mb * 1024 * 1024,
+                                       wait_for_probe=True)  # _follow_lanes measures every run
+            if long_capacity and (reason := schedstat_unavailable()):
+                log.warning("long runs are judged by wall time, so runs slowed by a busy CPU count too: %s", reason)
             self._gate_loop = loop
         return self._gate
 
@@ -665,6 +670,8 @@ class SandboxRunner:
             self._renicing.add(task)  # a reference until done (the loop keeps only a weak one)
             task.add_done_callback(self._renicing.discard)
         grant.on_long(lower)
+        # Long is judged by the time the run ran or slept, not the time it waited for a CPU.
+        grant.measure_with(RunTaskTimes.of_cgroup(sandbox.cgroup) if sandbox.cgroup is not None else None)
         if sandbox.cgroup is not None and sandbox.cgroup.freezer_dir is not None:
             grant.can_pause(_PausableRun(sandbox))
 
@@ -891,6 +898,8 @@ class SandboxRunner:
             text += f", CPU quota {self.settings.run_cpu_cores:g} cores per run"
         elif not cgroups.cpu:
             text += f"; no CPU control: {cgroups.cpu_reason}"
+        if self.settings.max_long_runs and (reason := schedstat_unavailable()):
+            text += f"; long runs judged by wall time ({reason})"
         return text
 
     def load(self) -> dict:
@@ -899,6 +908,7 @@ class SandboxRunner:
             "queued": self.queued,
             "long": self._gate.long_running if self._gate is not None else 0,
             "paused": self._gate.paused if self._gate is not None else 0,
+            "lanes": dataclasses.asdict(self._gate.counts) if self._gate is not None else {},
             "completed": self.completed,
             "max_concurrent": self.settings.max_concurrent_runs,
             "pool_idle": {

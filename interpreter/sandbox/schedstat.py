@@ -1,0 +1,115 @@
+"""How much of a run's time was its own: CPU its tasks used, and time they spent waiting
+for a CPU, from the kernel's per-task scheduler statistics (/proc/TID/schedstat: ns on
+a CPU, ns waiting on a runqueue, timeslices).
+
+The admission queue (admission.py) asks this when it decides whether a run is "long": a
+run that is merely starved of CPU (its tasks runnable but not running, because the
+machine is busy) must not be taken for a sleep or a loop.
+
+The run's tasks are those listed in its cgroup (every thread of every process, as the
+host sees them: `tasks` in cgroup v1, `cgroup.threads` in v2). Counters are taken from
+the moment a `RunTaskTimes` is made, per task: a task already there (a spare forked
+ahead, a session's sandbox) counts only what it does from then on. A task that has
+exited takes its counters with it: it counts what it had when last read (each reading
+remembers every task's), and what it did after that is lost. Lost wait makes the run
+look *more* its own, never less: the safe side, with wall-time judgement as the limit.
+Reads are bounded by the run's pids limit, and by MAX_TASKS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+NS = 1e-9
+MAX_TASKS = 1024  # a run's tasks read at most (its pids cgroup limit is smaller by default)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskTimes:
+    """Summed over a run's tasks since the probe was made, in seconds."""
+
+    on_cpu: float  # time its tasks ran on a CPU
+    waited: float  # time its tasks were runnable but waited on a runqueue (for a CPU, or throttled by its quota)
+    # Some task was runnable when read. The kernel adds a wait to `waited` only when the
+    # task gets a CPU, so a task waiting now has an unknown wait missing from it: the
+    # time not accounted for may be a sleep or that wait, and cannot count as the run's.
+    runnable: bool = False
+
+
+def read_schedstat(tid: int | str) -> tuple[int, int] | None:
+    """(ns on a CPU, ns waiting on a runqueue) of one task; None when it is gone or unreadable."""
+    try:
+        with open(f"/proc/{tid}/schedstat", "rb") as handle:
+            fields = handle.read().split()
+        return int(fields[0]), int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_runnable(tid: int | str) -> bool:
+    """The task is running or waiting for a CPU (state R in /proc/TID/stat)."""
+    try:
+        with open(f"/proc/{tid}/stat", "rb") as handle:
+            # the state follows the command name, which may itself hold ') '
+            return handle.read().rpartition(b") ")[2][:1] == b"R"
+    except OSError:
+        return False
+
+
+@functools.cache
+def schedstat_unavailable() -> str | None:
+    """Why per-task scheduler statistics cannot be read here (None: they can). Checked
+    once: a kernel without CONFIG_SCHED_INFO has no /proc/PID/schedstat at all."""
+    if read_schedstat("self") is None:
+        return "/proc/PID/schedstat is not readable on this kernel"
+    return None
+
+
+class RunTaskTimes:
+    """A probe for admission.py's `Grant.measure_with`: the CPU and runqueue wait of one
+    run's tasks (its cgroup's) since this object was made. Returns None when nothing
+    could be read (the gate then judges by wall time, and counts that it did)."""
+
+    def __init__(self, task_list: Path, *, max_tasks: int = MAX_TASKS) -> None:
+        self.task_list = task_list
+        self.max_tasks = max_tasks
+        self._baseline: dict[int, tuple[int, int]] = dict(self._read())
+        self._last_seen: dict[int, tuple[int, int]] = {}  # tid -> (cpu, wait) ns since the baseline, last read
+
+    @classmethod
+    def of_cgroup(cls, cgroup) -> "RunTaskTimes | None":
+        """For a RunCgroup (limits.py); None without per-task statistics on this host."""
+        if schedstat_unavailable() is not None or not cgroup.dirs:
+            return None
+        name = "tasks" if cgroup.version == 1 else "cgroup.threads"
+        return cls(cgroup.dirs[0] / name)
+
+    def __call__(self) -> TaskTimes | None:
+        found = self._read()
+        if not found and not self._last_seen:
+            return None
+        runnable = any(is_runnable(tid) for tid, _ in found)
+        for tid, (cpu_ns, wait_ns) in found:
+            base_cpu, base_wait = self._baseline.get(tid, (0, 0))
+            # max(0, ...): a task id reused by a newer task of the run starts again from 0
+            self._last_seen[tid] = (max(0, cpu_ns - base_cpu), max(0, wait_ns - base_wait))
+        if len(self._last_seen) > self.max_tasks * 4:  # a run that keeps starting tasks: forget the oldest
+            self._last_seen = dict(list(self._last_seen.items())[-self.max_tasks:])
+        on_cpu = sum(cpu for cpu, _ in self._last_seen.values())
+        waited = sum(wait for _, wait in self._last_seen.values())
+        return TaskTimes(on_cpu * NS, waited * NS, runnable)
+
+    def _read(self) -> list[tuple[int, tuple[int, int]]]:
+        try:
+            with open(self.task_list, "rb") as handle:
+                tids = handle.read().split()[: self.max_tasks]
+        except OSError:
+            return []
+        found = []
+        for raw in tids:
+            counters = read_schedstat(int(raw))
+            if counters is not None:
+                found.append((int(raw), counters))
+        return found

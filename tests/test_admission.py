@@ -235,6 +235,18 @@ def test_a_runs_task_times_count_only_what_its_tasks_did_since_and_keep_those_of
     assert before_exit is not None and before_exit.on_cpu > 0.01, before_exit
     after_exit = probe()  # gone: it counts what it had when last read
     assert after_exit is not None and after_exit.on_cpu == before_exit.on_cpu
+    assert RunTaskTimes(tasks)() == TaskTimes(0.0, 0.0, ended=True)  # a run with no task left
+    assert RunTaskTimes(tmp_path / "gone")() is None  # no task list: nothing known
+
+
+async def test_a_run_whose_tasks_have_all_ended_is_not_long():
+    """Its code is done and the runner is collecting its files: moving it gains nothing."""
+    gate = AdmissionGate(1, long_capacity=1, long_after=0.05, wait_for_probe=True)
+    grant = await gate.acquire(light=True, member=ALICE)
+    grant.measure_with(lambda: TaskTimes(0.0, 0.0, ended=True))
+    await until(lambda: gate.counts.rechecked >= 2, "the run is looked at again")
+    assert not grant.long
+    gate.release(grant)
 
 
 # ---------------------------------------------------------------------- pausing (gate rules)

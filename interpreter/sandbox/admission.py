@@ -32,7 +32,8 @@ the time its tasks waited for a CPU, or the CPU time its tasks used if that is m
 of many busy processes waits in all of them at once: its wait can exceed its wall time,
 never its CPU). While one of its tasks is runnable, only its CPU time counts: the kernel
 adds a wait to the statistics when it ends, so a wait going on cannot be told from a
-sleep. At its long-after time a run whose own time is shorter is looked at again when it
+sleep. A run whose tasks have all ended is not long (its code is done; the runner is
+collecting its files). At its long-after time a run whose own time is shorter is looked at again when it
 could have reached it. Without a probe, or where the probe reads nothing (no
 per-task statistics: `counts.judged_by_wall` says how often), wall time decides, as before.
 With `wait_for_probe`, the time before the probe (the sandbox starting: the host's work,
@@ -77,7 +78,7 @@ from interpreter.sandbox.schedstat import TaskTimes
 log = logging.getLogger(__name__)
 
 DEFAULT_HEAVY_MAX_WAIT = 5.0
-DEFAULT_LONG_AFTER = 0.2
+DEFAULT_LONG_AFTER = 0.1  # RUN_LONG_AFTER_SECONDS's default
 # A heavy run (a chart) needs most of a second of CPU alone, more under load: by default
 # it counts as long only after this many times `long_after`, so charts do not fill the
 # long lane that exists for runs the guess called light.
@@ -251,7 +252,7 @@ class Grant:
             self.gate.counts.judged_by_wall += 1
             return now - since
         probed = self._probe_since
-        if times.runnable:  # a wait going on now is not in `waited` yet: only CPU time is sure to be its own
+        if times.runnable or times.ended:  # a wait going on is not in `waited` yet; an ended run sleeps no more
             return (probed - since) + times.on_cpu
         return (probed - since) + max(now - probed - times.waited, times.on_cpu)
 

@@ -36,6 +36,9 @@ class TaskTimes:
     # task gets a CPU, so a task waiting now has an unknown wait missing from it: the
     # time not accounted for may be a sleep or that wait, and cannot count as the run's.
     runnable: bool = False
+    # No task of the run is left (its code has ended; the host is collecting and tearing
+    # down): nothing of it runs or sleeps any more.
+    ended: bool = False
 
 
 def read_schedstat(tid: int | str) -> tuple[int, int] | None:
@@ -75,7 +78,7 @@ class RunTaskTimes:
     def __init__(self, task_list: Path, *, max_tasks: int = MAX_TASKS) -> None:
         self.task_list = task_list
         self.max_tasks = max_tasks
-        self._baseline: dict[int, tuple[int, int]] = dict(self._read())
+        self._baseline: dict[int, tuple[int, int]] = dict(self._read() or [])
         self._last_seen: dict[int, tuple[int, int]] = {}  # tid -> (cpu, wait) ns since the baseline, last read
 
     @classmethod
@@ -88,8 +91,10 @@ class RunTaskTimes:
 
     def __call__(self) -> TaskTimes | None:
         found = self._read()
-        if not found and not self._last_seen:
+        if found is None:
             return None
+        if not found and not self._last_seen:
+            return TaskTimes(0.0, 0.0, ended=True)
         runnable = any(is_runnable(tid) for tid, _ in found)
         for tid, (cpu_ns, wait_ns) in found:
             base_cpu, base_wait = self._baseline.get(tid, (0, 0))
@@ -101,12 +106,13 @@ class RunTaskTimes:
         waited = sum(wait for _, wait in self._last_seen.values())
         return TaskTimes(on_cpu * NS, waited * NS, runnable)
 
-    def _read(self) -> list[tuple[int, tuple[int, int]]]:
+    def _read(self) -> list[tuple[int, tuple[int, int]]] | None:
+        """(tid, counters) of the run's tasks; None when its task list cannot be read."""
         try:
             with open(self.task_list, "rb") as handle:
                 tids = handle.read().split()[: self.max_tasks]
         except OSError:
-            return []
+            return None
         found = []
         for raw in tids:
             counters = read_schedstat(int(raw))

@@ -424,12 +424,14 @@ async def test_a_paused_clock_stands_still():
 
 async def start_one_slot_engine(tmp_path: Path, mode: str, *, long_runs: int):
     """One run slot and `long_runs` long-lane places; runs start cold, or are forked from
-    the fork server's template (`mode`)."""
+    the fork server's template (`mode`). Long after 0.2 s of the run's own time: a busy
+    loop needs that much CPU, which a loaded machine gives slowly (the paused spinner
+    below must get there within its 2 s time-out)."""
     data = tmp_path / "data"
     data.mkdir()
     forked = mode == "forked"
     engine = interpreter.configure(make_settings(
-        data, MAX_CONCURRENT_RUNS="1", MAX_LONG_RUNS=str(long_runs), RUN_LONG_AFTER_SECONDS="0.5",
+        data, MAX_CONCURRENT_RUNS="1", MAX_LONG_RUNS=str(long_runs), RUN_LONG_AFTER_SECONDS="0.2",
         MAX_RUN_TIMEOUT_SECONDS="60", SANDBOX_WARM_ON_FIRST_RUN="false",
         SANDBOX_FORK_SERVER="true" if forked else "false"))
     if forked:

@@ -23,6 +23,7 @@ from interpreter.sandbox.workload import Workload, classify
 from interpreter.types import ExitCause
 from tests.fixtures_sandbox import make_settings
 from tests.sandbox_helpers import files_by_name, run
+from tests.waiting import until
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FILL_TIMEOUT = 120  # preparing a heavy sandbox takes ~1 s; a loaded CI machine may take far longer
@@ -334,6 +335,31 @@ async def test_a_refill_waits_only_so_long_for_busy_runs(pooled, monkeypatch):
         taken = await pooled.pool.acquire(Workload.LIGHT)
         await asyncio.wait_for(pooled.pool.wait_until_full(), FILL_TIMEOUT)
         await taken.destroy()
+
+
+async def test_a_refill_goes_at_once_while_a_run_waits_in_the_queue(pooled, monkeypatch):
+    """Holding a refill back spares the runs in flight, but a run waiting in the queue is
+    about to need what the refill makes: under a backlog, refills must not wait."""
+    monkeypatch.setattr("interpreter.sandbox.pool.REFILL_DEFER_SECONDS", 3600)  # only the queue lets it go
+    holders = [pooled.slot(light=True) for _ in range(pooled.settings.max_concurrent_runs)]
+    for holder in holders:
+        await holder.__aenter__()  # every slot taken: runs in flight
+
+    async def wait_in_the_queue() -> None:
+        async with pooled.slot(light=True):
+            pass
+
+    queued = asyncio.create_task(wait_in_the_queue())
+    try:
+        await until(lambda: pooled.queued == 1, "a run waiting in the queue")
+        taken = await pooled.pool.acquire(Workload.LIGHT)
+        assert taken is not None
+        await asyncio.wait_for(pooled.pool.wait_until_full(), FILL_TIMEOUT)  # refilled, runs still in flight
+        await taken.destroy()
+    finally:
+        for holder in holders:
+            await holder.__aexit__(None, None, None)
+        await asyncio.wait_for(queued, FILL_TIMEOUT)
 
 
 async def test_warming_sandboxes_run_at_low_priority_and_jobs_at_normal(pooled):

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING
 
 from interpreter.sandbox.bwrap import build_bwrap_args, run_tmpfs_sizes, sandbox_env
 from interpreter.sandbox.limits import RunCgroup, run_rlimits
-from interpreter.sandbox.pool import REFILL_DEFER_SECONDS, WARMING_NICE, pooled_cpu_seconds, stop_keeper
+from interpreter.sandbox.pool import WARMING_NICE, defer_refill, pooled_cpu_seconds, stop_keeper
 from interpreter.sandbox import runner as sandbox_runner
 from interpreter.sandbox.runner import NORMAL_NICE, SandboxProcess, data_fd
 
@@ -336,13 +336,10 @@ class ForkServer:
             woken.cancel()
 
     async def _add_spare(self, template: _Template) -> None:
-        """Fork one run ahead, once the runs in flight have ended (or after REFILL_DEFER_SECONDS):
-        setting a fork up costs CPU the run that just took a spare would feel."""
-        deadline = time.monotonic() + REFILL_DEFER_SECONDS
-        while self.runner.in_flight > 0 and not self.closed and (remaining := deadline - time.monotonic()) > 0:
-            self._runs_ended.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._runs_ended.wait(), remaining)
+        """Fork one run ahead, once the runs in flight have ended (or after REFILL_DEFER_SECONDS),
+        at once while runs wait in the queue (pool.defer_refill): setting a fork up costs CPU the
+        run that just took a spare would feel, but a queued run would pay it while it waits."""
+        await defer_refill(self.runner, self._runs_ended, lambda: self.closed)
         if self.closed or self.template is not template or not template.can_fork(self.packages.generation):
             return
         spare = await self._fork_now(template, pooled_cpu_seconds(self.runner.settings), spare=True)
@@ -356,7 +353,8 @@ class ForkServer:
                 self._ready_changed.notify_all()
 
     def run_ended(self) -> None:
-        """The runner's word that a run left its slot: a deferred spare may be forked now."""
+        """The runner's word that a run left its slot or joined the queue: a deferred spare
+        looks again (pool.defer_refill)."""
         self._runs_ended.set()
 
     def _replace(self, template: _Template) -> None:

@@ -624,6 +624,7 @@ class SandboxRunner:
         """Hold a place in the one admission queue (admission.py) until the block ends."""
         gate = self._admission()
         self.queued += 1
+        self._refills_look_again()  # a run that may have to wait: refills held back go now
         try:
             grant = await gate.acquire(light=light, member=member)
         finally:
@@ -634,10 +635,15 @@ class SandboxRunner:
         finally:
             self.in_flight -= 1
             gate.release(grant)
-            if (pool := self.pool_of_this_loop()) is not None:
-                pool.run_ended()  # refills wait for runs in flight (pool.py)
-            for server in self.fork_servers_of_this_loop():
-                server.run_ended()  # so do spare forks (forkserver.py)
+            self._refills_look_again()
+
+    def _refills_look_again(self) -> None:
+        """Refills (pool.py) and spare forks (forkserver.py) are held back while runs are in
+        flight and none waits (pool.defer_refill): a run that ended or queued changes that."""
+        if (pool := self.pool_of_this_loop()) is not None:
+            pool.run_ended()
+        for server in self.fork_servers_of_this_loop():
+            server.run_ended()
 
     def _count(self, outcome: SandboxOutcome) -> None:
         self.completed += 1

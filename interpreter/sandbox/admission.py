@@ -78,7 +78,7 @@ from interpreter.sandbox.schedstat import TaskTimes
 log = logging.getLogger(__name__)
 
 DEFAULT_HEAVY_MAX_WAIT = 5.0
-DEFAULT_LONG_AFTER = 0.1  # RUN_LONG_AFTER_SECONDS's default
+DEFAULT_LONG_AFTER = 0.05  # RUN_LONG_AFTER_SECONDS's default
 # A heavy run (a chart) needs most of a second of CPU alone, more under load: by default
 # it counts as long only after this many times `long_after`, so charts do not fill the
 # long lane that exists for runs the guess called light.

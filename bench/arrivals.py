@@ -12,11 +12,13 @@ For each warm capacity (`fork`: the fork-server templates, data-library and ligh
 their spares; `pool`: one heavy and two light pooled sandboxes) it measures, after `interpreter.warm_up()`:
 
   idle      print('hi') and the chart one at a time, warm capacity ready before each
-  memory    what the idle warm capacity holds: the memory its cgroups are charged (a
-            page a fork shares with its template counts once; page cache of the library
-            files the template read included), the RSS of its processes (shared pages
-            once per process), their PSS (shared pages split between their users) and
-            USS (pages of their own: what stopping the warm capacity would free)
+  memory    what the idle warm capacity holds: the anonymous memory its cgroups are
+            charged (heap and the like, each page once however many forks share it: what
+            stopping the warm capacity would free, and the figure the goal is judged by),
+            all they are charged (anonymous plus page cache charged to them), the RSS of
+            its processes (shared pages once per process), their PSS (shared pages split
+            between their users) and USS (pages of a process's own; it leaves out the
+            template's pages its forks still share, so it understates what is held)
   steady    a chart from a different member every --interval seconds (--charts of them)
   burst     --burst charts from different members at once
   tiny      --tiny print('hi') runs from different members at once: runs/s
@@ -60,9 +62,10 @@ async def checked(scheduler, member: int, code: str) -> float:
 
 
 async def warm_capacity_memory(runner) -> dict[str, float]:
-    """What the idle warm capacity holds (MB): the memory its cgroups are charged (pages a fork
-    shares with its template are charged once, to the template), and the RSS of its processes
-    (which counts shared pages once per process, and library files from the page cache)."""
+    """What the idle warm capacity holds (MB): the anonymous memory its cgroups are charged and
+    all they are charged (a page a fork shares with its template is charged once, to the
+    template), the RSS of its processes (shared pages once per process, library files from the
+    page cache included), their PSS and their USS (see the module doc: USS understates)."""
     from interpreter.sandbox.pool import sandbox_pids
 
     sandboxes = []
@@ -80,14 +83,17 @@ async def warm_capacity_memory(runner) -> dict[str, float]:
             pids |= server.template_pids()
             if server.template.cgroup is not None:
                 groups.append(server.template.cgroup)
-    charged = 0
+    charged = anonymous = 0
     for group in groups:
         for folder in group.dirs:
             for name in ("memory.usage_in_bytes", "memory.current"):
                 if (folder / name).exists():
                     charged += int((folder / name).read_text())
+            if (folder / "memory.stat").exists():
+                stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines())
+                anonymous += int(stat.get("rss", stat.get("anon", 0)))  # cgroup v1 "rss", v2 "anon"
     rollups = [smaps_rollup_kb(pid) for pid in pids]
-    return {"charged_mb": charged / 2**20, "rss_mb": sum(status_kb(pid, "VmRSS") for pid in pids) / 1024,
+    return {"anonymous_mb": anonymous / 2**20, "charged_mb": charged / 2**20, "rss_mb": sum(status_kb(pid, "VmRSS") for pid in pids) / 1024,
             "pss_mb": sum(r.get("Pss", 0) for r in rollups) / 1024,
             "uss_mb": sum(r.get("Private_Clean", 0) + r.get("Private_Dirty", 0) for r in rollups) / 1024,
             "processes": len(pids)}
@@ -157,7 +163,8 @@ def report(warm: str, out: dict) -> None:
     print(f"  idle print   {stats_line(out['idle_print'])}")
     print(f"  idle chart   {stats_line(out['idle_chart'])}")
     memory = out["memory"]
-    print(f"  idle warm capacity: cgroups charged {memory['charged_mb']:.0f} MB, RSS {memory['rss_mb']:.0f} MB, "
+    print(f"  idle warm capacity: anonymous {memory['anonymous_mb']:.0f} MB (goal <= 150), "
+          f"cgroups charged {memory['charged_mb']:.0f} MB, RSS {memory['rss_mb']:.0f} MB, "
           f"PSS {memory['pss_mb']:.0f} MB, USS {memory['uss_mb']:.0f} MB ({memory['processes']} processes)")
     print(f"  steady       {stats_line(out['steady'])}")
     print(f"  burst        {stats_line(out['burst'])}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from bench.run_bench import PLOT
 from interpreter.sandbox.forkserver import WARM_UP_CPU_SECONDS
 from interpreter.sandbox.limits import DEFAULT_SHARES, nice_to_weight
 from interpreter.sandbox.pool import WARMING_NICE, pooled_cpu_seconds
@@ -22,13 +23,7 @@ from tests.test_forkserver import READY_TIMEOUT, fork_runner
 
 DATA_PRELOAD = "numpy,pandas,matplotlib,seaborn"
 
-CHART = """
-import pandas as pd, seaborn as sns, matplotlib.pyplot as plt
-df = pd.DataFrame({'month': ['Jan', 'Feb', 'Mar', 'Apr'] * 2, 'region': ['N'] * 4 + ['S'] * 4,
-                   'revenue': [120, 150, 170, 160, 90, 80, 110, 130]})
-sns.barplot(data=df, x='month', y='revenue', hue='region')
-plt.savefig('revenue.png')
-"""
+CHART = PLOT  # the benchmark's chart (bench/arrivals.py measures the warm-up's effect on it)
 
 # What a run could find of a warm-up: figures, figure numbers, rcParams, seaborn's
 # palette, warning registries, files, and how much of its CPU limit is already used.

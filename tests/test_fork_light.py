@@ -74,6 +74,17 @@ async def test_a_print_is_forked_from_the_light_template_and_a_pandas_run_from_t
     assert (light.describe()["runs_forked"], heavy.describe()["runs_forked"]) == (1, 1)
 
 
+async def test_a_light_run_that_raises_imports_nothing_to_tell_its_exception(two_templates):
+    """Telling an exception needs traceback (and difflib for suggestions): the light template
+    imports them once, so a forked run that raises does not (it cost such a run ~8 ms), and
+    the member still sees their own line."""
+    code = "import sys\nprint('traceback' in sys.modules, 'difflib' in sys.modules)\nvalue = 1 / 0\n"
+    raised = await run(two_templates, code)
+    assert two_templates.light_fork_server.describe()["runs_forked"] == 1
+    assert raised.output == "True True\n", raised.output
+    assert "value = 1 / 0" in raised.error and "ZeroDivisionError" in raised.error, raised.error
+
+
 async def test_the_light_template_holds_a_small_fraction_of_the_data_templates_memory(two_templates):
     light = status_kb(two_templates.light_fork_server.template.python_pid, "VmRSS")
     heavy = status_kb(two_templates.fork_server.template.python_pid, "VmRSS")

@@ -23,9 +23,13 @@ their spares; `pool`: one heavy and two light pooled sandboxes) it measures, aft
   burst     --burst charts from different members at once
   tiny      --tiny print('hi') runs from different members at once: runs/s
   8 prints  8 print('hi') at once: time until all 8 answered (and at snekbox, if given)
+  cold      (once, after the warm capacities) --cold charts with nothing warm: through the
+            bot's path into a sandbox launched for the run, and as a plain `python`
+            subprocess; each against the idle chart p50 of the warm capacities measured
 
 Goals (issue 16; the lead measures them on a quiet machine): steady p50 <= 150 ms and
-max <= 400 ms; burst max <= 500 ms; print <= 40 ms; idle memory <= 150 MB; tiny >= 40/s;
+max <= 400 ms; burst max <= 500 ms; print <= 40 ms; idle >= 6x faster than cold;
+idle memory <= 150 MB; tiny >= 40/s;
 8 prints in at most half of snekbox's time. Figures taken while other work shares
 the CPUs are noise.
 """
@@ -42,7 +46,7 @@ import time
 from pathlib import Path
 
 from bench.bot_path import bot_scheduler, run_like_a_member
-from bench.run_bench import PLOT, TINY, make_settings, p95, status_kb
+from bench.run_bench import DEFAULT_VENV, PLOT, TINY, make_settings, p95, plain_python_plot, status_kb
 from bench.snekbox import snekbox_eight_prints
 
 
@@ -158,6 +162,24 @@ async def measure(data_dir: Path, warm: str, args: argparse.Namespace, warm_spar
     return out
 
 
+async def cold_charts(data_dir: Path, args: argparse.Namespace) -> dict[str, list[float]]:
+    """The chart with nothing warm, for the goal "idle: >= 6x faster than a cold subprocess":
+    through the bot's path into a sandbox launched for the run, and as the seed ran code (a
+    plain `python` subprocess of the sandbox venv, no sandbox)."""
+    import interpreter
+
+    settings = make_settings(data_dir / "cold", heavy=0, light=0, fork_server=False)
+    engine = interpreter.configure(settings)
+    scheduler = bot_scheduler(settings, members=2, runs_each=args.cold + 1)
+    try:
+        await checked(scheduler, 1, PLOT)  # page cache and the venv checked once: not measured
+        sandbox = [await checked(scheduler, 1, PLOT) for _ in range(args.cold)]
+    finally:
+        await engine.close()
+    venv_python = str(Path(os.environ.get("SANDBOX_VENV_DIR", DEFAULT_VENV)) / "current" / "bin" / "python")
+    return {"sandbox": sandbox, "plain": plain_python_plot(venv_python, args.cold)}
+
+
 def report(warm: str, out: dict) -> None:
     print(f"\n{warm}:")
     print(f"  idle print   {stats_line(out['idle_print'])}")
@@ -179,6 +201,7 @@ async def main(args: argparse.Namespace) -> None:
     if os.geteuid() != 0:
         print("note: not root: no per-run cgroups; figures differ from production")
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
+    idle_chart: dict[str, float] = {}  # warm capacity -> its idle chart p50, for the cold ratio
     with tempfile.TemporaryDirectory(prefix="bench-arrivals-") as tmp:
         for warm in (["fork", "pool"] if args.warm == "both" else [args.warm]):
             if warm == "fork" and args.warm_spares != "default":
@@ -186,7 +209,15 @@ async def main(args: argparse.Namespace) -> None:
                     label = f"fork, spares warming up {'on' if warm_spares else 'off'}"
                     report(label, await measure(Path(tmp), warm, args, warm_spares))
             else:
-                report(warm, await measure(Path(tmp), warm, args))
+                report(warm, idle := await measure(Path(tmp), warm, args))
+                idle_chart[warm] = statistics.median(idle["idle_chart"])
+        if args.cold:
+            cold = await cold_charts(Path(tmp), args)
+            print("\ncold (nothing warm):")
+            for key, label in (("sandbox", "a sandbox launched for the run"), ("plain", "plain python subprocess")):
+                ratios = ", ".join(f"{statistics.median(cold[key]) / chart:.1f}x {warm}'s idle chart"
+                                   for warm, chart in idle_chart.items())
+                print(f"  chart, {label:30} {stats_line(cold[key])}  ({ratios}; goal >= 6x)")
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end (other work on this machine adds noise)")
 
 
@@ -201,6 +232,7 @@ if __name__ == "__main__":
     parser.add_argument("--warm-spares", choices=("default", "on", "off", "both"), default="default",
                         help="SANDBOX_FORK_WARM_SPARES; both: the fork server measured without, then with")
     parser.add_argument("--tiny", type=int, default=120, help="tiny runs submitted at once")
+    parser.add_argument("--cold", type=int, default=6, help="charts with nothing warm, for the 6x goal (0: none)")
     parser.add_argument("--snekbox", default="", help="URL of a running snekbox to compare 8 prints with")
     arguments = parser.parse_args()
     asyncio.run(main(arguments))

@@ -16,7 +16,9 @@ had 0.15 s + `--window`, and reports the spinners' CPU as a share of the short r
 
 Modes, alternating order each round:
 - long lane: the spinners leave their slots for the long lane after `--long-after`
-  seconds (RUN_LONG_AFTER_SECONDS; 2 s, so the short run is not taken for a long one),
+  seconds of their own time (RUN_LONG_AFTER_SECONDS: by default 0.25 s more than
+  `--short-cpu`, so the short run is not taken for a long one; a run's own time is what it
+  ran or slept, so each spinner spins that much CPU before it moves),
   and their cgroups become SCHED_IDLE (`cpu.idle`, limits.py set_cpu_weight);
 - weight 15: the same, then each spinner's group is set as set_cpu_weight sets it on a
   kernel without `cpu.idle` (weight 15 of 1024; expected share 8 x 15/1024 = 12%);
@@ -208,9 +210,12 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=0.3, help="CPU seconds of the short run measured")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)))
-    parser.add_argument("--long-after", type=float, default=2.0,
-                        help="RUN_LONG_AFTER_SECONDS in the long-lane modes: above the short run's time in its slot")
+    parser.add_argument("--long-after", type=float, default=None,
+                        help="RUN_LONG_AFTER_SECONDS in the long-lane modes (default: --short-cpu + 0.25): "
+                             "above the short run's own time in its slot")
     args = parser.parse_args()
+    if args.long_after is None:
+        args.long_after = args.short_cpu + 0.25
     if args.short_cpu < WINDOW_STARTS_AT + args.window + 0.05:
         parser.error(f"--short-cpu must leave room for the window: at least {WINDOW_STARTS_AT + args.window + 0.05:g}")
     asyncio.run(main_async(args))

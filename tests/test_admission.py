@@ -235,6 +235,7 @@ def test_a_runs_task_times_count_only_what_its_tasks_did_since_and_keep_those_of
     assert before_exit is not None and before_exit.on_cpu > 0.01, before_exit
     after_exit = probe()  # gone: it counts what it had when last read
     assert after_exit is not None and after_exit.on_cpu == before_exit.on_cpu
+    assert after_exit.ended and not before_exit.ended  # its last task gone: the run's code is done
     assert RunTaskTimes(tasks)() == TaskTimes(0.0, 0.0, ended=True)  # a run with no task left
     assert RunTaskTimes(tmp_path / "gone")() is None  # no task list: nothing known
 

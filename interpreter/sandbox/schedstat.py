@@ -93,8 +93,6 @@ class RunTaskTimes:
         found = self._read()
         if found is None:
             return None
-        if not found and not self._last_seen:
-            return TaskTimes(0.0, 0.0, ended=True)
         runnable = any(is_runnable(tid) for tid, _ in found)
         for tid, (cpu_ns, wait_ns) in found:
             base_cpu, base_wait = self._baseline.get(tid, (0, 0))
@@ -104,7 +102,8 @@ class RunTaskTimes:
             self._last_seen = dict(list(self._last_seen.items())[-self.max_tasks:])
         on_cpu = sum(cpu for cpu, _ in self._last_seen.values())
         waited = sum(wait for _, wait in self._last_seen.values())
-        return TaskTimes(on_cpu * NS, waited * NS, runnable)
+        # No task left, whether or not one was seen before: its code has ended.
+        return TaskTimes(on_cpu * NS, waited * NS, runnable, ended=not found)
 
     def _read(self) -> list[tuple[int, tuple[int, int]]] | None:
         """(tid, counters) of the run's tasks; None when its task list cannot be read."""

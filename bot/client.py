@@ -17,7 +17,7 @@ from discord.ext import commands, tasks
 import interpreter
 from bot.sharding import ShardPlan, plan_shards
 from cogs._access import NotBotAdmin
-from cogs._format import NO_MENTIONS
+from cogs._format import NO_MENTIONS, failure_message, is_outage
 from cogs._queue import RunScheduler
 from config import Settings, load_settings
 
@@ -31,7 +31,6 @@ INTERACTION_TASKS = ("CommandTree-invoker", "discord-ui-view-dispatch-", "discor
                      "discord-ui-dynamic-item-")
 DRAIN_MARGIN_SECONDS = 20.0  # past the longest run: the reply's upload to Discord
 RESTARTING = "This bot is restarting; please try again in a minute."
-GENERIC_FAILURE = "⚠️ Something went wrong on our side. The error was logged; please try again."
 
 
 class InterpreterTree(app_commands.CommandTree):
@@ -46,8 +45,11 @@ class InterpreterTree(app_commands.CommandTree):
             message = f"That value doesn't look right: {discord.utils.escape_markdown(str(error.value))[:100]}"
         else:
             command = interaction.command.qualified_name if interaction.command else "?"
-            log.error("command %s failed for user %s", command, interaction.user.id, exc_info=error)
-            message = GENERIC_FAILURE
+            if is_outage(error):
+                log.warning("command %s for user %s: %s", command, interaction.user.id, failure_message(error))
+            else:
+                log.error("command %s failed for user %s", command, interaction.user.id, exc_info=error)
+            message = failure_message(error)
         try:
             if interaction.response.is_done():
                 await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_MENTIONS)

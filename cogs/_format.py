@@ -27,6 +27,7 @@ import discord
 from interpreter.filetypes import sanitize_filename
 from interpreter.invisible import strip_invisible
 from interpreter.result import RunResult
+from interpreter.store import StoreUnavailable
 
 MESSAGE_LIMIT = 2000
 EMBED_DESCRIPTION_LIMIT = 4096
@@ -36,6 +37,28 @@ NO_MENTIONS = discord.AllowedMentions.none()
 
 _FENCE = re.compile(r"```(?:([A-Za-z0-9_+.-]*)\n)?(.*?)```", re.DOTALL)
 _ZWSP = "\u200b"
+
+
+# --- failures
+
+GENERIC_FAILURE = "⚠️ Something went wrong on our side. The error was logged; please try again."
+
+
+def failure_message(error: BaseException) -> str:
+    """What a member reads when a command or button failed. The database being down or the
+    disk being full is said in its own words (StoreUnavailable's message is written for
+    members and holds no secret): "try again in a minute" is the truth, not a bug report.
+    Anything else gets the generic line; its trace goes to the log."""
+    original = getattr(error, "original", None) or error  # app_commands.CommandInvokeError wraps it
+    if isinstance(original, StoreUnavailable):
+        return f"⚠️ {original}"
+    return GENERIC_FAILURE
+
+
+def is_outage(error: BaseException) -> bool:
+    """A database outage or a full disk: logged in one line, not with a trace per command
+    (the store already logs the outage once)."""
+    return isinstance(getattr(error, "original", None) or error, StoreUnavailable)
 
 
 # --- input

@@ -86,20 +86,22 @@ class FilesCog(commands.Cog, name="Files"):
 
     @files_group.command(name="list", description="List your files (only you see this)")
     async def files_list(self, interaction: discord.Interaction) -> None:
+        # Acknowledged before the database: a slow or dead one must not outlast Discord's 3 s.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         files = await interpreter.list_user_files(interaction.user.id)
         embed, view = files_page(interaction.user.id, files, 0)
-        await interaction.response.send_message(embed=embed, view=view or discord.utils.MISSING,
-                                                ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await interaction.edit_original_response(embed=embed, view=view, allowed_mentions=NO_MENTIONS)
 
     @files_group.command(name="delete", description="Delete one of your files")
     @app_commands.describe(file="The file to delete (start typing to pick)")
     async def files_delete(self, interaction: discord.Interaction, file: str) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)  # before the database, as above
         deleted = await interpreter.delete_user_file(file.strip(), interaction.user.id)
         if deleted:
             message = f"🗑️ Deleted `{inline(file.strip(), 80)}`."
         else:
             message = "I found no file of yours with that id (it may have expired). `/files list` shows what you have."
-        await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await interaction.edit_original_response(content=message, allowed_mentions=NO_MENTIONS)
 
     @files_delete.autocomplete("file")
     async def files_delete_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -145,10 +147,11 @@ async def _show_page(interaction: discord.Interaction, owner_id: int, page: int,
         await interaction.response.send_message("These are someone else's files.", ephemeral=True)
         return
     try:
+        await interaction.response.defer()  # acknowledged before the database; the list is redrawn below
         note = await action() if action is not None else None
         files = await interpreter.list_user_files(owner_id)
         embed, view = files_page(owner_id, files, page)
-        await interaction.response.edit_message(embed=embed, view=view, allowed_mentions=NO_MENTIONS)
+        await interaction.edit_original_response(embed=embed, view=view, allowed_mentions=NO_MENTIONS)
         if note:
             await interaction.followup.send(note, ephemeral=True)
     except Exception as error:  # noqa: BLE001 - dynamic items' errors are only logged by discord.py

@@ -22,8 +22,8 @@ from discord.ext import commands
 
 import interpreter
 from cogs._access import admit_run, is_bot_admin, precheck_run, tell_privately
-from cogs._format import (CODE_FILE, NO_MENTIONS, code_block, code_from_message, extract_code, has_code_block,
-                          looks_like_code, render_result, split_list)
+from cogs._format import (CODE_FILE, NO_MENTIONS, code_block, code_from_message, extract_code, failure_message,
+                          has_code_block, is_outage, looks_like_code, render_result, split_list)
 from cogs._queue import RunRefused
 from cogs.session import session_header, session_id_for
 
@@ -263,8 +263,9 @@ async def own_file_choices(user_id: int, current: str, *, multi: bool = False) -
     """Autocomplete choices from the member's own files; with `multi`, completes the last item of a comma list."""
     try:
         files = await interpreter.list_user_files(user_id)
-    except Exception:  # autocomplete must answer within 3 s; an empty list is a fine answer
-        log.exception("listing files for autocomplete failed")
+    except Exception as error:  # autocomplete must answer within 3 s; an empty list is a fine answer
+        if not is_outage(error):  # an outage is logged once by the store, not at every keystroke
+            log.exception("listing files for autocomplete failed")
         return []
     candidates = []
     for meta in files:
@@ -509,9 +510,12 @@ def analyse_view(owner_id: int, file_id: str | None) -> discord.ui.View | discor
 
 
 async def report_error(interaction: discord.Interaction, error: Exception, where: str) -> None:
-    """Log the full trace; tell the member briefly (ephemeral)."""
-    log.error("error in %s", where, exc_info=error)
-    message = "⚠️ Something went wrong on our side. The error was logged; please try again."
+    """Log the full trace (an outage: one line); tell the member briefly (ephemeral)."""
+    message = failure_message(error)
+    if is_outage(error):
+        log.warning("error in %s: %s", where, message)
+    else:
+        log.error("error in %s", where, exc_info=error)
     try:
         if interaction.response.is_done():
             await interaction.followup.send(message, ephemeral=True)

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 AUTO_UPLOAD_EXTENSIONS = frozenset({"csv", "tsv", "xlsx", "json", "parquet"})
 PREVIEW_EXTENSIONS = TABLE_EXTENSIONS  # these get a table preview
 PREVIEW_TIMEOUT_SECONDS = 30
+# Files taken from one message (menu or drop): each is stored and previewed in turn, so a
+# message of ten files does not hold the member's line for ten previews.
+MAX_UPLOADS_PER_MESSAGE = 5
 
 
 @dataclasses.dataclass
@@ -137,3 +140,15 @@ async def store_attachment(user_id: int, attachment: discord.Attachment, setting
         log.exception("download of attachment %s failed", attachment.id)
         return UploadReply(False, f"⚠️ I could not download **{display_filename(attachment.filename)}** from Discord. Please try again.")
     return await store_bytes(user_id, data, attachment.filename, settings, preview_tables=preview_tables)
+
+
+def not_stored_line(attachments: list[discord.Attachment]) -> str:
+    """The attachments of a message past MAX_UPLOADS_PER_MESSAGE, named: never dropped without a word."""
+    names = ", ".join(f"**{display_filename(a.filename)}**" for a in attachments)
+    return (f"⚠️ Not stored: {names} (I take {MAX_UPLOADS_PER_MESSAGE} files from one message; "
+            "store the rest with `/upload`).")
+
+
+def brief(reply: UploadReply) -> str:
+    """A stored file in two lines (name and id), for when the previews of several do not fit."""
+    return "\n".join(reply.content.splitlines()[:2 if reply.ok else 1])

@@ -12,7 +12,8 @@ from discord.ext import commands
 
 import interpreter
 from cogs._format import NO_MENTIONS, display_filename, human_size, inline
-from cogs._uploads import AUTO_UPLOAD_EXTENSIONS, _expires_timestamp, store_attachment
+from cogs._uploads import (AUTO_UPLOAD_EXTENSIONS, MAX_UPLOADS_PER_MESSAGE, _expires_timestamp, brief, not_stored_line,
+                           store_attachment)
 from cogs.run import analyse_view, own_file_choices, report_error
 from interpreter.filetypes import extension
 
@@ -56,11 +57,14 @@ class FilesCog(commands.Cog, name="Files"):
             await interaction.response.send_message("That message has no attachments to upload.", ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
-        replies = [await store_attachment(interaction.user.id, a, self.settings) for a in message.attachments[:5]]
+        taken, left = message.attachments[:MAX_UPLOADS_PER_MESSAGE], message.attachments[MAX_UPLOADS_PER_MESSAGE:]
+        replies = [await store_attachment(interaction.user.id, a, self.settings) for a in taken]
+        tail = f"\n\n{not_stored_line(left)}" if left else ""
         content = "\n\n".join(r.content for r in replies)
-        if len(content) > 2000:
-            content = "\n".join(r.content.splitlines()[0] for r in replies)
-        await interaction.edit_original_response(content=content[:2000], allowed_mentions=NO_MENTIONS)
+        if len(content) + len(tail) > 2000:
+            content = "\n".join(brief(r) for r in replies)
+        await interaction.edit_original_response(content=(content[:2000 - len(tail)] + tail),
+                                                 allowed_mentions=NO_MENTIONS)
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -68,13 +72,16 @@ class FilesCog(commands.Cog, name="Files"):
         if message.author.bot or not message.attachments or not self.auto_upload_here(message):
             return
         data_files = [a for a in message.attachments if extension(a.filename) in AUTO_UPLOAD_EXTENSIONS]
-        for attachment in data_files[:5]:
+        for attachment in data_files[:MAX_UPLOADS_PER_MESSAGE]:
             try:
                 reply = await store_attachment(message.author.id, attachment, self.settings)
                 await message.reply(reply.content, allowed_mentions=NO_MENTIONS, mention_author=False,
                                     view=analyse_view(message.author.id, reply.file_id if reply.table else None))
             except Exception:  # one bad file must not stop the listener or the others
                 log.exception("auto-upload of attachment %s failed", attachment.id)
+        if len(data_files) > MAX_UPLOADS_PER_MESSAGE:
+            await message.reply(not_stored_line(data_files[MAX_UPLOADS_PER_MESSAGE:]), allowed_mentions=NO_MENTIONS,
+                                mention_author=False)
 
     def auto_upload_here(self, message: discord.Message) -> bool:
         if not self.settings.auto_upload or not self.bot.intents.message_content:

@@ -16,6 +16,7 @@ import pytest
 import interpreter
 from config.settings import Secret
 from interpreter.store import UNAVAILABLE_MESSAGE
+from tests.discord_harness import attachment_payload
 from tests.fixtures_discord import start_bot
 from tests.fixtures_mongo import MongoTestServer
 from tests.test_bot_store_outage import acknowledged_after, kill, stamped  # noqa: F401 (fixture)
@@ -77,3 +78,43 @@ async def test_file_commands_answer_in_time_and_say_the_database_is_down(world_o
 
     w.mongo.start()  # back: nothing was lost
     assert len(await interpreter.list_user_files(w.alice.id)) == 6
+
+
+def seven_csvs(tmp_path):
+    paths = []
+    for i in range(7):
+        path = tmp_path / f"part{i}.csv"
+        columns = [f"a_rather_long_column_name_{j}" for j in range(8)]  # five previews overflow one message
+        path.write_text(",".join(columns) + "\n" + ",".join(str(i) for _ in columns) + "\n")
+        paths.append(path)
+    return paths
+
+
+async def test_upload_menu_names_the_attachments_past_its_limit_and_keeps_every_id(discord_world, tmp_path):
+    w = discord_world
+    target = w.harness.message_payload(w.bob, "all parts", attachments=[
+        attachment_payload(path) for path in seven_csvs(tmp_path)])
+    reply = await w.harness.message_menu("Upload to interpreter", w.alice, target)
+    stored = await interpreter.list_user_files(w.alice.id)
+    assert len(stored) == 5
+    for meta in stored:  # five previews do not fit in one message: each id is still given
+        assert meta["file_id"] in reply.content, reply.content
+    assert "part5.csv" in reply.content and "part6.csv" in reply.content  # not dropped without a word
+    assert "Not stored" in reply.content and len(reply.content) <= 2000
+
+
+async def test_a_drop_of_more_files_than_taken_names_the_rest(discord_world, tmp_path):
+    import discord
+    import discord.ext.test.backend as dpytest_backend
+
+    w = discord_world
+    state = dpytest_backend.get_state()
+    attachments = [discord.Attachment(data=attachment_payload(path), state=state) for path in seven_csvs(tmp_path)]
+    dpytest_backend.make_message("", w.alice, w.channel, attachments=attachments)
+    await dpytest.run_all_events()
+    replies = []
+    while not dpytest.sent_queue.empty():
+        replies.append(await dpytest.sent_queue.get())
+    assert len(await interpreter.list_user_files(w.alice.id)) == 5
+    told = "\n".join(message.content for message in replies)
+    assert "part5.csv" in told and "part6.csv" in told and "Not stored" in told, told

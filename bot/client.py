@@ -31,14 +31,40 @@ INTERACTION_TASKS = ("CommandTree-invoker", "discord-ui-view-dispatch-", "discor
                      "discord-ui-dynamic-item-")
 DRAIN_MARGIN_SECONDS = 20.0  # past the longest run: the reply's upload to Discord
 RESTARTING = "This bot is restarting; please try again in a minute."
+# Discord checks option types against the definition the member's app holds; one loaded
+# before an update can send options the running code no longer has (or of another type).
+STALE_COMMAND = ("🔄 This command has changed since your Discord app loaded it. Reload Discord "
+                 "(Ctrl+R on desktop, or reopen the app) and try again.")
+_OPTION_TYPES = {
+    discord.AppCommandOptionType.string: (str,),
+    discord.AppCommandOptionType.integer: (int,),
+    discord.AppCommandOptionType.number: (int, float),
+    discord.AppCommandOptionType.boolean: (bool,),
+}
 
 
 class InterpreterTree(app_commands.CommandTree):
     """Every app-command failure becomes a short message to the member; the trace goes to the log."""
 
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        """Every option holds the type its parameter declares, before any command code sees it.
+        discord.py passes option values on as sent; only a stale definition sends another type."""
+        command = interaction.command
+        if interaction.type is discord.InteractionType.application_command and isinstance(command, app_commands.Command):
+            for parameter in command.parameters:
+                value = getattr(interaction.namespace, parameter.display_name, None)
+                expected = _OPTION_TYPES.get(parameter.type)
+                if value is not None and expected and (isinstance(value, bool) is not (bool in expected)
+                                                        or not isinstance(value, expected)):
+                    raise app_commands.CommandSignatureMismatch(command)
+        return True
+
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         if isinstance(error, NotBotAdmin):
             message = f"🔒 {error}"
+        elif isinstance(error, (app_commands.CommandSignatureMismatch, app_commands.CommandNotFound)):
+            log.warning("user %s used a command as an older definition had it: %s", interaction.user.id, error)
+            message = STALE_COMMAND
         elif isinstance(error, app_commands.CheckFailure):
             message = "🔒 You can't use this command here."
         elif isinstance(error, app_commands.TransformerError):

@@ -118,3 +118,27 @@ async def test_a_drop_of_more_files_than_taken_names_the_rest(discord_world, tmp
     assert len(await interpreter.list_user_files(w.alice.id)) == 5
     told = "\n".join(message.content for message in replies)
     assert "part5.csv" in told and "part6.csv" in told and "Not stored" in told, told
+
+
+@pytest.mark.parametrize("name, options", [
+    ("run", {"code": "print('ran')", "timeout": "ten"}),  # a string where an integer is declared
+    ("run", {"code": "print('ran')", "files": 5}),
+    ("run", {"code": "print('ran')", "timeout": True}),
+    ("run", {"code": ["print('ran')"]}),
+    ("upload", {}),  # a required option missing
+    ("files", {"subcommand": "delete"}),
+    ("analyse", {"code": "print('ran')"}),  # a command this bot does not have (any more)
+])
+async def test_options_from_an_older_command_definition_get_a_clear_answer(discord_world, name, options):
+    """Discord checks options against the definition the member's app holds; one loaded before
+    an update can send a missing option, another type, or a removed command. discord.py passes
+    them on as they came: the member is told to reload, privately, and nothing runs."""
+    from bot.client import STALE_COMMAND
+
+    w = discord_world
+    subcommand = options.pop("subcommand", None)
+    reply = await w.harness.slash(name, w.alice, subcommand=subcommand, **options)
+    assert reply.callback.ephemeral and reply.callback.content == STALE_COMMAND
+    assert not any("ran" in s.content for s in reply.sent)
+    assert await (await interpreter.get_engine()).recent_runs(10) == []
+

@@ -21,6 +21,7 @@ import dataclasses
 import io
 import re
 import textwrap
+import warnings
 
 import discord
 
@@ -64,14 +65,31 @@ def is_outage(error: BaseException) -> bool:
 # --- input
 
 
+MAX_PARSED_CHARS = 100_000  # the longest code a run takes; longer text is never parsed on the event loop
+
+
+def parses_as_python(code: str) -> bool:
+    if len(code) > MAX_PARSED_CHARS:
+        return False
+    try:
+        with warnings.catch_warnings():  # e.g. "invalid escape sequence": still Python
+            warnings.simplefilter("ignore")
+            ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # nesting too deep counts as not Python
+        return False
+    return True
+
+
 def extract_code(text: str) -> str:
     """The code in `text`: the first fenced block if there is one, else the text itself,
     dedented (code pasted from inside a function or a notebook keeps its common indent).
 
-    Accepts ```py ...```, ```python ...```, ``` ...``` and `single backticks`.
+    Accepts ```py ...```, ```python ...```, ``` ...``` and `single backticks`. Text that is
+    Python as it stands is run as it stands: its ``` can only be inside a string, e.g.
+    print("```"), and taking that for a fence would run a piece of it.
     """
     match = _FENCE.search(text)
-    if match:
+    if match and not parses_as_python(textwrap.dedent(text)):
         code = match.group(2)
     else:
         stripped = text.strip()
@@ -86,12 +104,9 @@ def looks_like_code(text: str) -> bool:
     """Text without a code block that is Python worth running: it parses, and it is not
     just words (a sentence like `thanks` or `hello world` parses as names or fails)."""
     code = extract_code(text)
-    if len(code) > 100_000:
+    if not parses_as_python(code):
         return False
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
-        return False
+    tree = ast.parse(code)
     trivial = (ast.Name, ast.Constant)
     return any(not (isinstance(node, ast.Expr) and isinstance(node.value, trivial)) for node in tree.body)
 

@@ -142,3 +142,17 @@ async def test_options_from_an_older_command_definition_get_a_clear_answer(disco
     assert not any("ran" in s.content for s in reply.sent)
     assert await (await interpreter.get_engine()).recent_runs(10) == []
 
+
+async def test_code_that_prints_backtick_fences_runs_whole(discord_world):
+    """Only text that is not Python as it stands is searched for a ``` block: a fence inside
+    a string literal is part of the code (before, /run ran the piece between the fences)."""
+    w = discord_world
+    code = "print('```' + 'py'); print('fenced ```')"
+    reply = await w.harness.slash("run", w.alice, code=code)
+    assert "✅" in reply.content, reply.content
+    assert "```\u200bpy\nfenced ```" not in reply.content  # our escaping shows the output, not a new block
+    assert "py\nfenced" in reply.content.replace("`\u200b", "`")
+
+    target = w.harness.message_payload(w.bob, 'banner = "```"\nprint(banner * 2)')
+    menu = await w.harness.message_menu("Run code", w.alice, target)
+    assert "``````" in menu.content.replace("`\u200b", "`") and "✅" in menu.content, menu.content

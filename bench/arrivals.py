@@ -72,35 +72,40 @@ async def warm_capacity_memory(runner) -> dict[str, float]:
     page cache included), their PSS and their USS (see the module doc: USS understates)."""
     from interpreter.sandbox.pool import sandbox_pids
 
-    sandboxes = []
+    parts: list[tuple[str, object]] = []  # (what it is, its cgroup) for the parts table
+    pids: set[int] = set()
     servers = runner.fork_servers_of_this_loop()  # the data-library template, and the light one
     for server in servers:
-        sandboxes += list(server.spares)
-    if runner.pool is not None:
-        sandboxes += [warm.sandbox for lane in runner.pool.lanes.values() for warm in lane.idle]
-    groups = [sandbox.cgroup for sandbox in sandboxes if sandbox.cgroup is not None]
-    pids: set[int] = set()
-    for sandbox in sandboxes:
-        pids |= sandbox_pids(sandbox)
-    for server in servers:
+        kind = "light" if server is runner.light_fork_server else "data-library"
         if server.template is not None:
             pids |= server.template_pids()
-            if server.template.cgroup is not None:
-                groups.append(server.template.cgroup)
+            parts.append((f"{kind} template", server.template.cgroup))
+        for spare in server.spares:
+            pids |= sandbox_pids(spare)
+            parts.append((f"{kind} spare{' (warmed)' if spare.warm else ''}", spare.cgroup))
+    if runner.pool is not None:
+        for lane in runner.pool.lanes.values():
+            for warm in lane.idle:
+                pids |= sandbox_pids(warm.sandbox)
+                parts.append((f"pooled {lane.workload.value} sandbox", warm.sandbox.cgroup))
     charged = anonymous = 0
-    for group in groups:
-        for folder in group.dirs:
+    by_part: dict[str, list[float]] = {}
+    for label, group in parts:
+        part_anonymous = 0
+        for folder in group.dirs if group is not None else ():
             for name in ("memory.usage_in_bytes", "memory.current"):
                 if (folder / name).exists():
                     charged += int((folder / name).read_text())
             if (folder / "memory.stat").exists():
                 stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines())
-                anonymous += int(stat.get("rss", stat.get("anon", 0)))  # cgroup v1 "rss", v2 "anon"
+                part_anonymous += int(stat.get("rss", stat.get("anon", 0)))  # cgroup v1 "rss", v2 "anon"
+        anonymous += part_anonymous
+        by_part.setdefault(label, []).append(part_anonymous / 2**20)
     rollups = [smaps_rollup_kb(pid) for pid in pids]
     return {"anonymous_mb": anonymous / 2**20, "charged_mb": charged / 2**20, "rss_mb": sum(status_kb(pid, "VmRSS") for pid in pids) / 1024,
             "pss_mb": sum(r.get("Pss", 0) for r in rollups) / 1024,
             "uss_mb": sum(r.get("Private_Clean", 0) + r.get("Private_Dirty", 0) for r in rollups) / 1024,
-            "processes": len(pids)}
+            "processes": len(pids), "parts": by_part}
 
 
 def smaps_rollup_kb(pid: int) -> dict[str, int]:
@@ -188,6 +193,8 @@ def report(warm: str, out: dict) -> None:
     print(f"  idle warm capacity: anonymous {memory['anonymous_mb']:.0f} MB (goal <= 150), "
           f"cgroups charged {memory['charged_mb']:.0f} MB, RSS {memory['rss_mb']:.0f} MB, "
           f"PSS {memory['pss_mb']:.0f} MB, USS {memory['uss_mb']:.0f} MB ({memory['processes']} processes)")
+    print("    anonymous by part: " + ", ".join(
+        f"{label} {' + '.join(f'{mb:.1f}' for mb in sizes)}" for label, sizes in memory["parts"].items()))
     print(f"  steady       {stats_line(out['steady'])}")
     print(f"  burst        {stats_line(out['burst'])}")
     print(f"  tiny at once {out['tiny_per_s']:.1f} runs/s")

@@ -214,7 +214,7 @@ def _hint(exc: BaseException) -> str | None:
 # ----------------------------------------------------------------------- the report
 
 
-RUNTIME_MODULES = {"__main__", "bootstrap", "display", "errors", "offline", "ast"}
+RUNTIME_MODULES = {"__main__", "bootstrap", "deferred", "display", "errors", "offline", "ast"}
 
 
 def _own_frames(tb) -> tuple[list, list[str]]:

@@ -70,6 +70,8 @@ RUN_NAMESPACES = (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CL
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 
+NOTICE_CHARS = 500  # of prepare()'s notice in the "ready" message (the host reads 4096 bytes)
+
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
@@ -126,7 +128,7 @@ def main() -> None:
     if seccomp_fd >= 0:
         with os.fdopen(seccomp_fd, "rb") as fh:
             seccomp = fh.read()
-    bootstrap.prepare()
+    notice = bootstrap.prepare()
     # Telling an exception imports traceback (and, for some, difflib). A launched sandbox
     # imports them only when a run raises (most do not: ~2.5 ms a run, runtime/errors.py);
     # here they cost no run anything, and a run that raises is spared their import (~8 ms).
@@ -137,7 +139,10 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the waiters
-    requests.sendall(json.dumps({"kind": "ready", "pid": os.getpid()}).encode())
+    ready = {"kind": "ready", "pid": os.getpid()}
+    if notice:
+        ready["notice"] = notice[:NOTICE_CHARS]
+    requests.sendall(json.dumps(ready).encode())
     while True:
         try:
             message, fds, _flags, _addr = socket.recv_fds(requests, 4096, 8)

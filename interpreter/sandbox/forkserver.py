@@ -454,6 +454,8 @@ class ForkServer:
             self._ready_changed.notify_all()
         log.info("fork-server template ready (generation %s, preload %s) in %.1f s",
                  generation, self.preload or "(none)", time.monotonic() - template.started_at)
+        if isinstance(hello.get("notice"), str):  # e.g. seaborn's scipy imported eagerly after all
+            log.warning("fork-server template: %s", " ".join(hello["notice"][:500].split()))
         async with self._ready_changed:
             self._ready_changed.notify_all()
         return True

@@ -119,9 +119,10 @@ def smaps_rollup_kb(pid: int) -> dict[str, int]:
 
 
 
-async def measure(data_dir: Path, warm: str, args: argparse.Namespace, warm_spares: bool | None = None) -> dict:
-    """One kind of warm capacity; for the fork server, `warm_spares` (None: the project's default)
-    and --fork-spares (SANDBOX_FORK_WARM_SPARES, SANDBOX_FORK_SPARES) may differ from the defaults."""
+async def measure(data_dir: Path, warm: str, args: argparse.Namespace, warm_spares: int | None = None) -> dict:
+    """One kind of warm capacity; for the fork server, `warm_spares` (None: the project's default),
+    --fork-spares and --light-spares (SANDBOX_FORK_WARM_SPARES, SANDBOX_FORK_SPARES,
+    SANDBOX_FORK_LIGHT_SPARES) may differ from the defaults."""
     import interpreter
 
     fork = warm == "fork"
@@ -130,6 +131,8 @@ async def measure(data_dir: Path, warm: str, args: argparse.Namespace, warm_spar
         settings = dataclasses.replace(settings, sandbox_fork_warm_spares=warm_spares)
     if fork and args.fork_spares is not None:
         settings = dataclasses.replace(settings, sandbox_fork_spares=args.fork_spares)
+    if fork and args.light_spares is not None:
+        settings = dataclasses.replace(settings, sandbox_fork_light_spares=args.light_spares)
     engine = interpreter.configure(settings)
     members = max(args.charts, args.burst, args.tiny, 8) + 1
     scheduler = bot_scheduler(settings, members=members, runs_each=args.repeats + 2)
@@ -201,6 +204,15 @@ def report(warm: str, out: dict) -> None:
     print(f"  8 prints     {ms(out['eight_prints'])}")
 
 
+ALL_SPARES = 16  # SANDBOX_FORK_WARM_SPARES=true
+
+
+def warm_spare_counts(option: str) -> list[int]:
+    """--warm-spares: on (every spare), off (none), both (off, then on) or counts, e.g. 1,2."""
+    named = {"on": [ALL_SPARES], "off": [0], "both": [0, ALL_SPARES]}
+    return named.get(option) or [int(count) for count in option.split(",")]
+
+
 async def main(args: argparse.Namespace) -> None:
     import logging
 
@@ -212,8 +224,8 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-arrivals-") as tmp:
         for warm in (["fork", "pool"] if args.warm == "both" else [args.warm]):
             if warm == "fork" and args.warm_spares != "default":
-                for warm_spares in ([False, True] if args.warm_spares == "both" else [args.warm_spares == "on"]):
-                    label = f"fork, spares warming up {'on' if warm_spares else 'off'}"
+                for warm_spares in warm_spare_counts(args.warm_spares):
+                    label = f"fork, {'every' if warm_spares >= ALL_SPARES else warm_spares} spare(s) warming up"
                     report(label, await measure(Path(tmp), warm, args, warm_spares))
             else:
                 report(warm, idle := await measure(Path(tmp), warm, args))
@@ -236,8 +248,11 @@ if __name__ == "__main__":
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between steady charts")
     parser.add_argument("--burst", type=int, default=4)
     parser.add_argument("--fork-spares", type=int, default=None, help="SANDBOX_FORK_SPARES (default: the project's)")
-    parser.add_argument("--warm-spares", choices=("default", "on", "off", "both"), default="default",
-                        help="SANDBOX_FORK_WARM_SPARES; both: the fork server measured without, then with")
+    parser.add_argument("--light-spares", type=int, default=None,
+                        help="SANDBOX_FORK_LIGHT_SPARES (default: the project's)")
+    parser.add_argument("--warm-spares", default="default",
+                        help="SANDBOX_FORK_WARM_SPARES: on (every spare), off, both (off, then on) or counts "
+                             "measured one after the other, e.g. 1,2 (default: the project's)")
     parser.add_argument("--tiny", type=int, default=120, help="tiny runs submitted at once")
     parser.add_argument("--cold", type=int, default=6, help="charts with nothing warm, for the 6x goal (0: none)")
     parser.add_argument("--snekbox", default="", help="URL of a running snekbox to compare 8 prints with")

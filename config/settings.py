@@ -46,6 +46,20 @@ def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def _count_or_all(high: int) -> Callable[[str], int]:
+    """A count from 0 to `high`; true/false (as _bool) mean all (`high`) and none."""
+    def parse(raw: str) -> int:
+        lowered = raw.strip().lower()
+        if lowered in {"true", "yes", "on", "all"}:
+            return high
+        if lowered in {"false", "no", "off", ""}:
+            return 0
+        return _int_range(0, high)(raw)
+
+    parse.accepts = f"an integer from 0 to {high}, or true (all) / false (none)"  # type: ignore[attr-defined]
+    return parse
+
+
 def _float_range(low: float) -> Callable[[str], float]:
     def parse(raw: str) -> float:
         value = float(raw.strip())
@@ -250,13 +264,13 @@ FIELDS: tuple[Field, ...] = (
     Field("sandbox_base_python", "SANDBOX_BASE_PYTHON", "", _text, "Python the sandbox venv is built from; must be readable by SANDBOX_UID. Empty: first of /usr/bin/python3, /usr/local/bin/python3."),
     Field("sandbox_venv_dir", "SANDBOX_VENV_DIR", "", _text, "Sandbox venv location. Empty: DATA_DIR/venv."),
     Field("sandbox_base_packages", "SANDBOX_BASE_PACKAGES", "numpy,pandas,matplotlib,seaborn,plotly,scipy,openpyxl,pyarrow,kaleido", _name_list_or_none, "Packages preinstalled in every new sandbox venv (wheels only). 'none': an empty venv. kaleido: plotly's PNG export, used by the host's render sandbox (runs never start a browser)."),
-    Field("sandbox_pool_size", "SANDBOX_POOL_SIZE", "1", _int_range(0, 64), "Warm sandboxes kept with the data libraries already imported (about 120 MB of RAM each, and 0.6-1 s of CPU to prepare one at low priority). 0: charts start cold."),
+    Field("sandbox_pool_size", "SANDBOX_POOL_SIZE", "1", _int_range(0, 64), "Warm sandboxes kept with the data libraries already imported (about 90 MB of RAM each, and 0.6-1 s of CPU to prepare one at low priority). 0: charts start cold."),
     Field("sandbox_light_pool_size", "SANDBOX_LIGHT_POOL_SIZE", "2", _int_range(0, 64), "Warm plain sandboxes kept for runs that import no data library (about 7 MB each). 0: such runs start cold."),
     Field("sandbox_pool_preload", "SANDBOX_POOL_PRELOAD", "numpy,pandas,matplotlib,seaborn", _name_list, "Modules the warm data-library sandboxes (or the fork-server template) import before a run arrives."),
-    Field("sandbox_fork_server", "SANDBOX_FORK_SERVER", "true", _bool, "Warm capacity by forking: one template sandbox imports SANDBOX_POOL_PRELOAD once (about 120 MB) and every run is forked from it into fresh namespaces, its own cgroup and (as root) its own host uid, so charts start warm at any arrival rate. It and its spares (SANDBOX_FORK_SPARES) replace the pool (SANDBOX_POOL_SIZE, SANDBOX_LIGHT_POOL_SIZE). false: the pool instead."),
-    Field("sandbox_fork_spares", "SANDBOX_FORK_SPARES", "2", _int_range(0, 16), "With SANDBOX_FORK_SERVER: data-library runs forked ahead and waiting for a job, so a run skips the 50-80 ms of setting its fork up (and, with SANDBOX_FORK_WARM_SPARES, the slower first chart of a fresh fork). Two by default: with MAX_CONCURRENT_RUNS=2, a burst's first two charts and charts arriving every 0.5 s find one ready while the next is forked (spares are forked once the runs in flight end). Each holds the pages it copied from the template: about 6 MB, 28-33 MB when it warmed up (measured; docs/performance.md). 0: every run is forked when it arrives."),
-    Field("sandbox_fork_warm_spares", "SANDBOX_FORK_WARM_SPARES", "true", _bool, "With SANDBOX_FORK_SPARES: each data-library spare draws a throwaway chart in its own process before it waits for a job, at a low CPU weight, so the member's first chart there does not pay for the pages and caches a fresh fork lacks (about 5,000 copied pages; a seaborn chart's job measured 270 -> 156 ms on a loaded machine, docs/performance.md). Costs each spare about 22 MB more memory while it waits (the pages the job would have copied), and ~0.15 s of CPU at a low weight after the runs in flight end. Nothing of it is visible to the run (no figure, file, rcParams or CPU time against its limit). false: spares wait as forked."),
-    Field("sandbox_fork_light_template", "SANDBOX_FORK_LIGHT_TEMPLATE", "true", _bool, "With SANDBOX_FORK_SERVER: a second template that imports nothing heavy serves the runs that import no data library, such as a print. Forking it costs such a run about a quarter of the CPU of a fork of the data-library template (its page tables are small: ~20-27 ms of CPU a print instead of ~85 ms). Its memory: about 14 MB charged to its cgroups with its spare (PSS 14 MB), beside the data-library template's ~131 MB (measured idle as bench/arrivals.py does; docs/performance.md). false: every run is forked from the data-library template."),
+    Field("sandbox_fork_server", "SANDBOX_FORK_SERVER", "true", _bool, "Warm capacity by forking: one template sandbox imports SANDBOX_POOL_PRELOAD once (about 90 MB of anonymous memory; seaborn without the scipy it imports for KDEs and dendrograms, which the run that draws one imports) and every run is forked from it into fresh namespaces, its own cgroup and (as root) its own host uid, so charts start warm at any arrival rate. It and its spares (SANDBOX_FORK_SPARES) replace the pool (SANDBOX_POOL_SIZE, SANDBOX_LIGHT_POOL_SIZE). false: the pool instead."),
+    Field("sandbox_fork_spares", "SANDBOX_FORK_SPARES", "2", _int_range(0, 16), "With SANDBOX_FORK_SERVER: data-library runs forked ahead and waiting for a job, so a run skips the 50-80 ms of setting its fork up (and, with SANDBOX_FORK_WARM_SPARES, the slower first chart of a fresh fork). Two by default: with MAX_CONCURRENT_RUNS=2, a burst's first two charts and charts arriving every 0.5 s find one ready while the next is forked (spares are forked once the runs in flight end). Each holds the pages it copied from the template: about 5 MB, about 26 MB when it warmed up (measured; docs/performance.md). 0: every run is forked when it arrives."),
+    Field("sandbox_fork_warm_spares", "SANDBOX_FORK_WARM_SPARES", "1", _count_or_all(16), "With SANDBOX_FORK_SPARES: how many of the data-library spares draw a throwaway chart in their own process before they wait for a job (at a low CPU weight), so the member's first chart there does not pay for the pages and caches a fresh fork lacks (about 5,000 copied pages; a seaborn chart's job measured 270 -> 156 ms on a loaded machine, docs/performance.md). A run takes a warmed spare first. Each warmed spare holds about 20 MB more while it waits (the pages the job would have copied) and costs ~0.15 s of CPU at a low weight after the runs in flight end. Nothing of it is visible to the run (no figure, file, rcParams or CPU time against its limit). One by default: with SANDBOX_FORK_SPARES=2, the warm capacity stays within 150 MB. true: every spare, false: none (they wait as forked)."),
+    Field("sandbox_fork_light_template", "SANDBOX_FORK_LIGHT_TEMPLATE", "true", _bool, "With SANDBOX_FORK_SERVER: a second template that imports nothing heavy serves the runs that import no data library, such as a print. Forking it costs such a run about a quarter of the CPU of a fork of the data-library template (its page tables are small: ~20-27 ms of CPU a print instead of ~85 ms). Its memory: about 11 MB of anonymous memory, and about 3 MB a spare, beside the data-library template's ~90 MB (measured idle as bench/arrivals.py does; docs/performance.md). false: every run is forked from the data-library template."),
     Field("sandbox_fork_light_spares", "SANDBOX_FORK_LIGHT_SPARES", "4", _int_range(0, 16), "With SANDBOX_FORK_LIGHT_TEMPLATE: runs forked ahead from the light template, so a burst of small runs (8 prints at once) skips their set-up; each holds a few MB and one uid of SANDBOX_UID_COUNT while it waits (docs/performance.md). 0: light runs are forked when they arrive."),
     Field("sandbox_warm_on_first_run", "SANDBOX_WARM_ON_FIRST_RUN", "true", _bool, "Start the warm capacity in the background on the first run when nothing started it (a library calling execute_code). false: only warm_up() or the bot's start-up start it."),
     Field("venv_max_age_days", "VENV_MAX_AGE_DAYS", "7", _float_range(0), "Rebuild the sandbox venv after this many days. 0: never."),
@@ -341,7 +355,7 @@ class Settings:
     sandbox_pool_preload: tuple[str, ...]
     sandbox_fork_server: bool
     sandbox_fork_spares: int
-    sandbox_fork_warm_spares: bool
+    sandbox_fork_warm_spares: int
     sandbox_fork_light_template: bool
     sandbox_fork_light_spares: int
     sandbox_warm_on_first_run: bool

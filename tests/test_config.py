@@ -28,12 +28,20 @@ def test_defaults_match_the_seed():
         ({"AUTO_UPLOAD": "maybe"}, "AUTO_UPLOAD='maybe' is invalid: expected true/false (also 1/0, yes/no, on/off)."),
         ({"OWNER_IDS": "12,abc"}, "OWNER_IDS='12,abc' is invalid: expected a comma-separated list of numeric Discord ids."),
         ({"FILE_EXPIRY_HOURS": "-1"}, "FILE_EXPIRY_HOURS='-1' is invalid: expected a number >= 0."),
+        ({"SANDBOX_FORK_WARM_SPARES": "17"},
+         "SANDBOX_FORK_WARM_SPARES='17' is invalid: expected an integer from 0 to 16, or true (all) / false (none)."),
     ],
 )
 def test_invalid_values_name_the_variable_and_what_it_accepts(env, message):
     with pytest.raises(SettingsError) as caught:
         load_settings(env, dotenv=False)
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(("raw", "count"), [("1", 1), ("2", 2), ("true", 16), ("on", 16), ("false", 0), ("0", 0)])
+def test_warm_spares_is_a_count_and_true_or_false_still_mean_all_or_none(raw, count):
+    """SANDBOX_FORK_WARM_SPARES was true/false: a deployment that set it keeps its meaning."""
+    assert load_settings({"SANDBOX_FORK_WARM_SPARES": raw}, dotenv=False).sandbox_fork_warm_spares == count
 
 
 def test_secrets_never_show_in_reprs_or_errors():

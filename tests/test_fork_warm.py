@@ -111,6 +111,29 @@ async def test_without_warm_spares_a_spare_waits_as_forked(tmp_path, sandbox_ven
         await runner.close()
 
 
+async def test_only_the_first_spares_warm_up_and_a_run_takes_a_warmed_one_first(tmp_path, sandbox_venv):
+    """SANDBOX_FORK_WARM_SPARES=1 of 2 spares: one warms up (~20 MB more while it waits), the
+    other waits as forked; a run takes the warmed one wherever it is, and the refill warms up
+    only while no warmed spare is left."""
+    runner = fork_runner(tmp_path, SANDBOX_POOL_PRELOAD=DATA_PRELOAD, SANDBOX_FORK_SPARES="2",
+                         SANDBOX_FORK_WARM_SPARES="1")
+    try:
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
+        server = runner.fork_server
+        assert [spare.warm for spare in server.spares] == [True, False]
+        for _ in range(2):  # the second time the warmed spare is the refill, behind the as-forked one
+            taken = await server.fork(5)
+            try:
+                assert taken.warm
+            finally:
+                await taken.destroy()
+            assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
+            assert [spare.warm for spare in server.spares] == [False, True]
+            assert server.describe()["warmed_spares"] == "1 of 1"
+    finally:
+        await runner.close()
+
+
 def cpu_shares(sandbox) -> int:
     assert sandbox.cgroup is not None and sandbox.cgroup.cpu_dir is not None, "the tests run as root, with cgroups"
     return int((sandbox.cgroup.cpu_dir / "cpu.shares").read_text())

@@ -10,7 +10,7 @@ rlimits, seccomp, output caps and file collection. Only two things differ:
 - RLIMIT_CPU is fixed at launch, before the job's timeout is known, so pooled
   sandboxes get the largest timeout's CPU budget; the job's own limit is enforced
   by the wall-clock timeout, which counts from when the job is handed over;
-- preloaded modules use part of the run's memory limit (about 120 MB).
+- preloaded modules use part of the run's memory limit (about 90 MB).
 
 Nothing passes between runs: a sandbox is taken out of the pool, given one job and
 destroyed with its cgroup (`SandboxProcess.execute` does that), and a sandbox

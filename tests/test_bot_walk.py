@@ -156,3 +156,17 @@ async def test_code_that_prints_backtick_fences_runs_whole(discord_world):
     target = w.harness.message_payload(w.bob, 'banner = "```"\nprint(banner * 2)')
     menu = await w.harness.message_menu("Run code", w.alice, target)
     assert "``````" in menu.content.replace("`\u200b", "`") and "✅" in menu.content, menu.content
+
+
+async def test_files_past_the_collection_bounds_are_named_not_dropped(discord_world):
+    """A file written deeper than the collector searches, or past its entry bound, is not
+    returned; the reply says where it stopped (before: nothing at all was said)."""
+    w = discord_world
+    deep = ("import os\npath = os.path.join(*['level'] * 12)\nos.makedirs(path)\n"
+            "open(os.path.join(path, 'result.csv'), 'w').write('a')\nopen('top.csv', 'w').write('b')")
+    reply = await w.harness.slash("run", w.alice, code=deep)
+    assert "top.csv" in reply.final.files
+    assert "Not attached" in reply.content and "folders deep: not searched" in reply.content, reply.content
+
+    again = await w.harness.slash("run", w.alice, code="import os\nfor i in range(6000): open(f'{i}.txt', 'w').close()")
+    assert "the rest was not searched" in again.content, again.content

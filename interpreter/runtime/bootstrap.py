@@ -288,13 +288,21 @@ def run_code(code: str, namespace: dict) -> tuple[str, int, str]:
 
 def snapshot(root: str) -> dict[str, tuple[int, int]]:
     found = {}
-    for rel, st in walk(root):
+    unsearched: list = []
+    for rel, st in walk(root, unsearched):
         found[rel] = (st.st_size, st.st_mtime_ns)
+    for rel, st, _ in unsearched:  # so a folder already too deep before the job is not announced again
+        if st is not None:
+            found[rel] = (st.st_size, st.st_mtime_ns)
     return found
 
 
-def walk(root: str):
-    """Yield (relative path, stat) of regular files under root, never following links."""
+def walk(root: str, unsearched: list | None = None):
+    """Yield (relative path, stat) of regular files under root, never following links.
+
+    What the bounds leave out is appended to `unsearched` as (path, stat or None, reason):
+    a folder deeper than MAX_WALK_DEPTH, the rest of a tree past MAX_WALK_ENTRIES. Files
+    in them are never collected, and the member is told so rather than left to wonder."""
     seen = 0
     stack = [(root, "", 0)]
     while stack:
@@ -306,6 +314,9 @@ def walk(root: str):
         for entry in sorted(entries, key=lambda e: e.name):
             seen += 1
             if seen > MAX_WALK_ENTRIES:
+                if unsearched is not None:
+                    unsearched.append((prefix or "./", None, f"more than {MAX_WALK_ENTRIES:,} files and folders: "
+                                                            "the rest was not searched"))
                 return
             rel = prefix + entry.name
             try:
@@ -315,6 +326,8 @@ def walk(root: str):
             if stat.S_ISDIR(st.st_mode):
                 if depth < MAX_WALK_DEPTH:
                     stack.append((entry.path, rel + "/", depth + 1))
+                elif unsearched is not None:
+                    unsearched.append((rel + "/", st, f"more than {MAX_WALK_DEPTH} folders deep: not searched"))
             elif stat.S_ISREG(st.st_mode):
                 yield rel, st
 
@@ -354,7 +367,11 @@ def collect(before: dict, limits: dict) -> None:
     max_total = int(limits.get("max_total", 200 << 20))
     sent = total = 0
     skips = _Skips()
-    changed = [(rel, st) for rel, st in walk(WORK_DIR) if before.get(rel) != (st.st_size, st.st_mtime_ns)]
+    unsearched: list = []
+    changed = [(rel, st) for rel, st in walk(WORK_DIR, unsearched) if before.get(rel) != (st.st_size, st.st_mtime_ns)]
+    for rel, st, reason in unsearched:
+        if st is None or before.get(rel) != (st.st_size, st.st_mtime_ns):
+            skips.add(rel, reason)
     changed.sort(key=lambda item: (not _is_chart(item[0]), item[1].st_mtime_ns, item[0]))
     for rel, st in changed:
         if sent >= max_files:

@@ -64,6 +64,7 @@ has to wait, and 0 when it starts after waiting.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import dataclasses
@@ -277,6 +278,57 @@ def _call(callback: Callable[[], None]) -> None:
         log.exception("admission: a lane change callback failed")
 
 
+class _WaitingRuns:
+    """The runs waiting for a slot, by lane (light, heavy) and member, each member's in
+    arrival order.
+
+    Who goes next, and where a run stands, depend first on its member's standing (runs in
+    slots, when their last run started), which all of a member's waiting runs share, and
+    then on arrival: so a decision looks at the first waiting run of each member, or counts
+    a member's runs at once, instead of weighing every waiting run. With 200 runs queued by
+    40 members, the gate weighed ~58,000 runs to admit them (every arrival and every start
+    went through the whole list: quadratic in the backlog, ~0.3 ms of the event loop per
+    run at 200 queued); now it weighs at most one per waiting member each time.
+    """
+
+    def __init__(self) -> None:
+        self._lanes: dict[bool, dict[int | None, collections.deque[Grant]]] = {True: {}, False: {}}
+        self._counts = {True: 0, False: 0}
+
+    def __len__(self) -> int:
+        return self._counts[True] + self._counts[False]
+
+    def __contains__(self, grant: Grant) -> bool:
+        runs = self._lanes[grant.light].get(grant.member)
+        return runs is not None and any(run is grant for run in runs)
+
+    def add(self, grant: Grant) -> None:
+        self._lanes[grant.light].setdefault(grant.member, collections.deque()).append(grant)
+        self._counts[grant.light] += 1
+
+    def remove(self, grant: Grant) -> None:
+        members = self._lanes[grant.light]
+        runs = members[grant.member]
+        runs.remove(grant)
+        if not runs:
+            del members[grant.member]
+        self._counts[grant.light] -= 1
+
+    def count(self, light: bool) -> int:
+        return self._counts[light]
+
+    def by_member(self, light: bool) -> dict[int | None, collections.deque[Grant]]:
+        """Member -> their waiting runs of this lane, first arrived first (do not change it)."""
+        return self._lanes[light]
+
+    def firsts(self, light: bool) -> list[Grant]:
+        """Each member's first waiting run of this lane: the one of theirs that goes first."""
+        return [runs[0] for runs in self._lanes[light].values()]
+
+    def members(self) -> set[int | None]:
+        return {*self._lanes[True], *self._lanes[False]}
+
+
 class AdmissionGate:
     def __init__(self, capacity: int, *, long_capacity: int = 0, long_after: float = DEFAULT_LONG_AFTER,
                  heavy_long_after: float | None = None, pause_memory_bytes: int = 0,
@@ -292,7 +344,7 @@ class AdmissionGate:
         self.counts = LaneCounts()
         self.heavy_max_wait = heavy_max_wait
         self._clock = clock
-        self._waiting: list[Grant] = []
+        self._waiting = _WaitingRuns()
         self._in_slots: list[Grant] = []  # started runs holding one of `capacity` slots
         self._long: list[Grant] = []  # started runs in the long lane
         self._paused: list[Grant] = []  # started runs frozen until the long lane has room, first paused first
@@ -334,7 +386,7 @@ class AdmissionGate:
             return grant
         loop = asyncio.get_running_loop()
         grant._future = loop.create_future()
-        self._waiting.append(grant)
+        self._waiting.add(grant)
         observer = _observer.get()
         if observer is not None:
             _call(lambda: observer(self._position(grant)))
@@ -377,7 +429,7 @@ class AdmissionGate:
         self._in_slots.append(grant)
         if grant.member is not None:
             if len(self._last_start) > _REMEMBERED_MEMBERS:
-                self._last_start = {g.member: self._last_start.get(g.member, 0) for g in self._waiting}
+                self._last_start = {member: self._last_start.get(member, 0) for member in self._waiting.members()}
             self._last_start[grant.member] = next(self._starts)
         if self.long_capacity > 0 and not self.wait_for_probe:
             grant._measured_since = asyncio.get_running_loop().time()
@@ -485,10 +537,14 @@ class AdmissionGate:
         return (self._in_slots_of(grant.member), last, grant.order)
 
     def _next_waiter(self) -> Grant:
-        light = [g for g in self._waiting if g.light]
-        heavy = [g for g in self._waiting if not g.light]
+        # Each member's first run of a lane is the one of theirs the order below picks (the
+        # same standing, the earliest arrival), and, having waited longest, the one that is
+        # overdue if any of theirs is.
+        light = self._waiting.firsts(True)
+        heavy = self._waiting.firsts(False)
         if heavy and light:
-            overdue = [g for g in heavy if self._clock() - g.arrived >= self.heavy_max_wait]
+            now = self._clock()
+            overdue = [g for g in heavy if now - g.arrived >= self.heavy_max_wait]
             if overdue and self._overdue_heavy_may_go_first():
                 return self._fair_first(overdue)
         self._last_jumped_queue = False
@@ -504,9 +560,14 @@ class AdmissionGate:
         return True
 
     def _position(self, grant: Grant) -> int:
-        """Where `grant` stands if nothing else changes: light before heavy, fewer in slots first."""
-        ahead = [g for g in self._waiting if g is not grant and self._sort_key(g) < self._sort_key(grant)]
-        return len(ahead) + 1
-
-    def _sort_key(self, grant: Grant) -> tuple[bool, int, int, int]:
-        return (not grant.light, *self._fairness(grant))
+        """Where waiting `grant` stands if nothing else changes: light before heavy, then by
+        member standing (fewer in slots, last start longer ago), then arrival."""
+        ahead = 0 if grant.light else self._waiting.count(True)  # every light run goes first
+        standing = self._fairness(grant)[:2]
+        for runs in self._waiting.by_member(grant.light).values():
+            theirs = self._fairness(runs[0])[:2]  # the same for all of a member's runs
+            if theirs < standing:
+                ahead += len(runs)
+            elif theirs == standing:  # arrival decides; a new run arrived after all of them
+                ahead += len(runs) if runs[-1].order < grant.order else sum(g.order < grant.order for g in runs)
+        return ahead + 1

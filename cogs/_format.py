@@ -270,6 +270,10 @@ def render_result(result: RunResult, *, upload_limit: int, header: str = "", cod
     not_attached: list[str] = []
     total = 0
     reserved = 0 if preview_whole else 1  # code.py goes last, but its place is kept
+    if not preview_whole:
+        # And its name: the buttons read the code back from the attachment named code.py, so a
+        # code.py the run wrote must not take it (it is attached as code_2.py).
+        taken.add(CODE_FILE.lower())
 
     def attach(name: str, data: bytes, *, room: int = 0) -> bool:
         nonlocal total
@@ -302,6 +306,7 @@ def render_result(result: RunResult, *, upload_limit: int, header: str = "", cod
         elif not attach(name, data, room=reserved):
             not_attached.append(f"{display_filename(name)} ({human_size(size)}): over this server's upload limit")
     if not preview_whole and code is not None:
+        taken.discard(CODE_FILE.lower())
         attach(CODE_FILE, code.encode("utf-8", "replace"))
     # Files the sandbox itself did not return (too many, too large): never dropped without a word.
     for skipped in result.skipped_files:

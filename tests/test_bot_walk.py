@@ -14,6 +14,7 @@ import discord.ext.test as dpytest
 import pytest
 
 import interpreter
+from cogs._format import code_block
 from config.settings import Secret
 from interpreter.store import UNAVAILABLE_MESSAGE
 from tests.discord_harness import attachment_payload
@@ -170,3 +171,18 @@ async def test_files_past_the_collection_bounds_are_named_not_dropped(discord_wo
 
     again = await w.harness.slash("run", w.alice, code="import os\nfor i in range(6000): open(f'{i}.txt', 'w').close()")
     assert "the rest was not searched" in again.content, again.content
+
+
+async def test_a_code_py_written_by_the_run_does_not_stand_in_for_the_code(discord_world):
+    """Long code comes whole as code.py, which the buttons read after a restart; a run that
+    writes its own code.py got that name first, so Show code and Run again used the file
+    the program wrote."""
+    w = discord_world
+    code = "\n".join(f"x{i} = {i}" for i in range(10)) + "\nopen('code.py', 'w').write('print(\"not what ran\")')"
+    reply = await w.harness.slash("run", w.alice, code=code)
+    files = reply.final.files
+    assert files["code.py"].decode() == code and files["code_2.py"] == b'print("not what ran")'
+
+    w.bot.get_cog("Run").recent.clear()  # as after a restart: the code is read back from the message
+    shown = await w.harness.click(reply, "Show code", w.alice)
+    assert shown.callback.content == code_block(code, "py")

@@ -121,6 +121,13 @@ class RunCog(commands.Cog, name="Run"):
                 ephemeral=True)
             return
         code = extract_code(message.content)
+        if interaction.client.user is not None and message.author.id == interaction.client.user.id:
+            # One of our results: its first block is a preview (maybe only the first lines, with
+            # zero-width spaces in its backticks); the code that ran is in the preview or code.py.
+            code = await code_of_result(message)
+            if code is None:
+                await interaction.response.send_message(CODE_GONE, ephemeral=True)
+                return
         source = "code block" if has_code_block(message.content) else "message"
         someone_else = message.author.id != interaction.user.id
         header = f"▶️ {interaction.user.mention} ran the {source} from {message.author.mention}'s message {message.jump_url}"
@@ -343,6 +350,15 @@ async def request_behind(interaction: discord.Interaction, author_id: int, fresh
     remembered = _cog(interaction).recent.get(message.id)
     if remembered is not None:
         return remembered
+    code = await code_of_result(message)
+    if code is None:
+        await interaction.response.send_message(CODE_GONE, ephemeral=True)
+        return None
+    return RunRequest(code, author_id, fresh_sandbox=fresh_sandbox)
+
+
+async def code_of_result(message: discord.Message) -> str | None:
+    """The whole code behind one of our result messages: its preview when whole, else its code.py."""
     code = code_from_message(message.content)
     if code is None:
         attached = next((a for a in message.attachments if a.filename == CODE_FILE), None)
@@ -351,10 +367,7 @@ async def request_behind(interaction: discord.Interaction, author_id: int, fresh
                 code = (await attached.read()).decode("utf-8", "replace")
             except (discord.HTTPException, OSError):
                 log.warning("could not read %s of message %s", CODE_FILE, message.id)
-    if code is None:
-        await interaction.response.send_message(CODE_GONE, ephemeral=True)
-        return None
-    return RunRequest(code, author_id, fresh_sandbox=fresh_sandbox)
+    return code
 
 
 CODE_GONE = "I can no longer find the code of this result. Run it again with /run."

@@ -186,3 +186,14 @@ async def test_a_code_py_written_by_the_run_does_not_stand_in_for_the_code(disco
     w.bot.get_cog("Run").recent.clear()  # as after a restart: the code is read back from the message
     shown = await w.harness.click(reply, "Show code", w.alice)
     assert shown.callback.content == code_block(code, "py")
+
+
+async def test_run_code_on_a_long_result_runs_the_whole_code(discord_world):
+    """Right-click one of the bot's results -> Run code: its first block is a preview of the
+    first lines; before, that preview (ending in a comment) is what ran."""
+    w = discord_world
+    code = "\n".join(f"x{i} = {i}" for i in range(10)) + "\nprint('total', sum([x0, x5, x9]))"
+    result = await w.harness.slash("run", w.alice, code=code)
+    assert "whole code in code.py" in result.content
+    again = await w.harness.message_menu("Run code", w.bob, result.message)
+    assert "total 14" in again.content, again.content

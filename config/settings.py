@@ -228,6 +228,7 @@ FIELDS: tuple[Field, ...] = (
     Field("paused_runs_memory_mb", "PAUSED_RUNS_MEMORY_MB", "1024", _int_range(0), "When the long lane (MAX_LONG_RUNS) has no place for a long run, the run is paused (its cgroup frozen, its time-out clock stopped) and gives its slot up until a place frees; the member is told how long it was paused. Paused runs hold at most this much memory in all (a frozen run cannot grow, so what it holds is measured). 0, or no cgroup freezer: such runs keep their slot until there is room."),
     Field("run_long_after_seconds", "RUN_LONG_AFTER_SECONDS", "0.05", _float_range(0.02), "Seconds a run may run or sleep in its slot before it counts as long (see MAX_LONG_RUNS); time its processes spent waiting for a CPU does not count (per-task /proc/PID/schedstat; where the kernel has none, wall time, and the status says so), so a print slowed by a busy machine is never taken for a loop or a sleep, and the time can be short: every sleep or loop the import-based guess called light holds a slot this long first (bench.mixed_load on a quiet VM: print p95 2.15 s at 0.05 against 2.47 s at 0.1; a print runs ~10 ms, an exception ~30 ms). Runs that import the data libraries (charts) have RUN_HEAVY_LONG_AFTER_SECONDS instead."),
     Field("run_heavy_long_after_seconds", "RUN_HEAVY_LONG_AFTER_SECONDS", "0.8", _float_range(0.1), "RUN_LONG_AFTER_SECONDS for runs that import the data libraries (charts): they need a few tenths of a second of CPU, so they count as long later and do not fill the long lane that exists for sleeps and loops the import-based guess called light."),
+    Field("run_wall_time_factor", "RUN_WALL_TIME_FACTOR", "3", _float_range(1), "A long run (MAX_LONG_RUNS) gets only the CPU other runs leave, so under a backlog it may wait for a CPU most of the time: its time-out counts only the time it was let run (the member is told how long it waited; per-task /proc/PID/schedstat; where the kernel has none, wall time, and the status says so), but no run lasts longer than this many times its time-out in wall time (paused time aside), so none holds its memory and long-lane place for ever. A run in a slot, at normal weight, times out on wall time. 1: long runs time out on wall time too."),
     Field("run_queue_per_member", "RUN_QUEUE_PER_MEMBER", "2", _int_range(0, 50), "Runs one member may have waiting behind their running one; more are refused."),
     Field("run_queue_max", "RUN_QUEUE_MAX", "20", _int_range(0, 10_000), "Runs waiting across the whole bot; when full, new runs are refused until the queue drains."),
     Field("run_cooldown_seconds", "RUN_COOLDOWN_SECONDS", "3", _float_range(0), "Seconds a member must wait between starting two runs. 0: no cooldown."),
@@ -319,6 +320,7 @@ class Settings:
     paused_runs_memory_mb: int
     run_long_after_seconds: float
     run_heavy_long_after_seconds: float
+    run_wall_time_factor: float
     run_queue_per_member: int
     run_queue_max: int
     run_cooldown_seconds: float

@@ -22,12 +22,26 @@ if TYPE_CHECKING:
 
 
 PAUSE_WORTH_TELLING = 0.05  # seconds; shorter pauses are noise next to the launch itself
+STARVED_WORTH_TELLING = 0.5  # seconds; a long run waits a little for a CPU even on a quiet machine
 
 
 def paused_note(seconds: float) -> str:
     """What a member reads when the queue paused their run (admission.py)."""
     return (f"This run was paused for {seconds:.1f} s while other long runs had the long-run lane; "
             "its time-out counts only the time it ran.")
+
+
+def starved_note(seconds: float) -> str:
+    """What a member reads when their long run waited for a CPU (admission.py)."""
+    return (f"This run waited {seconds:.1f} s for a CPU while the server was busy (a run that goes on "
+            "for a while gets only the CPU other runs leave); its time-out counts only the time it ran.")
+
+
+def wall_cap_message(timeout: float, ran: float, starved: float) -> str:
+    """The error of a long run stopped at its wall cap before it used its time-out (admission.py)."""
+    return (f"Execution timeout: the server was too busy to finish this run. It was stopped after "
+            f"{ran + starved:.0f} s, {starved:.0f} s of them spent waiting for a CPU, having run "
+            f"{ran:.1f} s of its {timeout:g} s time-out. Try again when the server is less busy.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +94,8 @@ class RunResult:
             execution_time = timeout  # as the seed reports it
         if outcome.paused_seconds >= PAUSE_WORTH_TELLING:
             fields["warnings"] = (*fields.get("warnings", ()), paused_note(outcome.paused_seconds))
+        if outcome.starved_seconds >= STARVED_WORTH_TELLING:
+            fields["warnings"] = (*fields.get("warnings", ()), starved_note(outcome.starved_seconds))
         return cls(success=outcome.success, output=outcome.output, error=outcome.error,
                    execution_time=execution_time, return_code=outcome.return_code,
                    generated_files=tuple(outcome.files), exit_cause=outcome.cause,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import interpreter
-from interpreter.sandbox.admission import AdmissionGate, LaneCounts, RunClock, observe_queue
+from interpreter.sandbox.admission import AdmissionGate, ClockStop, LaneCounts, RunClock, observe_queue
 from interpreter.sandbox.schedstat import RunTaskTimes, TaskTimes
 from tests.fixtures_sandbox import make_settings
 from tests.waiting import until
@@ -487,6 +487,79 @@ async def test_a_paused_clock_stands_still():
     assert await asyncio.wait_for(waiting, 5)  # it ended in time
     # the budget runs out on running time alone
     assert not await asyncio.wait_for(RunClock().wait(asyncio.Event(), budget=0.01), 5)
+
+
+class FakeRunTimes:
+    """A run's task times as a test sets them (schedstat.py's probe stands behind it in real runs)."""
+
+    def __init__(self) -> None:
+        self.times: TaskTimes | None = TaskTimes(0.0, 0.0)
+
+    def __call__(self) -> TaskTimes | None:
+        return self.times
+
+
+def test_a_starved_clock_counts_only_the_time_the_run_was_let_run():
+    now = [100.0]
+    clock = RunClock(lambda: now[0])
+    probe = FakeRunTimes()
+    mark = clock.mark()
+    now[0] += 1  # 1 s before its weight was lowered: wall time, whatever it waited
+    assert clock.count_own_time(probe, wall_factor=3)
+    now[0] += 10
+    probe.times = TaskTimes(on_cpu=0.5, waited=8.0)  # it slept or ran 2 of those 10 s, waited 8
+    assert (clock.ran_since(mark), clock.starved_since(mark)) == (3, 8)
+    clock.pause()
+    now[0] += 100  # paused time is neither run nor starved
+    clock.resume()
+    assert (clock.ran_since(mark), clock.paused_since(mark), clock.starved_since(mark)) == (3, 100, 8)
+    now[0] += 4
+    # a task waits for a CPU now: its wait is not in the figures yet, so only CPU time counts
+    probe.times = TaskTimes(on_cpu=1.5, waited=8.0, runnable=True)
+    assert (clock.ran_since(mark), clock.starved_since(mark)) == (4, 11)
+    now[0] += 1
+    probe.times = TaskTimes(on_cpu=1.5, waited=11.0)  # that wait is known now: 5 s, 3 of them waiting
+    assert (clock.ran_since(mark), clock.starved_since(mark)) == (5, 11)
+
+
+def test_a_clock_whose_probe_reads_nothing_counts_wall_time():
+    now = [100.0]
+    probe = FakeRunTimes()
+    probe.times = None
+    clock = RunClock(lambda: now[0])
+    assert not clock.count_own_time(probe, wall_factor=3) and clock.own_time_lost
+    probe.times = TaskTimes(0.0, 0.0)
+    later = RunClock(lambda: now[0])
+    assert later.count_own_time(probe, wall_factor=3)
+    mark = later.mark()
+    now[0] += 2
+    probe.times = None  # its task list went away: from here, wall time
+    assert later.ran_since(mark) == 2 and later.own_time_lost
+
+
+async def test_a_starved_clock_times_out_on_the_time_the_run_ran_and_at_its_wall_cap():
+    started = time.monotonic()
+    never_runs = RunClock()  # a task always waiting for a CPU, never getting one
+    assert never_runs.count_own_time(lambda: TaskTimes(0.0, 0.0, runnable=True), wall_factor=4)
+    assert await never_runs.until(asyncio.Event(), budget=0.05) is ClockStop.WALL_CAP
+    assert time.monotonic() - started >= 0.2  # 4 times its budget, in wall time
+    half = RunClock()  # a run that waits for a CPU half of the time
+    since = time.monotonic()
+    assert half.count_own_time(lambda: TaskTimes(0.0, (time.monotonic() - since) / 2), wall_factor=4)
+    mark = half.mark()
+    assert await half.until(asyncio.Event(), budget=0.1) is ClockStop.BUDGET
+    assert half.ran_since(mark) >= 0.1 and half.starved_since(mark) >= 0.09
+
+
+async def test_a_long_run_counts_own_time_only_when_its_time_out_may_leave_waits_out():
+    for factor, probe, own_time, by_wall in [(3, FakeRunTimes(), True, 0), (3, lambda: None, False, 1),
+                                             (3, None, False, 1), (1, FakeRunTimes(), False, 0)]:
+        gate = AdmissionGate(1, long_capacity=1, long_after=0.01, wall_time_factor=factor, wait_for_probe=True)
+        grant = await gate.acquire(light=True, member=ALICE)
+        grant.measure_with(probe)
+        await until(lambda: grant.long, "the run moves to the long lane")
+        assert grant.clock.counts_own_time is own_time and gate.counts.timed_by_wall == by_wall, (factor, probe)
+        gate.release(grant)
 
 
 # ---------------------------------------------------------------------- real runs

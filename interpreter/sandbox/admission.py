@@ -52,6 +52,20 @@ no memory left for pausing) keeps its slot until there is room, as it would with
 this. So memory worst case: (capacity + long_capacity) runs at their memory limit each,
 plus `pause_memory_bytes`.
 
+A long run's time-out, too, is the time it was allowed to run: at the lowest CPU weight
+a run under a backlog gets a few percent of a CPU, so on wall time a member's 8-second
+computation would time out having had a fraction of a second, broken by other members'
+load. So from the moment it moves to the long lane, its clock leaves out the time its
+tasks waited for a CPU (`RunClock.count_own_time`, the same per-task times as above), and
+the result says how long it waited. So that no run holds its memory and its long-lane
+place forever, a run is stopped all the same once its wall time (paused time aside)
+reaches `wall_time_factor` times its time-out. In a slot a run's time-out stays wall
+time: there it runs at normal weight beside at most `capacity` others, so what it waits
+for a CPU is the machine's own load, shared alike, not a weight we lowered; and slots are
+what the queue waits for, so a slot's time-out stretched by a busy machine would hold
+every waiter back. Without per-task times the long lane's time-outs are wall time too
+(`counts.timed_by_wall` says how often).
+
 A long or paused run holds no slot, so it does not count against its member in the
 order below: a member's short run does not queue behind everyone because their own
 earlier run sleeps in the long lane.
@@ -68,6 +82,7 @@ import collections
 import contextlib
 import contextvars
 import dataclasses
+import enum
 import itertools
 import logging
 import time
@@ -91,6 +106,7 @@ RECHECK_FRACTION = 0.25
 _REMEMBERED_MEMBERS = 10_000  # last-start times kept; beyond, only those of waiting members
 
 QueueObserver = Callable[[int], None]
+TimesProbe = Callable[[], TaskTimes | None]  # a run's task times since its probe was made (schedstat.py)
 _observer: contextvars.ContextVar[QueueObserver | None] = contextvars.ContextVar("queue_observer", default=None)
 
 
@@ -104,11 +120,56 @@ def observe_queue(callback: QueueObserver) -> Iterator[None]:
         _observer.reset(token)
 
 
+class ClockStop(enum.Enum):
+    """Why `RunClock.until` returned."""
+
+    DONE = "done"  # what it waited for happened
+    BUDGET = "budget"  # the run used up its time-out of running time
+    WALL_CAP = "wall_cap"  # it starved so long that its unpaused wall time reached the cap
+
+
+# A starved run's time is read again no sooner than this (seconds), and half as often
+# each time it made no progress (up to OWN_TIME_RECHECK_MAX): a run that gets no CPU at
+# all is not read in a tight loop while its last fraction of a second stays unused.
+OWN_TIME_RECHECK = 0.02
+OWN_TIME_RECHECK_MAX = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ClockMark:
+    """A moment of a RunClock, for the `*_since` methods."""
+
+    at: float
+    paused: float
+    starved: float
+
+
+@dataclasses.dataclass
+class _OwnTimeReading:
+    """Where a run's own time stood at its last reading that knew every wait."""
+
+    unpaused: float  # the clock's unpaused seconds then
+    counted: float  # its running seconds then (unpaused less starved)
+    on_cpu: float  # the probe's figures then
+    waited: float
+
+
 class RunClock:
-    """A run's time-out clock: it stands still while the run is paused.
+    """A run's time-out clock: the time the run was allowed to run.
+
+    It stands still while the run is paused (`pause`/`resume`: the queue froze it), and,
+    once `count_own_time` is called (the queue lowered the run's CPU weight, admission.py),
+    it leaves out the time the run's tasks waited for a CPU: its running time is then its
+    own time as the probe tells it (wall time less runqueue wait, or its CPU time if that
+    is more; while one of its tasks is runnable, a wait going on is not in the figures
+    yet, so only CPU time counts until it is known). The time it left out is
+    `starved_seconds`. So that no run holds its memory and place forever, `until` also
+    stops a run whose unpaused wall time reached `wall_factor` times its budget, however
+    little of it the run got. Where the probe reads nothing, the clock goes back to wall
+    time for good (`own_time_lost`).
 
     `wait(done, budget)` is the time-out: it returns once `done` is set, or once the run
-    has been *running* (not paused) for `budget` seconds since the wait began.
+    has been *running* for `budget` seconds since the wait began (or hit the wall cap).
     """
 
     def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
@@ -116,10 +177,19 @@ class RunClock:
         self._paused_since: float | None = None
         self._paused_before = 0.0  # seconds paused in earlier pauses
         self._changed = asyncio.Event()  # set (and replaced) at every pause and resume
+        self._probe: TimesProbe | None = None  # set by count_own_time
+        self.wall_factor: float | None = None  # the wall cap, as a multiple of a wait's budget
+        self._own: _OwnTimeReading | None = None  # the last reading that knew every wait
+        self._starved = 0.0  # seconds left out, at the last reading
+        self.own_time_lost = False  # the probe read nothing once: wall time from then on
 
     @property
     def paused(self) -> bool:
         return self._paused_since is not None
+
+    @property
+    def counts_own_time(self) -> bool:
+        return self._probe is not None
 
     def pause(self) -> None:
         if self._paused_since is None:
@@ -132,33 +202,92 @@ class RunClock:
             self._paused_since = None
             self._signal_change()
 
+    def count_own_time(self, probe: TimesProbe, wall_factor: float) -> bool:
+        """From now on, time the run waits for a CPU does not count (up to the wall cap of
+        `wall_factor` times a wait's budget). False (wall time goes on) when the probe reads nothing."""
+        if self._probe is not None or self.own_time_lost:
+            return self._probe is not None
+        times = probe()
+        if times is None:
+            self.own_time_lost = True
+            return False
+        self._probe, self.wall_factor = probe, wall_factor
+        self._own = _OwnTimeReading(self._unpaused(), self._unpaused(), times.on_cpu, times.waited)
+        return True
+
     def paused_seconds(self) -> float:
         """Seconds paused in all, the current pause included."""
         current = self._now() - self._paused_since if self._paused_since is not None else 0.0
         return self._paused_before + current
 
-    def mark(self) -> tuple[float, float]:
-        """Now, for `ran_since` and `paused_since`."""
-        return self._now(), self.paused_seconds()
+    def starved_seconds(self) -> float:
+        """Seconds not counted because the run waited for a CPU (since `count_own_time`)."""
+        own, probe = self._own, self._probe
+        if own is None or probe is None:
+            return self._starved
+        unpaused = self._unpaused()
+        times = probe()
+        if times is None:  # its task list is gone or unreadable: wall time from here on
+            log.warning("admission: a run's task times could not be read; its time-out counts wall time from now")
+            self._probe, self.own_time_lost = None, True
+            return self._starved
+        ran = unpaused - own.unpaused
+        cpu = max(0.0, times.on_cpu - own.on_cpu)
+        if times.runnable:  # a wait going on is not in `waited` yet: only CPU time is sure to be its own
+            counted = own.counted + min(ran, cpu)
+        else:
+            counted = own.counted + min(ran, max(ran - (times.waited - own.waited), cpu))
+            self._own = _OwnTimeReading(unpaused, counted, times.on_cpu, times.waited)
+        # Not kept from reading to reading as a maximum: a reading that caught a task
+        # runnable (one that just woke from a sleep, say) under-counts until the next one.
+        self._starved = unpaused - counted
+        return self._starved
 
-    def ran_since(self, mark: tuple[float, float]) -> float:
-        return self._now() - mark[0] - self.paused_since(mark)
+    def mark(self) -> ClockMark:
+        """Now, for `ran_since`, `paused_since` and `starved_since`."""
+        return ClockMark(self._now(), self.paused_seconds(), self.starved_seconds())
 
-    def paused_since(self, mark: tuple[float, float]) -> float:
-        return self.paused_seconds() - mark[1]
+    def ran_since(self, mark: ClockMark) -> float:
+        """Seconds the run was allowed to run since `mark`: neither paused nor waiting for a CPU."""
+        return self.unpaused_since(mark) - self.starved_since(mark)
+
+    def unpaused_since(self, mark: ClockMark) -> float:
+        return self._now() - mark.at - self.paused_since(mark)
+
+    def paused_since(self, mark: ClockMark) -> float:
+        return self.paused_seconds() - mark.paused
+
+    def starved_since(self, mark: ClockMark) -> float:
+        return self.starved_seconds() - mark.starved
+
+    def _unpaused(self) -> float:
+        return self._now() - self.paused_seconds()
 
     async def wait(self, done: asyncio.Event | asyncio.Future, budget: float) -> bool:
         """True when `done` was set (or finished), False when the run used up `budget`
-        running seconds first. A future is waited for, never cancelled."""
+        running seconds first (or its wall cap). A future is waited for, never cancelled."""
+        return await self.until(done, budget) is ClockStop.DONE
+
+    async def until(self, done: asyncio.Event | asyncio.Future, budget: float) -> ClockStop:
+        """`wait`, saying why it returned."""
         finished = done.is_set if isinstance(done, asyncio.Event) else done.done
         mark = self.mark()
+        recheck, last_ran = OWN_TIME_RECHECK, -1.0
         while not finished():
             changed = self._changed
             timeout = None
             if not self.paused:
-                timeout = budget - self.ran_since(mark)
-                if timeout <= 0:
-                    return False
+                ran = self.ran_since(mark)
+                if ran >= budget:
+                    return ClockStop.BUDGET
+                timeout = budget - ran  # it cannot run faster than the wall clock
+                if self.counts_own_time:
+                    cap_in = budget * self.wall_factor - self.unpaused_since(mark)
+                    if cap_in <= 0:
+                        return ClockStop.WALL_CAP
+                    recheck = OWN_TIME_RECHECK if ran > last_ran else min(recheck * 2, OWN_TIME_RECHECK_MAX)
+                    last_ran = ran
+                    timeout = min(max(timeout, recheck), cap_in)
             ours = {asyncio.ensure_future(changed.wait())}
             if isinstance(done, asyncio.Event):
                 ours.add(asyncio.ensure_future(done.wait()))
@@ -168,7 +297,7 @@ class RunClock:
             finally:
                 for waiter in ours:
                     waiter.cancel()
-        return True
+        return ClockStop.DONE
 
     def _signal_change(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -185,8 +314,6 @@ class Pausable(Protocol):
     def thaw(self) -> None: ...
 
 
-TimesProbe = Callable[[], TaskTimes | None]
-
 
 @dataclasses.dataclass
 class LaneCounts:
@@ -196,6 +323,7 @@ class LaneCounts:
     paused: int = 0  # runs paused because the long lane had no place for them
     rechecked: int = 0  # times a run reached its long-after time in wall time but not in its own time
     judged_by_wall: int = 0  # judgements made without per-task times (no probe, or it read nothing)
+    timed_by_wall: int = 0  # long runs whose time-out counted wall time (no per-task times to leave their CPU waits out)
 
 
 class Grant:
@@ -333,7 +461,7 @@ class AdmissionGate:
     def __init__(self, capacity: int, *, long_capacity: int = 0, long_after: float = DEFAULT_LONG_AFTER,
                  heavy_long_after: float | None = None, pause_memory_bytes: int = 0,
                  heavy_max_wait: float = DEFAULT_HEAVY_MAX_WAIT, wait_for_probe: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 wall_time_factor: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity = capacity
         self.long_capacity = long_capacity
         self.pause_memory_bytes = pause_memory_bytes if long_capacity > 0 else 0  # paused runs wait for the long lane
@@ -341,6 +469,9 @@ class AdmissionGate:
         self.heavy_long_after = heavy_long_after if heavy_long_after is not None else long_after * HEAVY_LONG_FACTOR
         # Every run gets a probe once started (measure_with), and is judged only from then on.
         self.wait_for_probe = wait_for_probe
+        # A long run's time-out leaves out the time it waited for a CPU, up to this many
+        # times its time-out in wall time (1: wall time, as in a slot).
+        self.wall_time_factor = wall_time_factor
         self.counts = LaneCounts()
         self.heavy_max_wait = heavy_max_wait
         self._clock = clock
@@ -488,6 +619,11 @@ class AdmissionGate:
         self._long.append(grant)
         grant.long = True
         self.counts.moved_to_long += 1
+        # At the lowest weight it waits for a CPU because of our choice, not its code: from
+        # here its time-out counts only the time it was let run (up to the wall cap).
+        if self.wall_time_factor > 1 and (grant._probe is None
+                                          or not grant.clock.count_own_time(grant._probe, self.wall_time_factor)):
+            self.counts.timed_by_wall += 1
         callbacks, grant._on_long = grant._on_long, []
         for callback in callbacks:
             _call(callback)

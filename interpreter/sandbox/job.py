@@ -26,6 +26,7 @@ class SandboxOutcome:
     files: list[GeneratedFile] = dataclasses.field(default_factory=list)
     skipped_files: list[str] = dataclasses.field(default_factory=list)  # "name (reason)"
     paused_seconds: float = 0.0  # the queue paused the run this long (admission.py); not in `duration`
+    starved_seconds: float = 0.0  # in the long lane it waited this long for a CPU (admission.py); not in `duration`
 
     @property
     def success(self) -> bool:

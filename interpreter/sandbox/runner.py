@@ -39,7 +39,7 @@ from config import Settings
 from interpreter.sandbox.bwrap import (
     MASKED_PROC_FILES, RUNTIME_MOUNT, BwrapBinary, BwrapNotFound, build_bwrap_args, find_bwrap, sandbox_env,
 )
-from interpreter.sandbox.admission import AdmissionGate, Grant, RunClock
+from interpreter.sandbox.admission import AdmissionGate, ClockStop, Grant, RunClock
 from interpreter.sandbox.schedstat import RunTaskTimes, schedstat_unavailable
 from interpreter.sandbox.job import SandboxJob, SandboxOutcome
 from interpreter.sandbox.limits import CgroupManager, RunCgroup, prlimit_args
@@ -47,6 +47,7 @@ from interpreter.sandbox.pool import SandboxPool, renice_sandbox
 from interpreter.sandbox.uids import UidLeases
 from interpreter.sandbox.protocol import ControlState, FrameLimits, ProtocolError, consume
 from interpreter.sandbox.workload import Workload, classify
+from interpreter.result import wall_cap_message
 from interpreter.types import ExitCause
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ class _Watch:
     output: bytearray = dataclasses.field(default_factory=bytearray)
     output_total: int = 0
     killed_for: ExitCause | None = None
+    wall_capped: bool = False  # timed out at the wall cap: it waited for a CPU most of the time (admission.py)
 
 
 class SandboxProcess:
@@ -281,7 +283,8 @@ class SandboxProcess:
         """Send one job and wait until it ends: its "end" frame, the sandbox's death, or the timeout.
 
         The time-out, and the grace for collecting files, run on `clock` (the admission
-        grant's): time the run spent paused by the queue does not count (admission.py).
+        grant's): time the run spent paused by the queue, or waiting for a CPU in the long
+        lane, does not count, up to the clock's wall cap (admission.py).
 
         Output, files and the exit cause are this job's only. With `last` (one-shot
         runs) the job channel is closed after the job, so the bootstrap exits when it is done and
@@ -295,11 +298,13 @@ class SandboxProcess:
         started = clock.mark()
         feeder = asyncio.create_task(self._send_job(job, close=last))
         try:
-            if not await clock.wait(self._finished, job.timeout):
+            stop = await clock.until(self._finished, job.timeout)
+            if stop is not ClockStop.DONE:
                 if self._watch.killed_for is None:
                     self._watch.killed_for = ExitCause.TIMEOUT
+                    self._watch.wall_capped = stop is ClockStop.WALL_CAP
                 self.kill()
-            duration, paused = clock.ran_since(started), clock.paused_since(started)
+            duration, paused, starved = clock.ran_since(started), clock.paused_since(started), clock.starved_since(started)
             if last:
                 self._stopped_after_job = await self._stop_after_clean_end()
                 if not self._stopped_after_job:
@@ -308,7 +313,7 @@ class SandboxProcess:
                 await self._await_job_end()
                 if not self.can_take_job:
                     await self._await_exit()
-            return self._outcome(job, duration, paused)
+            return self._outcome(job, duration, paused, starved)
         finally:
             feeder.cancel()
 
@@ -416,7 +421,7 @@ class SandboxProcess:
         except (BrokenPipeError, ConnectionResetError):
             pass  # the sandbox died early; the outcome explains why
 
-    def _outcome(self, job: SandboxJob, duration: float, paused: float = 0.0) -> SandboxOutcome:
+    def _outcome(self, job: SandboxJob, duration: float, paused: float = 0.0, starved: float = 0.0) -> SandboxOutcome:
         watch, state = self._watch, self.state
         truncated = watch.output_total > len(watch.output)
         output = bytes(watch.output).decode("utf-8", errors="replace")
@@ -427,12 +432,15 @@ class SandboxProcess:
         outcome = SandboxOutcome(
             cause=ExitCause.OK, output=output, duration=duration, output_truncated=truncated,
             files=list(state.files), skipped_files=list(state.skipped), paused_seconds=paused,
+            starved_seconds=max(0.0, starved),
         )
         rc = self.proc.returncode
         finished = state.finished
         if watch.killed_for is ExitCause.TIMEOUT:
             outcome.cause, outcome.return_code = ExitCause.TIMEOUT, -1
             outcome.error = f"Execution timeout after {job.timeout:g} seconds"
+            if watch.wall_capped:
+                outcome.error = wall_cap_message(job.timeout, duration, starved)
         elif watch.killed_for is ExitCause.PROTOCOL:
             outcome.cause, outcome.return_code, outcome.files = ExitCause.PROTOCOL, -1, []
             outcome.error = (f"The run was stopped: its sandbox sent a malformed result ({state.broken}). "
@@ -662,9 +670,11 @@ class SandboxRunner:
                                        long_after=s.run_long_after_seconds,
                                        heavy_long_after=s.run_heavy_long_after_seconds,
                                        pause_memory_bytes=s.paused_runs_memory_mb * 1024 * 1024,
+                                       wall_time_factor=s.run_wall_time_factor,
                                        wait_for_probe=True)  # _follow_lanes measures every run
             if long_capacity and (reason := schedstat_unavailable()):
-                log.warning("long runs are judged by wall time, so runs slowed by a busy CPU count too: %s", reason)
+                log.warning("long runs are judged, and time out, by wall time, so time a run waited for a CPU "
+                            "counts too: %s", reason)
             self._gate_loop = loop
         return self._gate
 
@@ -905,7 +915,7 @@ class SandboxRunner:
         elif not cgroups.cpu:
             text += f"; no CPU control: {cgroups.cpu_reason}"
         if self.settings.max_long_runs and (reason := schedstat_unavailable()):
-            text += f"; long runs judged by wall time ({reason})"
+            text += f"; long runs judged and timed by wall time ({reason})"
         return text
 
     def load(self) -> dict:

@@ -799,22 +799,22 @@ HOG_SHARES = 16 * 1024  # the hogs' cpu cgroup weighs like 16 busy tasks; the ru
 
 
 @contextlib.contextmanager
-def cpu_hogs(cpu: int, count: int):
+def cpu_hogs(cpu: int, count: int, shares: int = HOG_SHARES):
     """`count` busy processes on `cpu`, in a cpu cgroup of their own that outweighs the runs
-    16 to 1 (a cgroup, not nice values: autogroups would put all hogs at one weight), so
-    that runs on that CPU spend most of their time waiting on its runqueue."""
+    16 to 1 by default (a cgroup, not nice values: autogroups would put all hogs at one
+    weight), so that runs on that CPU spend most of their time waiting on its runqueue."""
     cpu_root = Path("/sys/fs/cgroup/cpu")
     assert (cpu_root / "cpu.shares").exists(), "this test needs the cgroup v1 cpu controller at /sys/fs/cgroup/cpu"
     group = cpu_root / f"test-cpu-hogs-{os.getpid()}"
     group.mkdir()
-    (group / "cpu.shares").write_text(str(HOG_SHARES))
+    (group / "cpu.shares").write_text(str(shares))
     hogs = [subprocess.Popen([sys.executable, "-c", HOG.format(cpu=cpu), str(group / "cgroup.procs")],
                              stdout=subprocess.PIPE) for _ in range(count)]
     try:
         for hog in hogs:  # all of them spinning in their group before the test goes on
             ready, _, _ = select.select([hog.stdout], [], [], 30)
             assert ready and hog.stdout.read() == b"spinning", "a CPU hog did not start"
-        yield
+        yield group
     finally:
         for hog in hogs:
             hog.kill()
@@ -824,10 +824,11 @@ def cpu_hogs(cpu: int, count: int):
         group.rmdir()
 
 
-@pytest.fixture
-async def starved_engine(tmp_path: Path, sandbox_venv):
-    """One slot, runs forked from templates pinned to one CPU that busy processes hog,
-    while the bot itself runs on the other CPUs; long after 0.1 s (the setting's least)."""
+@contextlib.asynccontextmanager
+async def starved_runs(tmp_path: Path, *, hog_shares: int = HOG_SHARES, **settings: str):
+    """An engine of one slot, runs forked from templates pinned to one CPU that busy
+    processes hog (weighing `hog_shares`), while the bot itself runs on the other CPUs;
+    long after 0.1 s (the setting's least)."""
     cpus = sorted(os.sched_getaffinity(0))
     assert len(cpus) >= 2, f"this test needs two CPUs, it has {cpus}"
     runs_cpu, host_cpus = cpus[-1], set(cpus[:-1])
@@ -836,13 +837,21 @@ async def starved_engine(tmp_path: Path, sandbox_venv):
     with pinned_threads({runs_cpu}):  # the templates (and the runs they fork) stay on it
         engine = interpreter.configure(make_settings(
             data, MAX_CONCURRENT_RUNS="1", MAX_LONG_RUNS="4", RUN_LONG_AFTER_SECONDS="0.1",
-            MAX_RUN_TIMEOUT_SECONDS="60", SANDBOX_WARM_ON_FIRST_RUN="false", SANDBOX_FORK_SERVER="true"))
+            MAX_RUN_TIMEOUT_SECONDS="60", SANDBOX_WARM_ON_FIRST_RUN="false", SANDBOX_FORK_SERVER="true",
+            **settings))
         assert await interpreter.warm_up()
     try:
-        with pinned_threads(host_cpus), cpu_hogs(runs_cpu, HOGS):
+        with pinned_threads(host_cpus), cpu_hogs(runs_cpu, HOGS, hog_shares) as hogs:
+            engine.test_hogs = hogs  # the hogs' cpu cgroup, for a test that weighs them again
             yield engine
     finally:
         await engine.close()
+
+
+@pytest.fixture
+async def starved_engine(tmp_path: Path, sandbox_venv):
+    async with starved_runs(tmp_path) as engine:
+        yield engine
 
 
 async def test_a_print_starved_of_cpu_is_neither_moved_nor_paused(starved_engine):
@@ -867,3 +876,83 @@ async def test_a_sleep_and_a_loop_starved_of_cpu_still_become_long(starved_engin
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
+
+
+# ------------------------------------ a long run's time-out counts the time it was let run, up to a wall cap
+
+LONG_RUN_TIMEOUT = 1.0  # seconds of the run's own time
+
+
+def record_kills(monkeypatch) -> list[float]:
+    """When the runner kills a forked run: the time-out's decision (the run's exit, on the
+    hogged CPU, may take seconds after it)."""
+    from interpreter.sandbox.forkserver import ForkedSandbox
+
+    killed: list[float] = []
+    kill = ForkedSandbox.kill
+    monkeypatch.setattr(ForkedSandbox, "kill", lambda self: (killed.append(time.monotonic()), kill(self))[1])
+    return killed
+
+
+async def test_a_starved_long_loop_gets_its_time_out_of_its_own_time_not_of_wall_time(
+        tmp_path, sandbox_venv, monkeypatch):
+    # Beside hogs weighing 4 times the runs a loop gets about a fifth of the CPU: on wall
+    # time it would be stopped after 1 s having run ~0.2 s of it.
+    killed = record_kills(monkeypatch)
+    async with starved_runs(tmp_path, hog_shares=4 * 1024, RUN_WALL_TIME_FACTOR="30") as engine:
+        gate = engine.runner._admission()
+        started = time.monotonic()
+        run = asyncio.create_task(interpreter.execute_code(SPINNER, user_id=ALICE, timeout=LONG_RUN_TIMEOUT))
+        await until(lambda: gate.long_running == 1, "the loop moves to the long lane")
+        clock = gate._long[0].clock
+        assert clock.counts_own_time
+        readings, probe = [], clock._probe  # what the clock reads of the run's tasks
+        clock._probe = lambda: readings.append(probe()) or readings[-1]
+        await until(run.done, "the loop times out", within=60)
+        result = run.result()
+    assert killed, "the loop was never killed"
+    wall = killed[0] - started  # its exit, on the hogged CPU, may take seconds more
+    assert result["exit_cause"] == "timeout" and result["execution_time"] == LONG_RUN_TIMEOUT, result
+    assert "server was too busy" not in result["error"], result
+    assert gate.counts.timed_by_wall == 0, gate.counts
+    # It was stopped once its wall time less the time it waited for a CPU (which the
+    # member is told) reached its time-out; the kernel's count of its CPU time agrees.
+    waited = [w for w in result["warnings"] if "waited" in w and "for a CPU" in w]
+    assert wall > 2 * LONG_RUN_TIMEOUT and waited, (wall, result)
+    told = float(waited[0].split("waited ")[1].split(" s")[0])
+    assert LONG_RUN_TIMEOUT - 0.1 <= wall - told <= LONG_RUN_TIMEOUT + 1.0, (wall, told)
+    cpu = max(r.on_cpu for r in readings if r is not None)
+    assert 0.5 * LONG_RUN_TIMEOUT <= cpu <= 1.1 * LONG_RUN_TIMEOUT, cpu
+
+
+async def test_a_long_run_that_gets_no_cpu_is_stopped_at_its_wall_cap(tmp_path, sandbox_venv):
+    # Hogs weighing 4 times the runs until the loop is in the long lane (a slot's time-out
+    # is wall time), then as much as cgroup v1 allows (~250 times): the loop gets almost
+    # no CPU, so it can never run its 2 s within its wall cap of 3 times that.
+    async with starved_runs(tmp_path, hog_shares=4 * 1024, RUN_WALL_TIME_FACTOR="3") as engine:
+        gate = engine.runner._admission()
+        run = asyncio.create_task(interpreter.execute_code(SPINNER, user_id=ALICE, timeout=2))
+        await until(lambda: gate.long_running == 1, "the loop moves to the long lane")
+        (engine.test_hogs / "cpu.shares").write_text(str(256 * 1024))
+        await until(run.done, "the loop is stopped", within=60)
+        result = run.result()
+    assert result["exit_cause"] == "timeout" and "server was too busy" in result["error"], result
+    assert result["execution_time"] == 2, result
+    waited = [w for w in result["warnings"] if "for a CPU" in w]
+    assert waited, result
+
+
+async def test_a_sleep_in_the_long_lane_still_times_out_on_time(tmp_path, sandbox_venv, monkeypatch):
+    """Sleeping is running time: a starved sleeper is stopped at its time-out, not kept
+    (up to 30 times as long) for want of CPU it never asked for."""
+    killed = record_kills(monkeypatch)
+    async with starved_runs(tmp_path, RUN_WALL_TIME_FACTOR="30") as engine:
+        gate = engine.runner._admission()
+        run = asyncio.create_task(interpreter.execute_code(SLEEPER, user_id=ALICE, timeout=2))
+        await until(lambda: gate.long_running == 1, "the sleep moves to the long lane")
+        moved = time.monotonic()
+        await until(run.done, "the sleep times out", within=60)
+        result = run.result()
+    assert result["exit_cause"] == "timeout" and "server was too busy" not in result["error"], result
+    assert killed and killed[0] - moved < 2 + 0.5, (killed, moved)  # its time-out ran on from the slot
+    assert not any("for a CPU" in w for w in result.get("warnings", ())), result

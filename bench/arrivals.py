@@ -12,7 +12,9 @@ For each warm capacity (`fork`: the fork-server templates, data-library and ligh
 their spares; `pool`: one heavy and two light pooled sandboxes) it measures, after `interpreter.warm_up()`:
 
   idle      print('hi') and the chart one at a time, warm capacity ready before each
-  memory    what the idle warm capacity holds: the anonymous memory its cgroups are
+  memory    what the idle warm capacity holds, once runs stopped arriving (the fork
+            server's BUSY_SECONDS, 30 s: while they arrive every spare warms up; idle, only
+            SANDBOX_FORK_WARM_SPARES of them, the bench waits for that): the anonymous memory its cgroups are
             charged (heap and the like, each page once however many forks share it: what
             stopping the warm capacity would free, and the figure the goal is judged by),
             all they are charged (anonymous plus page cache charged to them), the RSS of
@@ -146,6 +148,8 @@ async def measure(data_dir: Path, warm: str, args: argparse.Namespace, warm_spar
                 await engine.runner.warm_up()
                 out[key].append(await checked(scheduler, 2, code))
         await engine.runner.warm_up()
+        for server in engine.runner.fork_servers_of_this_loop():  # idle: runs no longer arriving
+            await server.wait_idle()
         out["memory"] = await warm_capacity_memory(engine.runner)
 
         async def arriving(index: int) -> float:

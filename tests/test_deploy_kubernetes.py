@@ -163,10 +163,11 @@ def test_every_container_has_requests_and_limits():
 def warm_capacity_mb(settings) -> int:
     """The idle warm capacity's memory, as measured (docs/performance.md; a few MB rounded up):
     the fork server's template (~90 MB), each data-library spare (~5 MB, ~26 MB when it warmed
-    up), the light template with its spares (~11 MB and ~3 MB a spare); or the pool's sandboxes."""
+    up: while runs arrive, all of them do), the light template with its spares (~11 MB and
+    ~3 MB a spare); or the pool's sandboxes."""
     if not settings.sandbox_fork_server:
         return settings.sandbox_pool_size * 95 + settings.sandbox_light_pool_size * 7
-    warmed = min(settings.sandbox_fork_warm_spares, settings.sandbox_fork_spares)
+    warmed = settings.sandbox_fork_spares if settings.sandbox_fork_warm_spares else 0
     spares = warmed * 28 + (settings.sandbox_fork_spares - warmed) * 6
     light = 12 + 3 * settings.sandbox_fork_light_spares if settings.sandbox_fork_light_template else 0
     return 95 + spares + light

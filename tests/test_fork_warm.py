@@ -12,6 +12,7 @@ import asyncio
 import json
 
 from bench.run_bench import PLOT
+from interpreter.sandbox import forkserver
 from interpreter.sandbox.forkserver import WARM_UP_CPU_SECONDS
 from interpreter.sandbox.limits import DEFAULT_SHARES, nice_to_weight
 from interpreter.sandbox.pool import WARMING_NICE, pooled_cpu_seconds
@@ -111,25 +112,34 @@ async def test_without_warm_spares_a_spare_waits_as_forked(tmp_path, sandbox_ven
         await runner.close()
 
 
-async def test_only_the_first_spares_warm_up_and_a_run_takes_a_warmed_one_first(tmp_path, sandbox_venv):
-    """SANDBOX_FORK_WARM_SPARES=1 of 2 spares: one warms up (~20 MB more while it waits), the
-    other waits as forked; a run takes the warmed one wherever it is, and the refill warms up
-    only while no warmed spare is left."""
+async def test_idle_one_spare_of_two_is_warmed_and_while_runs_arrive_both_are(tmp_path, sandbox_venv, monkeypatch):
+    """SANDBOX_FORK_WARM_SPARES=1 of 2 spares: idle, one warms up (~20 MB more while it waits)
+    and the other waits as forked; a run takes the warmed one wherever it is; while runs
+    arrive (within forkserver.BUSY_SECONDS) the other is replaced by a warmed one too, and
+    once they stop, one warmed spare goes back to one as forked."""
     runner = fork_runner(tmp_path, SANDBOX_POOL_PRELOAD=DATA_PRELOAD, SANDBOX_FORK_SPARES="2",
                          SANDBOX_FORK_WARM_SPARES="1")
     try:
         assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
         server = runner.fork_server
         assert [spare.warm for spare in server.spares] == [True, False]
-        for _ in range(2):  # the second time the warmed spare is the refill, behind the as-forked one
-            taken = await server.fork(5)
-            try:
-                assert taken.warm
-            finally:
-                await taken.destroy()
-            assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
-            assert [spare.warm for spare in server.spares] == [False, True]
-            assert server.describe()["warmed_spares"] == "1 of 1"
+        assert server.describe()["warmed_spares"] == "1 of 1"
+        taken = await server.fork(5)
+        assert taken.warm
+        await taken.destroy()
+        await asyncio.wait_for(server.wait_settled(), READY_TIMEOUT)
+        assert [spare.warm for spare in server.spares] == [True, True]
+        assert server.describe()["warmed_spares"] == "2 of 2 (runs arriving)"
+        monkeypatch.setattr(forkserver, "BUSY_SECONDS", 0.5)
+        taken = await server.fork(5)  # the last run to arrive for a while
+        assert taken.warm
+        await taken.destroy()
+        await asyncio.wait_for(server.wait_idle(), READY_TIMEOUT)
+        assert sorted(spare.warm for spare in server.spares) == [False, True]
+        assert server.describe()["warmed_spares"] == "1 of 1"
+        taken = await server.fork(5)
+        assert taken.warm, "a run takes the warmed spare first, wherever it waits"
+        await taken.destroy()
     finally:
         await runner.close()
 

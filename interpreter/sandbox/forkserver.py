@@ -71,6 +71,9 @@ SPARE_READY_TIMEOUT = 60.0  # a spare sets up and warms up at a low CPU weight: 
 # A spare's warm-up chart (~0.1-0.3 s of CPU in its member process) must not come out of the
 # CPU the member's job may use: a warming spare's RLIMIT_CPU is this much higher.
 WARM_UP_CPU_SECONDS = 1
+# While data-library runs arrive (one within this long), every spare warms up; once none has
+# for this long, only SANDBOX_FORK_WARM_SPARES do (a warmed spare holds ~20 MB more).
+BUSY_SECONDS = 30.0
 FAILED_FORKS_BEFORE_RESTART = 3  # consecutive forks that never became ready: relaunch the template
 OUTPUT_KEPT = 4000  # of the template's own stderr, for the log
 _CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
@@ -236,9 +239,10 @@ class ForkServer:
         # Up to this many spares draw a throwaway chart in their own process before they are
         # ready (only a template that preloaded matplotlib has one to draw: bootstrap.warm_up);
         # the others wait as forked. A warmed spare holds ~20 MB more (the pages its chart
-        # copied ahead), so the default warms one: the first chart of a burst or of a steady
-        # stream takes it, the next an as-forked one, while the refill warms the next.
+        # copied ahead): idle, the default warms one of two (the idle memory goal); while
+        # runs arrive (busy_until), every spare does (the charts' latency goals).
         self.warm_spares = warm_spares if "matplotlib" in preload.split(",") else 0
+        self.busy_until = 0.0  # time.monotonic() until which runs count as arriving
         self.spares: collections.deque[ForkedSandbox] = collections.deque()  # forked ahead, waiting for a job
         self.served_spare = 0
         self._wake = asyncio.Event()
@@ -264,6 +268,18 @@ class ForkServer:
     def full(self) -> bool:
         return self.ready and len(self.spares) >= self.spares_target
 
+    @property
+    def warm_target(self) -> int:
+        """How many spares should be warmed now: all while runs arrive, else SANDBOX_FORK_WARM_SPARES."""
+        if self.warm_spares and time.monotonic() < self.busy_until:
+            return self.spares_target
+        return self.warm_spares
+
+    @property
+    def settled(self) -> bool:
+        """Full, with as many warmed spares as the moment wants (what idle memory is measured on)."""
+        return self.full and sum(spare.warm for spare in self.spares) == min(self.warm_target, self.spares_target)
+
     async def wait_ready(self) -> bool:
         """Until a template of the current generation is ready with its spares forked (True), or
         the server closed or the next template start failed (False: the keeper retries later,
@@ -274,6 +290,22 @@ class ForkServer:
         async with self._ready_changed:
             await self._ready_changed.wait_for(lambda: self.full or self.closed or self.launch_failures > failures)
         return self.ready
+
+    async def wait_idle(self) -> None:
+        """Until runs no longer count as arriving and the spares are what an idle server keeps
+        (BUSY_SECONDS after the last run; the benchmark measures idle memory then)."""
+        while not self.closed:
+            left = self.busy_until - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(left)
+            await self.wait_settled()
+            if time.monotonic() >= self.busy_until:
+                return
+
+    async def wait_settled(self) -> None:
+        """Until every spare is forked, as many of them warmed as the moment wants (or closed)."""
+        async with self._ready_changed:
+            await self._ready_changed.wait_for(lambda: self.settled or self.closed)
 
     async def close(self) -> None:
         """Stop the template(s); runs already forked finish first (their template must outlive them)."""
@@ -306,10 +338,17 @@ class ForkServer:
                                 current.failed_forks, self.last_failure)
                     current.retired = True
                 if current is not None and current.can_fork(self.packages.generation):
+                    warmed = sum(spare.warm for spare in self.spares)
                     if len(self.spares) < self.spares_target:
                         await self._add_spare(current)
-                    else:
-                        await self._wait_for_change(current)
+                    elif warmed < min(self.warm_target, len(self.spares)):
+                        # Runs arrive: a warmed spare first, then one as forked goes (not
+                        # before: the charts arriving meanwhile still find it).
+                        await self._add_spare(current)
+                        self._drop_spares(lambda spare: not spare.warm, len(self.spares) - self.spares_target)
+                    elif not self._drop_spares(lambda spare: spare.warm, warmed - self.warm_target):
+                        busy_left = self.busy_until - time.monotonic()
+                        await self._wait_for_change(current, busy_left if busy_left > 0 else None)
                     continue
                 if current is not None:
                     self.template = None
@@ -327,13 +366,24 @@ class ForkServer:
             self.closed = True
             await self._stop_all()
 
-    async def _wait_for_change(self, template: _Template) -> None:
-        """Until the template dies, or a fork asks for a look (a new generation, failed forks)."""
+    def _drop_spares(self, which, count: int) -> bool:
+        """Destroy up to `count` waiting spares `which` picks, the last forked first: a warmed
+        spare too many once runs stopped arriving (the refill forks one as forked), or one as
+        forked that a warmed spare replaced. True if any went."""
+        dropped = [spare for spare in reversed(self.spares) if which(spare)][:max(count, 0)]
+        for spare in dropped:
+            self.spares.remove(spare)
+            self._destroy_later(spare)
+        return bool(dropped)
+
+    async def _wait_for_change(self, template: _Template, timeout: float | None = None) -> None:
+        """Until the template dies, a fork asks for a look (a new generation, failed forks, a
+        spare taken), or `timeout` (runs stop counting as arriving)."""
         self._wake.clear()
         died = asyncio.ensure_future(template.proc.wait())
         woken = asyncio.ensure_future(self._wake.wait())
         try:
-            await asyncio.wait({died, woken}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({died, woken}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             died.cancel()
             woken.cancel()
@@ -507,9 +557,10 @@ class ForkServer:
         `cpu_seconds` is the run's RLIMIT_CPU (its timeout, or a session's budget).
         """
         template = self.template
+        self.busy_until = time.monotonic() + BUSY_SECONDS
+        self._wake.set()  # the keeper looks: warm the spares up for the runs arriving
         if self.closed or template is None or not template.can_fork(self.packages.generation):
-            self._wake.set()  # perhaps a new generation: the keeper looks
-            return None
+            return None  # perhaps a new generation: the keeper looks
         while self.spares:
             # A warmed spare first: its member's first chart is the faster.
             spare = next((spare for spare in self.spares if spare.warm), self.spares[0])
@@ -530,8 +581,8 @@ class ForkServer:
     async def _fork_now(self, template: _Template, cpu_seconds: float, *,
                         spare: bool = False) -> "ForkedSandbox | None":
         """A run forked now: for a job waiting (at normal CPU weight), or a `spare` forked ahead
-        (at WARMING_NICE until a job takes it, warming up while fewer than warm_spares waiting did)."""
-        warm = spare and sum(waiting.warm for waiting in self.spares) < self.warm_spares
+        (at WARMING_NICE until a job takes it, warming up while fewer than warm_target waiting did)."""
+        warm = spare and sum(waiting.warm for waiting in self.spares) < self.warm_target
         sandbox = ForkedSandbox(self, template, cpu_seconds=cpu_seconds, spare=spare, warm=warm)
         try:
             await sandbox.start()
@@ -563,7 +614,8 @@ class ForkServer:
             "template_deaths": self.deaths,
             "runs_forked": self.forked,
             "spares": f"{len(self.spares)} of {self.spares_target}",
-            "warmed_spares": f"{sum(spare.warm for spare in self.spares)} of {min(self.warm_spares, self.spares_target)}",
+            "warmed_spares": f"{sum(spare.warm for spare in self.spares)} of {min(self.warm_target, self.spares_target)}"
+                             + (" (runs arriving)" if self.warm_target > self.warm_spares else ""),
             "served_by_a_spare": self.served_spare,
             "fork_failures": self.fork_failures,
             "run_uids": "one per run" if template is not None and template.runs_get_own_uids

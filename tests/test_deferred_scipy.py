@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -187,3 +188,37 @@ def test_a_seaborn_that_keeps_scipy_elsewhere_gets_every_binding_replaced_by_the
     assert lines[0].startswith("scipy imported eagerly: seaborn keeps scipy objects at"), lines
     assert lines[1] == "True True True", lines
 
+
+
+async def test_a_template_whose_seaborn_is_laid_out_otherwise_imports_scipy_eagerly_and_says_so(
+        tmp_path, sandbox_venv, monkeypatch, caplog):
+    """The fallback through the real template: deferred.py expecting a binding seaborn does not
+    have (as a seaborn laid out otherwise would show) leaves seaborn with the real scipy, and the
+    host's log says why."""
+    from interpreter.sandbox import runner as runner_module
+
+    source = runner_module.RUNTIME_MODULES["deferred.py"]
+    expected = b'("seaborn.matrix", "hierarchy"),'
+    assert expected in source
+    monkeypatch.setattr(runner_module, "RUNTIME_MODULES", {
+        **runner_module.RUNTIME_MODULES,
+        "deferred.py": source.replace(expected, b'("seaborn.matrix", "a_name_seaborn_does_not_have"),')})
+    caplog.set_level(logging.WARNING, logger="interpreter.sandbox.forkserver")
+    runner = await forked_runner(tmp_path)
+    try:
+        outcome = await run(runner, f"""
+            import sys
+            idle = {SCIPY_LOADED}
+            import scipy.stats, scipy.cluster.hierarchy, seaborn as sns, seaborn._statistics, seaborn.matrix
+            import pandas as pd, numpy as np
+            sns.clustermap(pd.DataFrame(np.random.default_rng(1).normal(size=(8, 3)))).savefig("cluster.png")
+            print("scipy.stats" in idle, seaborn._statistics.gaussian_kde is scipy.stats.gaussian_kde,
+                  seaborn.matrix.hierarchy is scipy.cluster.hierarchy)
+            """, timeout=60)
+    finally:
+        await runner.close()
+    assert outcome.success, outcome.error
+    assert outcome.output.split() == ["True", "True", "True"], outcome.output
+    assert "cluster.png" in files_by_name(outcome)
+    notices = [record.getMessage() for record in caplog.records if "scipy imported eagerly" in record.getMessage()]
+    assert len(notices) == 1 and "seaborn keeps scipy objects at" in notices[0], caplog.text

@@ -272,7 +272,7 @@ class ForkServer:
     def warm_target(self) -> int:
         """How many spares should be warmed now: all while runs arrive, else SANDBOX_FORK_WARM_SPARES."""
         if self.warm_spares and time.monotonic() < self.busy_until:
-            return self.spares_target
+            return max(self.spares_target, self.warm_spares)
         return self.warm_spares
 
     @property

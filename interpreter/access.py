@@ -26,10 +26,13 @@ lease in the store (`admission:<member>:<id>`, expiring after the hour): an admi
 takes its lease first, then counts the member's leases, and keeps its place only if it
 is among the first RUNS_PER_MEMBER_PER_HOUR (ordered by time, then id, which every
 process sees alike). One member's admissions are decided one at a time, in every process,
-under a short lock lease (`admitting:<member>`, polled while another holds it): ordering by
-time alone let a request whose earlier place was written after a later request had
-counted be granted too, so a burst went over the limit. With the lock, a burst of any
-size through any number of processes gets exactly the limit. The cooldown (RUN_COOLDOWN_SECONDS) is a lease too (`cooldown:<member>`),
+under a short lock lease (`admitting:<member>`): ordering by time alone let a request
+whose earlier place was written after a later request had counted be granted too, so a
+burst went over the limit. With the lock, a burst of any size through any number of
+processes gets exactly the limit. Within one process, requests for a lease queue on an
+in-process lock of that key first (keyed_locks.py, dropped when unused), so only one of
+them at a time asks the store, and the store is polled only while another process holds
+the lease; the lock is let go once the store lease is given back. The cooldown (RUN_COOLDOWN_SECONDS) is a lease too (`cooldown:<member>`),
 so a member cannot dodge it by landing on another process; and a run holds
 `running:<member>` while it executes (`Admission.running()`), so one member's runs
 execute one at a time across processes as they do within one.
@@ -56,6 +59,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from interpreter.audit import RunAudit
+from interpreter.keyed_locks import KeyedLocks
 from interpreter.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -65,7 +69,8 @@ STORE_CHECK_SECONDS = 2.0
 RUN_LEASE_MARGIN = timedelta(seconds=60)  # past the longest run: queueing and answering
 # One member's admissions are decided one at a time across processes (`admitting:<member>`):
 # the lock expires by itself after this (a process that died holding it), and an admission
-# waits for it at most ADMITTING_WAIT_SECONDS, polling every ADMITTING_POLL_SECONDS.
+# waits for it at most ADMITTING_WAIT_SECONDS, polling every ADMITTING_POLL_SECONDS while
+# another process holds it (requests of this process queue on an in-process lock instead).
 ADMITTING_HOLD = timedelta(seconds=10)
 ADMITTING_WAIT_SECONDS = 12.0
 ADMITTING_POLL_SECONDS = 0.02
@@ -136,12 +141,8 @@ class Admission:
         if access is None:
             yield
             return
-        holder = await access._hold_run_lease(self._member_id)
-        try:
+        async with access._run_lease(self._member_id):
             yield
-        finally:
-            if holder is not None:
-                access._release_later(((_running_key(self._member_id), holder),))
 
     def cancel(self) -> None:
         access, self._access = self._access, None
@@ -159,6 +160,7 @@ class RunAccess:
         self.audit = audit
         self._admitted: dict[int, collections.deque[datetime]] = {}  # member -> admission times, oldest first
         self._releasing: set[asyncio.Task] = set()
+        self._local_leases = KeyedLocks()  # this process's requests for one lease queue here, not by polling the store
 
     # --- the rules
 
@@ -241,23 +243,14 @@ class RunAccess:
             log.exception("run limits: the store failed; counting this process's runs only")
             return None
 
-    @contextlib.asynccontextmanager
-    async def _admitting(self, member_id: int, token: str):
+    def _admitting(self, member_id: int, token: str) -> contextlib.AbstractAsyncContextManager[bool]:
         """Hold `admitting:<member>` (in every process sharing the store) while one admission of
         the member is decided. Without an answer from the store, or after waiting
         ADMITTING_WAIT_SECONDS, the admission goes ahead unlocked (the limit then counts
         this process's runs, as whenever the store cannot answer)."""
-        store = self.audit.store
-        key = _admitting_key(member_id)
-        held = await self._wait_for_lease(key, token, ADMITTING_HOLD, ADMITTING_WAIT_SECONDS, ADMITTING_POLL_SECONDS,
-                                          f"member {member_id}: another admission held the admission lock too long; "
-                                          "going ahead")
-        try:
-            yield
-        finally:
-            if held:  # now, not in the background: the member's next admission is waiting for it
-                if await self._in_store(lambda: store.release_lease(key, token)) is None:
-                    self._release_later(((key, token),))
+        return self._lease(_admitting_key(member_id), token, ADMITTING_HOLD, ADMITTING_WAIT_SECONDS,
+                           ADMITTING_POLL_SECONDS, f"member {member_id}: another admission held the admission "
+                           "lock too long; going ahead")
 
     async def _cooldown_denial(self, member_id: int, now: datetime, *, take: str) -> Denial | None:
         """Start the member's cooldown (a lease held by `take`) unless another run started it."""
@@ -289,16 +282,37 @@ class RunAccess:
         self._release_later(((place, place),))
         return Denial(DenialReason.RATE, limit=limit, retry_at=ordered[0].expires_at), True
 
-    async def _hold_run_lease(self, member_id: int) -> str | None:
-        """Take `running:<member>`, waiting while another process's run of theirs holds it
-        (bounded by the longest run); None when the store cannot say (then runs go ahead)."""
-        token = uuid.uuid4().hex
-        hold = timedelta(seconds=self.settings.max_run_timeout) + RUN_LEASE_MARGIN
-        held = await self._wait_for_lease(_running_key(member_id), token, hold, hold.total_seconds(),
-                                          RUN_LEASE_POLL_SECONDS,
-                                          f"member {member_id}: another process's run held the run lease too long; "
-                                          "running anyway")
-        return token if held else None
+    def _run_lease(self, member_id: int) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Hold `running:<member>`, waiting while another run of theirs holds it (bounded by
+        the longest run: its time-out, stretched up to RUN_WALL_TIME_FACTOR times in the
+        long lane); without an answer from the store, runs go ahead."""
+        hold = timedelta(seconds=self.settings.max_run_timeout * self.settings.run_wall_time_factor) + RUN_LEASE_MARGIN
+        return self._lease(_running_key(member_id), uuid.uuid4().hex, hold, hold.total_seconds(),
+                           RUN_LEASE_POLL_SECONDS, f"member {member_id}: another process's run held the run lease "
+                           "too long; running anyway")
+
+    @contextlib.asynccontextmanager
+    async def _lease(self, key: str, token: str, hold: timedelta, wait_seconds: float, poll_seconds: float,
+                     too_long: str):
+        """Hold lease `key` for `token` (the block gets True) or go ahead without it (False:
+        the store cannot answer, or `wait_seconds` passed; then `too_long` is logged).
+
+        This process's requests for `key` queue on an in-process lock first, so the store is
+        asked by one of them at a time and polled only while another process holds the
+        lease. The lock is let go once the lease is given back (in the background: the
+        block's caller does not wait for the store), so the next request in line finds it free."""
+        deadline = time.monotonic() + wait_seconds
+        lock = self._local_leases.lock(key)
+        if not await _acquire_within(lock, wait_seconds):
+            log.warning("%s", too_long)
+            yield False
+            return
+        held = False
+        try:
+            held = await self._wait_for_lease(key, token, hold, deadline - time.monotonic(), poll_seconds, too_long)
+            yield held
+        finally:
+            self._give_back(key if held else None, token, lock)
 
     async def _wait_for_lease(self, key: str, token: str, hold: timedelta, wait_seconds: float, poll_seconds: float,
                               too_long: str) -> bool:
@@ -319,6 +333,19 @@ class RunAccess:
                 return False
             await asyncio.sleep(poll_seconds)
 
+    def _give_back(self, key: str | None, token: str, lock: asyncio.Lock) -> None:
+        """Release store lease `key` (None: not held), then the in-process `lock`, in the background."""
+        store = self.audit.store
+
+        async def give_back() -> None:
+            try:
+                if key is not None and await self._in_store(lambda: store.release_lease(key, token)) is None:
+                    self._release_later(((key, token),))  # one more try; it expires by itself anyway
+            finally:
+                lock.release()
+
+        self._track(asyncio.get_running_loop().create_task(give_back()))
+
     def _release_later(self, leases: tuple[tuple[str, str], ...]) -> None:
         """Give leases back in the background (cancel() is synchronous, and never waits on the store)."""
         if not leases:
@@ -332,7 +359,10 @@ class RunAccess:
                 except Exception:  # noqa: BLE001 - it expires by itself
                     log.warning("could not release lease %s; it expires by itself", key)
 
-        task = asyncio.get_running_loop().create_task(release())
+        self._track(asyncio.get_running_loop().create_task(release()))
+
+    def _track(self, task: asyncio.Task) -> None:
+        """Keep a reference until done (the loop keeps only a weak one); tests wait for `_releasing`."""
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
 
@@ -402,6 +432,16 @@ class RunAccess:
         # The next run is allowed once enough earlier runs have left the window.
         retry_at = earlier[len(earlier) - limit] + RATE_WINDOW
         return Denial(DenialReason.RATE, limit=limit, retry_at=retry_at), counted
+
+
+async def _acquire_within(lock: asyncio.Lock, seconds: float) -> bool:
+    """Take `lock`, waiting at most `seconds`; False when the time ran out first."""
+    try:
+        async with asyncio.timeout(max(0.0, seconds)):
+            await lock.acquire()
+    except TimeoutError:
+        return False
+    return True
 
 
 def _admission_key(member_id: int, token: str) -> str:

@@ -34,13 +34,13 @@ import dataclasses
 import logging
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from interpreter import filetypes
 from interpreter.clock import expiry_after, store_time, utc_now
+from interpreter.keyed_locks import KeyedLocks
 from interpreter.store import BlobDir, FileRecord, FileStore, StorageFull, StoreUnavailable, is_file_id, new_file_id
 from interpreter.store.diskspace import MB, DiskSpace, is_disk_full
 from interpreter.types import GeneratedFile, InputFile, InterpreterError
@@ -89,20 +89,11 @@ class _SharedState:
         # Quota locks, one per user. An asyncio.Lock makes check-then-insert atomic for
         # one process only; several bot processes sharing a database could each let a
         # member go one file over the quota (MongoDB has no cross-document constraint
-        # for it). asyncio locks belong to one event loop, hence the loop check.
-        self.locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
-        self.locks_loop: asyncio.AbstractEventLoop | None = None
+        # for it): the quota lease (_quota_lease) covers that.
+        self.quota_locks = KeyedLocks()
 
     def user_lock(self, user_id: int) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        if self.locks_loop is not loop:
-            self.locks = weakref.WeakValueDictionary()
-            self.locks_loop = loop
-        lock = self.locks.get(user_id)
-        if lock is None:
-            lock = asyncio.Lock()
-            self.locks[user_id] = lock
-        return lock
+        return self.quota_locks.lock(user_id)
 
     def lease(self, file_ids: Sequence[str], until: datetime) -> None:
         for file_id in file_ids:

@@ -16,6 +16,7 @@ from interpreter.access import Admission, Denial, DenialReason, RunAccess, RunCo
 from interpreter.audit import RunAudit
 from interpreter.store import open_store
 from tests.fixtures_mongo import TestClock, file_settings
+from tests.waiting import until
 
 MEMBER, OTHER = 1001, 1002
 GUILD = 5000
@@ -163,3 +164,80 @@ def test_bad_limit_values_stop_start_up_with_a_clear_message(value):
         load_settings({"RUNS_PER_MEMBER_PER_HOUR": value}, dotenv=False)
     with pytest.raises(SettingsError, match="DENIED_ROLE_IDS=.* is invalid: expected a comma-separated list of numeric"):
         load_settings({"DENIED_ROLE_IDS": "moderators"}, dotenv=False)
+
+
+# ------------------------------------------- one member's admissions: one at a time, in a process and across
+
+
+def count_admitting_lease_calls(monkeypatch, store) -> list[str]:
+    """The holder of every attempt to take an `admitting:` lease through `store`."""
+    attempts: list[str] = []
+    acquire = store.acquire_lease
+
+    async def counted(key, holder, *args, **kwargs):
+        if key.startswith("admitting:"):
+            attempts.append(holder)
+        return await acquire(key, holder, *args, **kwargs)
+
+    monkeypatch.setattr(store, "acquire_lease", counted)
+    return attempts
+
+
+def hold_up_history_reads(monkeypatch, audit) -> tuple[asyncio.Event, list[int]]:
+    """Admissions read the member's run history while they hold the admitting lease: the
+    first read waits for the returned event, so its admission holds the lease until then."""
+    go, reads = asyncio.Event(), []
+    start_times = audit.start_times
+
+    async def held_up(*args):
+        reads.append(1)
+        if len(reads) == 1:
+            await go.wait()
+        return await start_times(*args)
+
+    monkeypatch.setattr(audit, "start_times", held_up)
+    return go, reads
+
+
+def waiting_on(lock: asyncio.Lock) -> int:
+    return len(lock._waiters or ())  # asyncio.Lock keeps its waiters there; no public count
+
+
+async def test_two_requests_of_a_member_in_one_process_queue_on_a_lock_not_by_polling_the_store(tmp_path, monkeypatch):
+    access, audit = make(tmp_path, RUNS_PER_MEMBER_PER_HOUR="5")
+    attempts = count_admitting_lease_calls(monkeypatch, audit.store)
+    go, _ = hold_up_history_reads(monkeypatch, audit)
+    first = asyncio.create_task(access.admit(ctx()))
+    await until(lambda: len(attempts) == 1, "the first request takes the admitting lease")
+    second = asyncio.create_task(access.admit(ctx()))
+    lock = access._local_leases.lock(f"admitting:{MEMBER}")
+    # The second waits, either on the process's lock or by polling the store (the old way).
+    await until(lambda: waiting_on(lock) or len(attempts) > 2, "the second request waits for the first")
+    assert len(attempts) == 1, f"the second request polled the store while the first held the lease: {attempts}"
+    go.set()
+    assert all(isinstance(a, Admission) for a in await asyncio.gather(first, second))
+    assert len(attempts) == 2 and attempts[0] != attempts[1], attempts  # one attempt each, no polling
+    await asyncio.gather(*access._releasing)
+    del lock  # the test's own reference
+    assert len(access._local_leases) == 0, "a lock nobody uses is dropped"
+    assert await audit.store.leases_with_prefix("admitting:", audit.now()) == []
+
+
+async def test_a_member_admitted_in_another_process_meanwhile_waits_for_the_store_lease(tmp_path, monkeypatch):
+    """Two processes on one database (two RunAccess, two connections): the in-process lock
+    does not replace the store lease, and a burst through both gets exactly the limit."""
+    clock = TestClock()
+    here, here_audit = make(tmp_path, clock=clock, RUNS_PER_MEMBER_PER_HOUR="3")
+    there, there_audit = make(tmp_path, clock=clock, RUNS_PER_MEMBER_PER_HOUR="3")
+    there_attempts = count_admitting_lease_calls(monkeypatch, there_audit.store)
+    go, _ = hold_up_history_reads(monkeypatch, here_audit)
+    held = asyncio.create_task(here.admit(ctx()))
+    await until(lambda: here._local_leases.lock(f"admitting:{MEMBER}").locked(), "this process takes the lease")
+    elsewhere = asyncio.create_task(there.admit(ctx()))
+    await until(lambda: len(there_attempts) >= 2, "the other process polls the store while the lease is held")
+    assert not elsewhere.done()
+    go.set()
+    burst = [here.admit(ctx()) for _ in range(3)] + [there.admit(ctx()) for _ in range(3)]
+    outcomes = [await held, await elsewhere, *await asyncio.gather(*burst)]
+    assert sum(isinstance(o, Admission) for o in outcomes) == 3, outcomes
+    assert all(o.reason is DenialReason.RATE for o in outcomes if not isinstance(o, Admission))

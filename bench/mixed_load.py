@@ -132,14 +132,16 @@ async def _mixed_load(interpreter, settings, members: int, runs_each: int, timeo
     gate = engine.runner._admission()
     done: list[tuple[str, float, str, float]] = []  # kind, latency, exit cause, execution time
     most = {"long": 0, "paused": 0, "paused_mb": 0.0}
-    told_paused = 0
+    told_paused = told_waited = wall_capped = 0
 
     async def one(member: int, kind: str, code: str) -> None:
-        nonlocal told_paused
+        nonlocal told_paused, told_waited, wall_capped
         latency, result = await run_like_a_member(scheduler, member, code, timeout if kind == "timeout" else 60)
         done.append((kind, latency, result.exit_cause.value if result.exit_cause else "refused",
                      result.execution_time))
         told_paused += any("was paused" in warning for warning in result.warnings)
+        told_waited += any("for a CPU" in warning for warning in result.warnings)  # a long run's wait (RUN_WALL_TIME_FACTOR)
+        wall_capped += "server was too busy" in result.error
 
     async def watch_lanes() -> None:  # the lanes change at events; sampling at 20 Hz sees their peaks well enough
         while True:
@@ -156,6 +158,7 @@ async def _mixed_load(interpreter, settings, members: int, runs_each: int, timeo
     await engine.close()
     unexpected = collections.Counter(f"{kind}->{cause}" for kind, _, cause, _ in done if cause != EXPECTED_CAUSE[kind])
     out: dict = {"wall": wall, "runs": len(done), "most": most, "told_paused": told_paused,
+                 "told_waited": told_waited, "wall_capped": wall_capped,
                  "unexpected": dict(unexpected), "lanes": dataclasses.asdict(gate.counts)}
     for kind, _ in MIX:
         latencies = [latency for k, latency, _, _ in done if k == kind]
@@ -170,6 +173,8 @@ def report(label: str, result: dict, goal: float) -> None:
     print(f"  {label}: {result['runs']} runs in {result['wall']:.1f} s, unexpected outcomes "
           f"{result['unexpected'] or 'none'}; at most {most['long']} runs in the long lane and {most['paused']} "
           f"paused ({most['paused_mb']:.0f} MB) at once; {result['told_paused']} members told their run was paused")
+    print(f"    {result['told_waited']} long runs' time-outs left out their wait for a CPU (members told), "
+          f"{result['wall_capped']} stopped at the wall cap")
     lanes = result["lanes"]
     print(f"    the gate: {lanes['moved_to_long']} moves to the long lane, {lanes['paused']} pauses, "
           f"{lanes['rechecked']} runs at their long-after time in wall time but not their own, "

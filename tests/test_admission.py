@@ -880,7 +880,7 @@ async def test_a_sleep_and_a_loop_starved_of_cpu_still_become_long(starved_engin
 
 # ------------------------------------ a long run's time-out counts the time it was let run, up to a wall cap
 
-LONG_RUN_TIMEOUT = 1.0  # seconds of the run's own time
+LONG_RUN_TIMEOUT = 2.0  # seconds of the run's own time
 
 
 def record_kills(monkeypatch) -> list[float]:
@@ -897,7 +897,7 @@ def record_kills(monkeypatch) -> list[float]:
 async def test_a_starved_long_loop_gets_its_time_out_of_its_own_time_not_of_wall_time(
         tmp_path, sandbox_venv, monkeypatch):
     # Beside hogs weighing 4 times the runs a loop gets about a fifth of the CPU: on wall
-    # time it would be stopped after 1 s having run ~0.2 s of it.
+    # time it would be stopped after 2 s having run ~0.4 s of it.
     killed = record_kills(monkeypatch)
     async with starved_runs(tmp_path, hog_shares=4 * 1024, RUN_WALL_TIME_FACTOR="30") as engine:
         gate = engine.runner._admission()
@@ -908,7 +908,7 @@ async def test_a_starved_long_loop_gets_its_time_out_of_its_own_time_not_of_wall
         assert clock.counts_own_time
         readings, probe = [], clock._probe  # what the clock reads of the run's tasks
         clock._probe = lambda: readings.append(probe()) or readings[-1]
-        await until(run.done, "the loop times out", within=60)
+        await until(run.done, "the loop times out", within=120)
         result = run.result()
     assert killed, "the loop was never killed"
     wall = killed[0] - started  # its exit, on the hogged CPU, may take seconds more
@@ -920,7 +920,7 @@ async def test_a_starved_long_loop_gets_its_time_out_of_its_own_time_not_of_wall
     waited = [w for w in result["warnings"] if "waited" in w and "for a CPU" in w]
     assert wall > 2 * LONG_RUN_TIMEOUT and waited, (wall, result)
     told = float(waited[0].split("waited ")[1].split(" s")[0])
-    assert LONG_RUN_TIMEOUT - 0.1 <= wall - told <= LONG_RUN_TIMEOUT + 1.0, (wall, told)
+    assert LONG_RUN_TIMEOUT - 0.1 <= wall - told <= LONG_RUN_TIMEOUT + 2.0, (wall, told)
     cpu = max(r.on_cpu for r in readings if r is not None)
     assert 0.5 * LONG_RUN_TIMEOUT <= cpu <= 1.1 * LONG_RUN_TIMEOUT, cpu
 

@@ -134,7 +134,7 @@ class GateScene:
         grant = await self.gate.acquire(light=light)
         self.order.append(name)
         self.holders.append((name, grant))
-        if any(g.light for g in self.gate._waiting):  # light runs still wait: how many slots do heavy runs hold?
+        if self.gate._waiting.count(light=True):  # light runs still wait: how many slots do heavy runs hold?
             self.heavy_holding_while_light_waited.append(sum(not h.startswith("light") for h, _ in self.holders))
 
     async def release(self) -> None:

@@ -141,7 +141,7 @@ async def _mixed_load(interpreter, settings, members: int, runs_each: int, timeo
                      result.execution_time))
         told_paused += any("was paused" in warning for warning in result.warnings)
         told_waited += any("for a CPU" in warning for warning in result.warnings)  # a long run's wait (RUN_WALL_TIME_FACTOR)
-        wall_capped += "server was too busy" in result.error
+        wall_capped += any("server was too busy" in warning for warning in result.warnings)
 
     async def watch_lanes() -> None:  # the lanes change at events; sampling at 20 Hz sees their peaks well enough
         while True:

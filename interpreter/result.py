@@ -37,11 +37,12 @@ def starved_note(seconds: float) -> str:
             "for a while gets only the CPU other runs leave); its time-out counts only the time it ran.")
 
 
-def wall_cap_message(timeout: float, ran: float, starved: float) -> str:
-    """The error of a long run stopped at its wall cap before it used its time-out (admission.py)."""
-    return (f"Execution timeout: the server was too busy to finish this run. It was stopped after "
-            f"{ran + starved:.0f} s, {starved:.0f} s of them spent waiting for a CPU, having run "
-            f"{ran:.1f} s of its {timeout:g} s time-out. Try again when the server is less busy.")
+def wall_cap_note(timeout: float, ran: float, starved: float) -> str:
+    """What a member reads when their long run was stopped at its wall cap before it used its
+    time-out (admission.py); the error stays the seed's time-out string."""
+    return (f"The server was too busy to finish this run: it was stopped after {ran + starved:.0f} s, "
+            f"{starved:.0f} s of them spent waiting for a CPU, having run {ran:.1f} s of its {timeout:g} s "
+            "time-out. Try again when the server is less busy.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +95,10 @@ class RunResult:
             execution_time = timeout  # as the seed reports it
         if outcome.paused_seconds >= PAUSE_WORTH_TELLING:
             fields["warnings"] = (*fields.get("warnings", ()), paused_note(outcome.paused_seconds))
-        if outcome.starved_seconds >= STARVED_WORTH_TELLING:
+        if outcome.wall_capped:
+            fields["warnings"] = (*fields.get("warnings", ()),
+                                  wall_cap_note(timeout, outcome.duration, outcome.starved_seconds))
+        elif outcome.starved_seconds >= STARVED_WORTH_TELLING:
             fields["warnings"] = (*fields.get("warnings", ()), starved_note(outcome.starved_seconds))
         return cls(success=outcome.success, output=outcome.output, error=outcome.error,
                    execution_time=execution_time, return_code=outcome.return_code,

@@ -27,6 +27,7 @@ class SandboxOutcome:
     skipped_files: list[str] = dataclasses.field(default_factory=list)  # "name (reason)"
     paused_seconds: float = 0.0  # the queue paused the run this long (admission.py); not in `duration`
     starved_seconds: float = 0.0  # in the long lane it waited this long for a CPU (admission.py); not in `duration`
+    wall_capped: bool = False  # timed out at its wall cap, before it had run its time-out (admission.py)
 
     @property
     def success(self) -> bool:

@@ -47,7 +47,6 @@ from interpreter.sandbox.pool import SandboxPool, renice_sandbox
 from interpreter.sandbox.uids import UidLeases
 from interpreter.sandbox.protocol import ControlState, FrameLimits, ProtocolError, consume
 from interpreter.sandbox.workload import Workload, classify
-from interpreter.result import wall_cap_message
 from interpreter.types import ExitCause
 
 if TYPE_CHECKING:
@@ -438,9 +437,8 @@ class SandboxProcess:
         finished = state.finished
         if watch.killed_for is ExitCause.TIMEOUT:
             outcome.cause, outcome.return_code = ExitCause.TIMEOUT, -1
-            outcome.error = f"Execution timeout after {job.timeout:g} seconds"
-            if watch.wall_capped:
-                outcome.error = wall_cap_message(job.timeout, duration, starved)
+            outcome.error = f"Execution timeout after {job.timeout:g} seconds"  # the seed's string
+            outcome.wall_capped = watch.wall_capped  # the result says why, in a warning
         elif watch.killed_for is ExitCause.PROTOCOL:
             outcome.cause, outcome.return_code, outcome.files = ExitCause.PROTOCOL, -1, []
             outcome.error = (f"The run was stopped: its sandbox sent a malformed result ({state.broken}). "

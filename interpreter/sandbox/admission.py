@@ -150,8 +150,7 @@ class _OwnTimeReading:
 
     unpaused: float  # the clock's unpaused seconds then
     counted: float  # its running seconds then (unpaused less starved)
-    on_cpu: float  # the probe's figures then
-    waited: float
+    times: TaskTimes  # the probe's figures then
 
 
 class RunClock:
@@ -212,7 +211,7 @@ class RunClock:
             self.own_time_lost = True
             return False
         self._probe, self.wall_factor = probe, wall_factor
-        self._own = _OwnTimeReading(self._unpaused(), self._unpaused(), times.on_cpu, times.waited)
+        self._own = _OwnTimeReading(self._unpaused(), self._unpaused(), times)
         return True
 
     def paused_seconds(self) -> float:
@@ -232,12 +231,9 @@ class RunClock:
             self._probe, self.own_time_lost = None, True
             return self._starved
         ran = unpaused - own.unpaused
-        cpu = max(0.0, times.on_cpu - own.on_cpu)
-        if times.runnable:  # a wait going on is not in `waited` yet: only CPU time is sure to be its own
-            counted = own.counted + min(ran, cpu)
-        else:
-            counted = own.counted + min(ran, max(ran - (times.waited - own.waited), cpu))
-            self._own = _OwnTimeReading(unpaused, counted, times.on_cpu, times.waited)
+        counted = own.counted + min(ran, times.since(own.times).own_seconds(ran))
+        if not times.runnable:  # every wait is known: later readings count from here
+            self._own = _OwnTimeReading(unpaused, counted, times)
         # Not kept from reading to reading as a maximum: a reading that caught a task
         # runnable (one that just woke from a sleep, say) under-counts until the next one.
         self._starved = unpaused - counted
@@ -381,9 +377,9 @@ class Grant:
             self.gate.counts.judged_by_wall += 1
             return now - since
         probed = self._probe_since
-        if times.runnable or times.ended:  # a wait going on is not in `waited` yet; an ended run sleeps no more
+        if times.ended:  # an ended run sleeps no more
             return (probed - since) + times.on_cpu
-        return (probed - since) + max(now - probed - times.waited, times.on_cpu)
+        return (probed - since) + times.own_seconds(now - probed)
 
     def can_pause(self, pausable: Pausable) -> None:
         """This run can be paused whole through `pausable` (the runner passes its cgroup)."""

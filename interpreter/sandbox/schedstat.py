@@ -40,6 +40,17 @@ class TaskTimes:
     # down): nothing of it runs or sleeps any more.
     ended: bool = False
 
+    def own_seconds(self, wall: float) -> float:
+        """Of `wall` seconds these times cover, those the run ran or slept: wall time less
+        the time its tasks waited for a CPU, or its CPU time if that is more (a run of many
+        busy tasks waits in all of them at once). While a task is runnable, only CPU time."""
+        return self.on_cpu if self.runnable else max(wall - self.waited, self.on_cpu)
+
+    def since(self, earlier: "TaskTimes") -> "TaskTimes":
+        """These times less `earlier`'s (flags as now)."""
+        return dataclasses.replace(self, on_cpu=max(0.0, self.on_cpu - earlier.on_cpu),
+                                   waited=max(0.0, self.waited - earlier.waited))
+
 
 def read_schedstat(tid: int | str) -> tuple[int, int] | None:
     """(ns on a CPU, ns waiting on a runqueue) of one task; None when it is gone or unreadable."""

@@ -956,3 +956,25 @@ async def test_a_sleep_in_the_long_lane_still_times_out_on_time(tmp_path, sandbo
     assert result["exit_cause"] == "timeout" and result["error"] == "Execution timeout after 2 seconds", result
     assert killed and killed[0] - moved < 2 + 0.5, (killed, moved)  # its time-out ran on from the slot
     assert not any("for a CPU" in w for w in result.get("warnings", ())), result
+
+
+async def test_without_per_task_times_long_runs_time_out_on_wall_time_and_status_and_log_say_so(
+        tmp_path, sandbox_venv, monkeypatch, caplog):
+    from interpreter.sandbox import runner as runner_module, schedstat
+
+    def unavailable() -> str:
+        return "no schedstat here (test)"
+
+    monkeypatch.setattr(schedstat, "schedstat_unavailable", unavailable)
+    monkeypatch.setattr(runner_module, "schedstat_unavailable", unavailable)
+    engine = await start_one_slot_engine(tmp_path, "forked", long_runs=4)
+    try:
+        gate = engine.runner._admission()
+        assert "long runs judged and timed by wall time (no schedstat here (test))" in engine.runner.describe()["cgroups"]
+        assert "long runs are judged, and time out, by wall time" in caplog.text
+        result = await asyncio.wait_for(interpreter.execute_code(SLEEPER, user_id=ALICE, timeout=1), 60)
+        assert result["exit_cause"] == "timeout" and not result.get("warnings"), result
+        assert (gate.counts.moved_to_long, gate.counts.timed_by_wall) == (1, 1), gate.counts
+        assert engine.runner.load()["lanes"]["timed_by_wall"] == 1
+    finally:
+        await engine.close()

@@ -8,9 +8,11 @@ exhaust a sandbox, not the bot.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
@@ -59,10 +61,18 @@ def too_large_message(filename: str, size: int, settings: Settings) -> str:
             f"{settings.max_file_size_mb} MB. Try a smaller extract (or compress it as Parquet).")
 
 
+# Shows a reply before it is final: the file is stored and its preview waits for a run slot.
+ShowStored = Callable[[str], Awaitable[Any]]
+
+
 async def store_bytes(user_id: int, data: bytes, filename: str, settings: Settings, *,
-                      preview_tables: bool = True) -> UploadReply:
+                      preview_tables: bool = True, show: ShowStored | None = None) -> UploadReply:
     """Upload `data` for `user_id` and describe the result (with a preview for tables,
-    unless `preview_tables` is off: /ask describes the file to its model itself)."""
+    unless `preview_tables` is off: /ask describes the file to its model itself).
+
+    The preview is a run and waits in the run queue like any other; while it waits, `show`
+    gets the reply so far (stored, its id, the place in line), so a busy bot does not leave
+    the member looking at "thinking" with no word that the file is safe."""
     name = sanitize_filename(filename)
     if len(data) > settings.max_file_size_bytes:
         return UploadReply(False, too_large_message(name, len(data), settings))
@@ -86,28 +96,56 @@ async def store_bytes(user_id: int, data: bytes, filename: str, settings: Settin
     if stored.get("note"):
         lines.append(f"ℹ️ {inline(str(stored['note']), 300)}")
     # The stored type is the content's: a binary file renamed .csv gets no table preview.
-    if preview_tables and str(kind) in PREVIEW_EXTENSIONS:
-        lines.append(await preview(file_id, user_id))
     table = str(kind) in PREVIEW_EXTENSIONS
-    lines.append(f"Use it: **Analyse in /run** below, or `/run code:df = load_file('{file_id}')`" if table
-                 else f"Use it: `/run code:data = load_file('{file_id}')`")
-    content = "\n".join(line for line in lines if line)
-    return UploadReply(True, content[:2000], file_id, table)
+    use = (f"Use it: **Analyse in /run** below, or `/run code:df = load_file('{file_id}')`" if table
+           else f"Use it: `/run code:data = load_file('{file_id}')`")
+
+    def joined(*more: str) -> str:
+        return "\n".join(line for line in (*lines, *more) if line)[:2000]
+
+    if preview_tables and table:
+        def waiting(position: int) -> Awaitable[Any] | None:
+            if show is None:
+                return None
+            return show(joined(f"⏳ Preview: waiting for a free run slot (number {position} in line)…", use))
+        lines.append(await preview(file_id, user_id, waiting))
+    return UploadReply(True, joined(use), file_id, table)
 
 
-async def preview(file_id: str, user_id: int) -> str:
-    """Shape, columns with dtypes and first rows, computed in the sandbox (interpreter/preview.py)."""
+async def preview(file_id: str, user_id: int,
+                  waiting: Callable[[int], Awaitable[Any] | None] | None = None) -> str:
+    """Shape, columns with dtypes and first rows, computed in the sandbox (interpreter/preview.py).
+    `waiting(position)` is called once if the preview has to wait for a run slot."""
+    told: list[asyncio.Task] = []
+
+    def report(position: int) -> None:
+        if position and not told and waiting is not None:
+            shown = waiting(position)
+            if shown is not None:
+                told.append(asyncio.ensure_future(_quietly(shown)))
+
     try:
-        result = await interpreter.run_code(preview_code([file_id]), user_id=user_id, user_files=[file_id],
-                                            timeout=PREVIEW_TIMEOUT_SECONDS)
+        with interpreter.observe_queue(report):
+            result = await interpreter.run_code(preview_code([file_id]), user_id=user_id, user_files=[file_id],
+                                                timeout=PREVIEW_TIMEOUT_SECONDS)
     except Exception:  # the preview is a courtesy: never let it fail the upload
         log.exception("preview of %s failed", file_id)
         return "*(no preview: the interpreter had a problem; the file is stored)*"
+    finally:
+        if told:  # the interim reply goes out before the final one replaces it
+            await asyncio.wait(told)
     info = parse_previews(result.output).get(file_id)
     if not result.success or info is None or info.get("note"):
         reason = str((info or {}).get("note") or result.error or "could not read the file").strip().splitlines()
         return f"*(no preview: {inline(reason[-1] if reason else 'unknown error', 200)})*"
     return render_preview(info)
+
+
+async def _quietly(shown: Awaitable[Any]) -> None:
+    try:
+        await shown
+    except discord.HTTPException:  # the interim line is a courtesy; the final reply still goes out
+        log.warning("could not show that an upload's preview is waiting")
 
 
 def render_preview(info: dict) -> str:
@@ -130,7 +168,7 @@ def render_preview(info: dict) -> str:
 
 
 async def store_attachment(user_id: int, attachment: discord.Attachment, settings: Settings, *,
-                           preview_tables: bool = True) -> UploadReply:
+                           preview_tables: bool = True, show: ShowStored | None = None) -> UploadReply:
     """Download and store one Discord attachment; refuses too-large files before downloading."""
     if attachment.size and attachment.size > settings.max_file_size_bytes:
         return UploadReply(False, too_large_message(attachment.filename, attachment.size, settings))
@@ -139,7 +177,7 @@ async def store_attachment(user_id: int, attachment: discord.Attachment, setting
     except (discord.HTTPException, OSError):
         log.exception("download of attachment %s failed", attachment.id)
         return UploadReply(False, f"⚠️ I could not download **{display_filename(attachment.filename)}** from Discord. Please try again.")
-    return await store_bytes(user_id, data, attachment.filename, settings, preview_tables=preview_tables)
+    return await store_bytes(user_id, data, attachment.filename, settings, preview_tables=preview_tables, show=show)
 
 
 def not_stored_line(attachments: list[discord.Attachment]) -> str:

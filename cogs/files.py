@@ -47,7 +47,10 @@ class FilesCog(commands.Cog, name="Files"):
     @app_commands.describe(file="The file to store; tables get a preview")
     async def upload(self, interaction: discord.Interaction, file: discord.Attachment) -> None:
         await interaction.response.defer(thinking=True)
-        reply = await store_attachment(interaction.user.id, file, self.settings)
+
+        def show(content: str):
+            return interaction.edit_original_response(content=content, allowed_mentions=NO_MENTIONS)
+        reply = await store_attachment(interaction.user.id, file, self.settings, show=show)
         await interaction.edit_original_response(content=reply.content, allowed_mentions=NO_MENTIONS,
                                                  view=analyse_view(interaction.user.id, reply.file_id if reply.table else None))
 
@@ -58,7 +61,13 @@ class FilesCog(commands.Cog, name="Files"):
             return
         await interaction.response.defer(thinking=True)
         taken, left = message.attachments[:MAX_UPLOADS_PER_MESSAGE], message.attachments[MAX_UPLOADS_PER_MESSAGE:]
-        replies = [await store_attachment(interaction.user.id, a, self.settings) for a in taken]
+        replies: list = []
+
+        def show(content: str):  # the files stored so far, and this one waiting for its preview
+            so_far = "\n\n".join([*(r.content for r in replies), content])
+            return interaction.edit_original_response(content=so_far[:2000], allowed_mentions=NO_MENTIONS)
+        for attachment in taken:
+            replies.append(await store_attachment(interaction.user.id, attachment, self.settings, show=show))
         tail = f"\n\n{not_stored_line(left)}" if left else ""
         content = "\n\n".join(r.content for r in replies)
         if len(content) + len(tail) > 2000:
@@ -73,10 +82,17 @@ class FilesCog(commands.Cog, name="Files"):
             return
         data_files = [a for a in message.attachments if extension(a.filename) in AUTO_UPLOAD_EXTENSIONS]
         for attachment in data_files[:MAX_UPLOADS_PER_MESSAGE]:
+            interim: list[discord.Message] = []
+
+            async def show(content: str) -> None:
+                interim.append(await message.reply(content, allowed_mentions=NO_MENTIONS, mention_author=False))
             try:
-                reply = await store_attachment(message.author.id, attachment, self.settings)
-                await message.reply(reply.content, allowed_mentions=NO_MENTIONS, mention_author=False,
-                                    view=analyse_view(message.author.id, reply.file_id if reply.table else None))
+                reply = await store_attachment(message.author.id, attachment, self.settings, show=show)
+                view = analyse_view(message.author.id, reply.file_id if reply.table else None)
+                if interim:  # the reply that said the preview was waiting becomes the answer
+                    await interim[0].edit(content=reply.content, allowed_mentions=NO_MENTIONS, view=view)
+                else:
+                    await message.reply(reply.content, allowed_mentions=NO_MENTIONS, mention_author=False, view=view)
             except Exception:  # one bad file must not stop the listener or the others
                 log.exception("auto-upload of attachment %s failed", attachment.id)
         if len(data_files) > MAX_UPLOADS_PER_MESSAGE:

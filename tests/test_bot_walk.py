@@ -197,3 +197,50 @@ async def test_run_code_on_a_long_result_runs_the_whole_code(discord_world):
     assert "whole code in code.py" in result.content
     again = await w.harness.message_menu("Run code", w.bob, result.message)
     assert "total 14" in again.content, again.content
+
+
+async def test_an_upload_on_a_busy_bot_says_it_is_stored_while_its_preview_waits(discord_world, tmp_path):
+    """The preview is a run and waits for a slot; the member is told at once that the file is
+    stored (with its id) and where the preview stands, then the preview replaces that line."""
+    from interpreter.engine import default_engine
+    from tests.test_bot_run import occupy_every_slot
+    from tests.waiting import until
+
+    w = discord_world
+    path = tmp_path / "sales.csv"
+    path.write_text("region,units\nnorth,10\n")
+    gate = default_engine().runner._admission()
+    holders = await occupy_every_slot(gate.capacity)
+    upload = w.harness.start_slash("upload", w.alice, attachments={"file": attachment_payload(path)})
+    await until(lambda: any(s.kind == "edit_original" for s in upload.sent), "the member hears the file is stored", 30)
+    [stored] = await interpreter.list_user_files(w.alice.id)
+    assert stored["file_id"] in upload.content and "waiting for a free run slot (number 1 in line)" in upload.content
+    for holder in holders:
+        gate.release(holder)
+    await upload.wait()
+    assert "**Shape:** 1 rows × 2 columns" in upload.content and "waiting" not in upload.content
+
+
+async def test_a_drop_on_a_busy_bot_answers_at_once_and_the_answer_gets_the_preview(discord_world, tmp_path):
+    import discord
+    import discord.ext.test.backend as dpytest_backend
+    from interpreter.engine import default_engine
+    from tests.test_bot_run import occupy_every_slot
+    from tests.waiting import until
+
+    w = discord_world
+    path = tmp_path / "sales.csv"
+    path.write_text("region,units\nnorth,10\n")
+    gate = default_engine().runner._admission()
+    holders = await occupy_every_slot(gate.capacity)
+    attachment = discord.Attachment(data=attachment_payload(path), state=dpytest_backend.get_state())
+    dpytest_backend.make_message("", w.alice, w.channel, attachments=[attachment])
+    await until(lambda: not dpytest.sent_queue.empty(), "the member hears the file is stored", 30)
+    answer = await dpytest.sent_queue.get()
+    assert "waiting for a free run slot" in answer.content and "File id:" in answer.content
+    for holder in holders:
+        gate.release(holder)
+    await dpytest.run_all_events()  # the listener finishes
+    edited = await w.channel.fetch_message(answer.id)
+    assert "**Shape:**" in edited.content and "waiting" not in edited.content
+    assert dpytest.sent_queue.empty()  # the same message, edited: no second answer

@@ -165,6 +165,8 @@ class SessionCog(commands.Cog, name="Session"):
 
     @session.command(name="status", description="Your session in this channel: runs and time left")
     async def status(self, interaction: discord.Interaction) -> None:
+        # Acknowledged first: with execution workers, where the session lives is read from the database.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         executor = await interpreter.get_executor()
         session_id = session_id_for(interaction)
         info = await executor.get_session(session_id)
@@ -174,7 +176,7 @@ class SessionCog(commands.Cog, name="Session"):
             note = await executor.session_ending_note(session_id)
             content = (f"{note} " if note else "") + "No session in this channel. `/session start` opens one; " \
                                                      "without one, each `/run` starts fresh."
-        await interaction.response.send_message(content, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await self._reply(interaction, content)
 
     @session.command(name="reset", description="Start your session over: variables and work files are cleared")
     async def reset(self, interaction: discord.Interaction) -> None:

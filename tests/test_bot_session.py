@@ -72,7 +72,7 @@ async def test_acceptance_a_new_member_works_in_a_session(world, tmp_path):
 
     w.engine.sessions.clock.advance(4)
     status = await w.harness.slash("session", w.alice, subcommand="status")
-    assert status.ephemeral and status.callback.content == "🧠 Session: 4 runs, 6 min idle left."
+    assert status.ephemeral and status.content == "🧠 Session: 4 runs, 6 min idle left."
 
     w.pids |= session_pids(w.engine)
     w.engine.sessions.clock.advance(10)
@@ -117,7 +117,7 @@ async def test_start_twice_reset_and_end(world):
     assert "session" not in one_shot.content
     assert (await w.harness.slash("session", w.alice, subcommand="end")).content == "You have no session in this channel."
     status = await w.harness.slash("session", w.alice, subcommand="status")
-    assert status.callback.content.startswith("No session in this channel.")
+    assert status.content.startswith("No session in this channel.")
 
 
 async def test_a_timed_out_run_ends_the_session_and_says_so(world):

@@ -244,3 +244,33 @@ async def test_a_drop_on_a_busy_bot_answers_at_once_and_the_answer_gets_the_prev
     edited = await w.channel.fetch_message(answer.id)
     assert "**Shape:**" in edited.content and "waiting" not in edited.content
     assert dpytest.sent_queue.empty()  # the same message, edited: no second answer
+
+
+async def test_session_status_answers_in_time_with_workers_and_the_database_down(
+        executor_workers, bot_settings, monkeypatch, tmp_path, stamped):
+    """With execution workers, where a session lives is a lease in the database: /session
+    status read it before answering, so a killed MongoDB outlasted Discord's deadline."""
+    from tests.fixtures_executor import WORKER_TOKEN
+
+    worker, = await executor_workers(1)
+    server = MongoTestServer(sqlite_path=tmp_path / "mongo.sqlite3").start()
+    settings = bot_settings.replace(
+        executor_urls=(worker.url,), executor_token=Secret(WORKER_TOKEN),
+        mongodb_uri=Secret(f"{server.uri}&serverSelectionTimeoutMS={SERVER_SELECTION_MS}"), mongodb_database="walk_sessions")
+    w = await start_bot(settings, monkeypatch, tmp_path)
+    stamps = stamped(w)
+    engine = await interpreter.get_engine()
+    try:
+        started = await w.harness.slash("session", w.alice, subcommand="start")
+        assert started.content.startswith("🧠 Session started."), started.content
+        kill(server)
+        dispatched = time.monotonic()
+        status = await w.harness.start_slash("session", w.alice, subcommand="status").wait()
+        assert acknowledged_after(status, dispatched, stamps) < ACKNOWLEDGED_WITHIN
+        assert status.ephemeral and UNAVAILABLE_MESSAGE in said(status), said(status)
+    finally:
+        w.bot.expiry_sweep.cancel()
+        await dpytest.empty_queue()
+        await engine.close()
+        await engine.store.close()
+        server.stop()

@@ -23,8 +23,9 @@ from discord.ext import commands
 import interpreter
 from cogs._access import admit_run, is_bot_admin, precheck_run, tell_privately
 from cogs._format import (CODE_FILE, NO_MENTIONS, code_block, code_from_message, extract_code, failure_message,
-                          has_code_block, is_outage, looks_like_code, render_result, split_list)
+                          has_code_block, inline, is_outage, looks_like_code, render_result, split_list)
 from cogs._queue import RunRefused
+from interpreter.store import StoreUnavailable
 from cogs.session import session_header, session_id_for
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ class RunCog(commands.Cog, name="Run"):
             if admission is None:
                 return
             session_id = session_id_for(interaction)
-            in_session = not request.fresh_sandbox and await (await interpreter.get_executor()).session_continues(session_id)
+            in_session, session_note = await self._continues_session(request, session_id)
             notices = QueueNotices(interaction)
             try:
                 # the engine's queue says where the run stands; the member's runs in other processes go first
@@ -183,7 +184,7 @@ class RunCog(commands.Cog, name="Run"):
                 return
             await notices.settle()
 
-        header = "\n".join(line for line in (request.header, session_header(result.session)) if line)
+        header = "\n".join(line for line in (request.header, session_note, session_header(result.session)) if line)
         rendered = render_result(result, upload_limit=upload_limit(interaction), header=header, code=request.code,
                                  hints=failure_hints(result))
         message = await interaction.edit_original_response(
@@ -192,6 +193,18 @@ class RunCog(commands.Cog, name="Run"):
         self.remember(message.id, request)
         if admission.note:
             await tell_privately(interaction, f"ℹ️ {admission.note}")
+
+    async def _continues_session(self, request: RunRequest, session_id: str) -> tuple[bool, str]:
+        """Whether the run continues the member's session here, and a line for the reply when
+        that could not be known. With execution workers, where a session lives is a lease in
+        the database; while it is down the run goes ahead in a fresh sandbox (a run needs no
+        database) and the reply says why it did not see the session."""
+        if request.fresh_sandbox:
+            return False, ""
+        try:
+            return await (await interpreter.get_executor()).session_continues(session_id), ""
+        except StoreUnavailable as outage:
+            return False, f"ℹ️ Ran in a fresh sandbox: your session could not be looked up ({inline(str(outage), 200)})."
 
     def remember(self, message_id: int, request: RunRequest) -> None:
         self.recent[message_id] = request

@@ -246,16 +246,17 @@ async def test_a_drop_on_a_busy_bot_answers_at_once_and_the_answer_gets_the_prev
     assert dpytest.sent_queue.empty()  # the same message, edited: no second answer
 
 
-async def test_session_status_answers_in_time_with_workers_and_the_database_down(
+async def test_session_lookups_with_workers_and_the_database_down(
         executor_workers, bot_settings, monkeypatch, tmp_path, stamped):
     """With execution workers, where a session lives is a lease in the database: /session
-    status read it before answering, so a killed MongoDB outlasted Discord's deadline."""
+    status read it before answering, so a killed MongoDB outlasted Discord's deadline; and
+    /run, which needs no database, failed for everyone because it could not look the session up."""
     from tests.fixtures_executor import WORKER_TOKEN
 
     worker, = await executor_workers(1)
     server = MongoTestServer(sqlite_path=tmp_path / "mongo.sqlite3").start()
     settings = bot_settings.replace(
-        executor_urls=(worker.url,), executor_token=Secret(WORKER_TOKEN),
+        executor_urls=(worker.url,), executor_token=Secret(WORKER_TOKEN), run_timeout=30, max_run_timeout=30,
         mongodb_uri=Secret(f"{server.uri}&serverSelectionTimeoutMS={SERVER_SELECTION_MS}"), mongodb_database="walk_sessions")
     w = await start_bot(settings, monkeypatch, tmp_path)
     stamps = stamped(w)
@@ -268,6 +269,11 @@ async def test_session_status_answers_in_time_with_workers_and_the_database_down
         status = await w.harness.start_slash("session", w.alice, subcommand="status").wait()
         assert acknowledged_after(status, dispatched, stamps) < ACKNOWLEDGED_WITHIN
         assert status.ephemeral and UNAVAILABLE_MESSAGE in said(status), said(status)
+
+        for member in (w.alice, w.bob):  # in a session or not: the run goes ahead, and says how
+            ran = await w.harness.slash("run", member, code="print('still running')")
+            assert "✅" in ran.content and "still running" in ran.content, ran.content
+            assert "Ran in a fresh sandbox: your session could not be looked up" in ran.content
     finally:
         w.bot.expiry_sweep.cancel()
         await dpytest.empty_queue()

@@ -280,3 +280,21 @@ async def test_session_lookups_with_workers_and_the_database_down(
         await engine.close()
         await engine.store.close()
         server.stop()
+
+
+@pytest.mark.parametrize("name, data", [
+    ("europe.csv", "region;units;price\nnorth;10;2,5\nsouth;7;3,25\n".encode()),  # Excel in most of Europe
+    ("unicode.csv", "region,units,price\nnorth,10,2.5\nsouth,7,3.25\n".encode("utf-16")),  # Excel's "Unicode text"
+])
+async def test_csv_as_excel_writes_it_loads_as_a_table(discord_world, tmp_path, name, data):
+    """Semicolons with decimal commas, and UTF-16 with a byte-order mark, were read with
+    pandas' defaults: one column named 'region;units;price', or a first column named 'ÿþregion'."""
+    w = discord_world
+    path = tmp_path / name
+    path.write_bytes(data)
+    reply = await w.harness.slash("upload", w.alice, attachments={"file": attachment_payload(path)})
+    assert "2 rows × 3 columns" in reply.content, reply.content
+    assert "region (" in reply.content and "price (float64)" in reply.content
+    [stored] = await interpreter.list_user_files(w.alice.id)
+    ran = await w.harness.slash("run", w.alice, code=f"print(load_file('{stored['file_id']}')['price'].sum())")
+    assert "```\n5.75\n```" in ran.content, ran.content

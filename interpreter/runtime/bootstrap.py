@@ -127,6 +127,33 @@ _READERS = {
     "feather": ("read_feather", {}),
 }
 _TEXT = {"txt", "md", "log", "rst", "py", "html", "htm", "xml", "yaml", "yml", "ini", "cfg", "toml"}
+_DIALECT_SAMPLE_BYTES = 64 * 1024
+_DECIMAL_COMMA = r"(?:^|;)\s*-?\d+,\d+\s*(?:;|$)"  # a field that is a number with a decimal comma
+
+
+def _csv_dialect(path: str, options: dict) -> dict:
+    """What pandas' defaults get wrong about a member's CSV, read from its first 64 KB:
+    UTF-16 with a byte-order mark (Excel's "Unicode text"), and the semicolon-separated,
+    decimal-comma CSV that Excel writes in most of Europe (a header with semicolons and no
+    comma). Anything else is left to pandas' defaults, as before."""
+    with open(path, "rb") as fh:
+        head = fh.read(_DIALECT_SAMPLE_BYTES)
+    dialect: dict = {}
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        dialect["encoding"] = "utf-16"
+        text = head.decode("utf-16", "replace")
+    else:
+        text = head.decode("utf-8", "replace")
+    header = text.lstrip("\ufeff").split("\n", 1)[0]
+    if "sep" not in options and ";" in header and "," not in header:
+        dialect["sep"] = ";"
+        import re  # here, not at the top: pandas has imported it already, a print never needs it
+
+        if re.search(_DECIMAL_COMMA, text, re.MULTILINE):
+            dialect["decimal"] = ","
+    return dialect
+
+
 _NOT_TABLES = {"binary", "image", "pdf", "zip", "gzip", "sqlite", "npy", "npz", "hdf5", "pickle"}
 _IMAGES = {"png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff"}
 
@@ -168,10 +195,11 @@ class FileRegistry:
 
             method, options = reader
             if method == "read_csv":
+                options = {**_csv_dialect(path, options), **options}
                 try:
                     return pandas.read_csv(path, **options)
                 except UnicodeDecodeError:  # stored byte for byte: old Excel exports are cp1252
-                    return pandas.read_csv(path, encoding="cp1252", encoding_errors="replace", **options)
+                    return pandas.read_csv(path, **{**options, "encoding": "cp1252", "encoding_errors": "replace"})
             if method == "read_excel":
                 return pandas.read_excel(path, sheet_name=0, **options)
             return getattr(pandas, method)(path, **options)

@@ -10,7 +10,7 @@ every finished run's sandbox is reaped, so teardown is counted. CPU per run:
 - host: this process (getrusage): engine, admission, audit, launch and teardown;
 - forked: a cpuacct group of this benchmark's own (the v1 cpuacct hierarchy, which the
   project does not use) holding the templates, so every process forked from them (the
-  waiters, inits, supervisors, members, spares) and the kernel's work done in their name
+  runs' inits, which are their supervisors, members, spares) and the kernel's work done in their name
   (fork, unshare, mounts, exit) is counted;
 - kworkers: the kernel threads (kworker, ksoftirqd, rcu) of the whole machine, from
   /proc: network-namespace cleanup and cgroup freeing happen there (other processes'
@@ -18,8 +18,8 @@ every finished run's sandbox is reaped, so teardown is counted. CPU per run:
 - machine: /proc/stat's busy time over the round.
 
 `--perf` also samples the templates' process trees and the whole machine with
-`perf record` and splits the forked time by process (template, waiter, init, runner,
-member) and by what it was doing (page faults, fork, unshare, mount, exit, ...).
+`perf record` and splits the forked time by process (template, init (the run's pid 1 and
+supervisor), member) and by what it was doing (page faults, fork, unshare, mount, exit, ...).
 Needs root, a built sandbox venv (SANDBOX_VENV_DIR), and `perf` for --perf.
 """
 
@@ -46,7 +46,7 @@ from bench.run_bench import TINY, make_settings  # noqa: E402
 
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
 KERNEL_THREADS = ("kworker", "ksoftirqd", "rcu")
-ROLES = {0: "template", 1: "waiter", 2: "init", 3: "runner", 4: "member"}
+ROLES = {0: "template", 1: "init", 2: "member"}  # a run: the template clones its init, which forks the member
 
 
 def kernel_thread_ticks() -> int:

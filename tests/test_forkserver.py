@@ -264,6 +264,41 @@ async def test_two_forked_runs_at_once_share_no_namespace_and_see_only_their_own
 
 
 @BOTH_TEMPLATES
+async def test_a_forked_run_is_two_processes_cloned_straight_into_its_namespaces(forking):
+    """The template's own child is the run's pid 1 (no waiter between them: a third Python
+    process per run, its fork, copy-on-write faults and exit), and the host's handle on the
+    run is that pid 1: killing it ends the run."""
+    sandbox = await serving(forking).fork(10)
+    assert sandbox is not None
+    try:
+        status = Path(f"/proc/{sandbox.proc.pid}/status").read_text()
+        nspids = next(line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:"))
+        assert nspids[-1] == "1", status  # pid 1 of the run's own pid namespace
+        parent = int(Path(f"/proc/{sandbox.proc.pid}/stat").read_text().rpartition(")")[2].split()[1])
+        assert parent == template_python_pid(forking)
+        children = Path(f"/proc/{sandbox.proc.pid}/task/{sandbox.proc.pid}/children").read_text().split()
+        assert len(children) == 1  # the member's Python, waiting for its job
+    finally:
+        await sandbox.destroy()
+
+
+@BOTH_TEMPLATES
+async def test_a_forked_runs_exit_status_is_the_kernels_whether_its_init_exits_or_is_killed(forking):
+    """The template reaps each run's init and reports its status: an exit code the member
+    chose comes back as it is, and an init killed from outside (as the OOM killer or the
+    host would) is reported killed, not ended."""
+    exited = await run(forking, "import os\nos._exit(7)")
+    assert exited.cause is ExitCause.EXCEPTION and exited.return_code == 7, (exited.cause, exited.error)
+    sandbox = await serving(forking).fork(10)
+    assert sandbox is not None
+    try:
+        os.kill(sandbox.proc.pid, signal.SIGKILL)
+        assert await asyncio.wait_for(sandbox.proc.wait(), 10) == 128 + signal.SIGKILL
+    finally:
+        await sandbox.destroy()
+
+
+@BOTH_TEMPLATES
 async def test_a_forked_runs_orphans_are_reaped_and_hold_none_of_its_process_limit(forking):
     """The run's pid 1 (its supervisor) reaps the member's orphans: three times RUN_MAX_PROCESSES
     of them, one after another, leave no zombie behind and the run can still start processes."""

@@ -396,9 +396,9 @@ print('started')
     states = host_states(engine)
     bootstrap = [states[c] for c in states if c.startswith("/opt/venv/bin/python -I")]
     spinning = [states[c] for c in states if "while True" in c or c.startswith("sleep")]
-    # The supervisor waits; the member's Python is stopped. A run forked from the template also
-    # has its waiter (the same command line, the template's), waiting; its pid 1 is the supervisor.
-    waiting = ["S", "S"] if FORK_SERVER else ["S"]
+    # The supervisor waits; the member's Python is stopped. (A run forked from the template is
+    # the same two processes: its pid 1, cloned by the template, is the supervisor.)
+    waiting = ["S"]
     assert sorted(sum(bootstrap, [])) in (waiting + ["T"], ["R"] + waiting[1:] + ["T"]), states
     assert sum(spinning, []) == ["T", "T"], states
     second = await run("print(sleeper.poll(), spinner.poll())")

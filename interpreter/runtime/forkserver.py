@@ -6,37 +6,42 @@ runs member code and never sees member data: a request carries only limits and f
 fresh file descriptors, and everything a run does happens in a forked child that first
 puts itself in new namespaces. Nothing flows back from a run to the template.
 
-One run is three processes:
+One run is two processes:
 
     template   (this loop; never changes after "ready")
-      waiter   takes the run's own host uid (when the host mapped the reserved range
-               into the template's user namespace), joins the run's cgroups (the host
-               moves it, see the handshake), sets the run's rlimits, unshares
-               user/mount/pid/net/ipc/uts/cgroup namespaces, maps that one uid, and
-               reports the run's exit status to the host
-        init   pid 1 of the run: mounts a private /proc and fresh tmpfs (/tmp, /dev/shm,
-               /work, /data), a new devpts, /dev read-only; checks that nothing writable
-               is left shared with the template; drops every capability, sets
-               no_new_privs and loads the seccomp filter; then becomes the bootstrap's
-               supervisor, which forks the member process that runs the jobs
-               (interpreter/runtime/bootstrap.py `run_supervised`) and, as pid 1, reaps
-               the member's orphans. (A separate supervisor below init was a fourth
-               Python process per run: a fork, its copy-on-write faults and an exit,
-               ~2 ms of a print's CPU; docs/performance.md.) As pid 1 the supervisor
-               cannot be signalled by any process of the run.
+      init     pid 1 of the run, cloned by the template straight into new user, mount,
+               pid, network, IPC and UTS namespaces (clone(2), its user namespace owned
+               by the run's own host uid when the host mapped the reserved range into
+               the template's user namespace); joins the run's cgroups (the host moves
+               it, see the handshake) and only then its own cgroup namespace, sets the
+               run's rlimits, maps that one uid; mounts a private /proc and fresh tmpfs
+               (/tmp, /dev/shm, /work, /data), a new devpts, /dev read-only; checks that
+               nothing writable is left shared with the template; drops every
+               capability, sets no_new_privs and loads the seccomp filter; then becomes
+               the bootstrap's supervisor, which forks the member process that runs the
+               jobs (interpreter/runtime/bootstrap.py `run_supervised`) and, as pid 1,
+               reaps the member's orphans. As pid 1 the supervisor cannot be signalled
+               by any process of the run.
 
-Handshake on the run's own socket (SOCK_SEQPACKET): the waiter sends "hello"; the
-kernel attaches its pid, as the host sees it (SCM_CREDENTIALS); the host moves that
-pid into the run's memory and pids cgroups and answers "go". Only then does anything
-of the run begin. At the end the waiter sends {"exit": status} (bwrap's convention:
-128 + signal for a signalled run).
+(A "waiter" process between the template and init, which unshared the namespaces and
+forked init into them, was a third Python process per run: its fork, copy-on-write
+faults and exit were ~2.5 ms of a print's ~11 ms of forked CPU; docs/performance.md. A
+separate supervisor below init was a fourth, ~2 ms.)
+
+Handshake on the run's own socket (SOCK_SEQPACKET): init sends "hello"; the kernel
+attaches its pid, as the host sees it (SCM_CREDENTIALS); the host moves that pid into
+the run's memory and pids cgroups and answers "go"; init closes its end. Only then does
+anything of the run begin. At the end the template, which reaps its children, sends
+{"exit": status} on the socket (bwrap's convention: 128 + signal for a signalled run):
+the run's status is the kernel's word, whether init exited or was killed, and no process
+of the run holds the socket it travels on.
 
 Template requests on SOCKET_FD (SOCK_SEQPACKET): one JSON message (limits, tmpfs sizes,
 the run's host uid, and `warm`: a spare that warms up in its own process) with four fds (job pipe, output pipe, control pipe, handshake
-socket). The template keeps CAP_SETUID in its own user namespace for the waiters'
-setresuid (bwrap's --cap-add; the host wrote the map, so the only uids it can take are
-the reserved range's); a run never holds it: the waiter's unshare leaves every
-capability of the template's namespace behind. The template answers nothing:
+socket). The template keeps CAP_SETUID in its own user namespace to take a run's uid as
+its effective uid for the clone (bwrap's --cap-add; the host wrote the map, so the only
+uids it can take are the reserved range's), and takes its own back at once; a run never
+holds it: a process cloned into a new user namespace has no capability in its parent's. The template answers nothing:
 a run it cannot fork closes the handshake socket, and the host starts that run cold.
 """
 
@@ -47,7 +52,9 @@ import fcntl
 import gc
 import json
 import os
+import platform
 import resource
+import select
 import signal
 import socket
 import struct
@@ -64,8 +71,10 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
-RUN_NAMESPACES = (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC
-                  | CLONE_NEWUTS | CLONE_NEWCGROUP)
+# The cgroup namespace is unshared by init once the host has moved it into the run's
+# cgroups, so that its root is the run's group (cloned in, it would be the template's).
+RUN_NAMESPACES = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+CLONE_SYSCALL = {"x86_64": 56, "aarch64": 220}  # clone(2)'s number; the flags come first on both
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
@@ -95,6 +104,8 @@ RUN_WRITABLE = {"/proc", "/tmp", "/dev/shm", "/work", "/data", "/dev/pts", *DEVI
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.syscall.restype = ctypes.c_long
+_libc.syscall.argtypes = [ctypes.c_long, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 
 class SetupError(Exception):
@@ -121,7 +132,12 @@ def _write(path: str, text: str) -> None:
 
 def main() -> None:
     global HOST_UIDS
+    if platform.machine() not in CLONE_SYSCALL:  # the host logs this and starts runs cold
+        sys.exit(f"fork server: no clone(2) number known for {platform.machine()}")
     HOST_UIDS = _read_id_map("/proc/self/uid_map")
+    # Blocked in every thread the imports below may start, so that a run's end wakes
+    # this one (the wakeup fd below), whichever thread the kernel would pick.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     requests = socket.socket(fileno=int(sys.argv[1]))
     seccomp_fd = int(sys.argv[2])
     seccomp = b""
@@ -138,73 +154,110 @@ def main() -> None:
     # copy) the pages of the libraries it inherited.
     gc.collect()
     gc.freeze()
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the waiters
+    ended_r, ended_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # a byte per SIGCHLD
+    signal.set_wakeup_fd(ended_w)
+    signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)  # what counts is the wakeup fd
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+    runs: dict[int, socket.socket] = {}  # each run's init -> the socket its exit status goes to
     ready = {"kind": "ready", "pid": os.getpid()}
     if notice:
         ready["notice"] = notice[:NOTICE_CHARS]
     requests.sendall(json.dumps(ready).encode())
     while True:
+        readable, _, _ = select.select([requests, ended_r], [], [])
+        if ended_r in readable:
+            _drain(ended_r)
+            _report_ended_runs(runs)
+        if requests not in readable:
+            continue
         try:
             message, fds, _flags, _addr = socket.recv_fds(requests, 4096, 8)
         except InterruptedError:
             continue
         if not message:
             os._exit(0)  # the host closed the socket: this template is retired
+        handshake = None
         try:
             request = json.loads(message)
             if len(fds) != 4:
                 raise ValueError("a request carries four descriptors")
-            pid = os.fork()
-        except (OSError, ValueError) as exc:
+            handshake = socket.socket(fileno=fds.pop())
+            template_fds = [requests.fileno(), ended_r, ended_w, *(sock.fileno() for sock in runs.values())]
+            runs[_clone_run(request, fds, handshake, template_fds, seccomp)] = handshake
+        except (OSError, ValueError, SetupError) as exc:
             print(f"fork server: request refused: {exc}", file=sys.stderr, flush=True)
-            pid = -1
-        if pid == 0:
-            _run_waiter(request, fds, requests.fileno(), seccomp)  # never returns
-        for fd in fds:
+            if handshake is not None:
+                handshake.close()  # EOF: the host starts this run cold
+        for fd in fds:  # the run's pipes are the run's own now (or refused with it)
             os.close(fd)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _report_ended_runs(runs: dict[int, socket.socket]) -> None:
+    """Reap every ended run's init and tell the host how it ended, on the run's own socket."""
+    while True:
+        try:
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        handshake = runs.pop(pid, None)
+        if handshake is not None:
+            try:
+                handshake.send(json.dumps({"exit": _exit_status(wait_status)}).encode())
+            except OSError:
+                pass  # the host let go of the run already
+            handshake.close()
 
 
 # ----------------------------------------------------------------------- one run
 
 
-def _run_waiter(request: dict, fds: list[int], template_fd: int, seccomp: bytes) -> None:
-    """The run's outermost process (in the template's namespaces). Never returns."""
-    status = 1
-    handshake = None
+def _clone_run(request: dict, fds: list[int], handshake: socket.socket, template_fds: list[int],
+               seccomp: bytes) -> int:
+    """Clone the run's init into its new namespaces; its pid (in the template's pid namespace)."""
+    own = os.geteuid()
+    uid = _uid_inside(int(request["uid"])) if request.get("uid") is not None else own
+    gid = os.getegid()
+    if uid != own:
+        os.seteuid(uid)  # the run's user namespace is owned by the run's own uid (its kernel pools)
     try:
-        os.close(template_fd)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        job_fd, output_fd, control_fd, handshake_fd = fds
-        handshake = socket.socket(fileno=handshake_fd)
-        if request.get("uid") is not None:
-            _become(_uid_inside(int(request["uid"])))
-        handshake.sendall(b"hello")  # the kernel adds our pid; the host moves us into the run's cgroups
-        if handshake.recv(16) != b"go":
-            os._exit(1)
-        for name, (soft, hard) in request["rlimits"].items():
-            resource.setrlimit(getattr(resource, name), (soft, hard))
-        uid, gid = os.getuid(), os.getgid()
-        _check(_libc.unshare(RUN_NAMESPACES), "unshare")
-        _write("/proc/self/setgroups", "deny")
-        _write("/proc/self/uid_map", f"{UID_INSIDE} {uid} 1\n")
-        _write("/proc/self/gid_map", f"{UID_INSIDE} {gid} 1\n")
-        init = os.fork()
-        if init == 0:
-            handshake.close()
-            _run_init(request, job_fd, output_fd, control_fd, seccomp)  # never returns
-        for fd in (job_fd, output_fd, control_fd):
-            os.close(fd)
-        _, wait_status = os.waitpid(init, 0)
-        status = _exit_status(wait_status)
-    except BaseException as exc:  # noqa: BLE001 - anything here means the run cannot start
-        _say(fds[1] if len(fds) > 1 else 2, f"fork server: run set-up failed: {exc}")
+        pid = _clone(RUN_NAMESPACES)
+        if pid == 0:
+            _run_init(request, fds, handshake, template_fds, uid, gid, seccomp)  # never returns
     finally:
-        if handshake is not None:
-            try:
-                handshake.sendall(json.dumps({"exit": status}).encode())
-            except OSError:
-                pass
-        os._exit(0)
+        if uid != own:  # (the child never gets here)
+            os.seteuid(own)
+            _prctl(PR_SET_DUMPABLE, 1, "PR_SET_DUMPABLE")  # as it was: the uid change cleared it
+    return pid
+
+
+def _clone(flags: int) -> int:
+    """fork(2), but the child begins in new namespaces: clone(2) with no stack of its own
+    goes on in its copy of ours, as fork's child does; Python's own bookkeeping of a fork
+    (locks, at-fork hooks) around it as os.fork does. 0 in the child.
+
+    Unlike glibc's fork(), a bare clone leaves the child's cached thread id the
+    template's: raise(3) and pthread_kill(3) would miss in it. Nothing the run's init
+    does uses them, and the member is forked by os.fork, which sets its own."""
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = _libc.syscall(CLONE_SYSCALL[platform.machine()], flags | signal.SIGCHLD, 0, 0, 0, 0)
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0
+    errno = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(errno, f"clone: {os.strerror(errno)}")
+    return pid
 
 
 def _read_id_map(path: str) -> list[tuple[int, int, int]]:
@@ -223,22 +276,36 @@ def _uid_inside(host_uid: int) -> int:
     raise SetupError(f"host uid {host_uid} is not mapped in the template's user namespace")
 
 
-def _become(uid: int) -> None:
-    """The run's own uid, for good (real, effective and saved)."""
-    if os.getuid() != uid:
-        os.setresuid(uid, uid, uid)
-    # The uid change made us undumpable, which leaves /proc/self (setgroups, uid_map) to root:
-    # the maps written next are our own. Nothing of the run can see this process.
-    _prctl(PR_SET_DUMPABLE, 1, "PR_SET_DUMPABLE")
-
-
-def _run_init(request: dict, job_fd: int, output_fd: int, control_fd: int, seccomp: bytes) -> None:
-    """pid 1 of the run: build its private world, give up every privilege, become the supervisor."""
+def _run_init(request: dict, fds: list[int], handshake: socket.socket, template_fds: list[int],
+              uid: int, gid: int, seccomp: bytes) -> None:
+    """pid 1 of the run, just cloned: join the run's cgroups, build its private world, give
+    up every privilege, become the supervisor. Never returns."""
+    job_fd, output_fd, control_fd = fds
     try:
-        # The waiter gone: the whole run goes. (getppid() is 0 here, pid 1 of a new
-        # namespace, so a waiter killed before this line goes unnoticed; the host then
+        # The template gone: the whole run goes. (getppid() is 0 here, pid 1 of a new
+        # namespace, so a template killed before this line goes unnoticed; the host then
         # closed the run's pipes already, and the run ends at its first read.)
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "PR_SET_PDEATHSIG")
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in template_fds:  # its request socket, its wakeup pipe, other runs' sockets
+            os.close(fd)
+        # The template's uid change made its memory undumpable, which leaves /proc/self
+        # (setgroups, uid_map) to root: the maps written next are our own.
+        _prctl(PR_SET_DUMPABLE, 1, "PR_SET_DUMPABLE")
+        _write("/proc/self/setgroups", "deny")
+        _write("/proc/self/uid_map", f"{UID_INSIDE} {uid} 1\n")
+        _write("/proc/self/gid_map", f"{UID_INSIDE} {gid} 1\n")
+        # The real and saved uids were the template's: all three the run's now (the host
+        # checks the real one, which the kernel attaches to the hello).
+        os.setresuid(UID_INSIDE, UID_INSIDE, UID_INSIDE)
+        handshake.sendall(b"hello")  # the kernel adds our pid; the host moves us into the run's cgroups
+        if handshake.recv(16) != b"go":
+            os._exit(1)
+        handshake.close()  # the exit status is the template's to tell
+        for name, (soft, hard) in request["rlimits"].items():
+            resource.setrlimit(getattr(resource, name), (soft, hard))
+        _check(_libc.unshare(CLONE_NEWCGROUP), "unshare")  # rooted at the run's own cgroup
         _mount_private_world(request["tmpfs"])
         _check(_libc.sethostname(HOSTNAME, len(HOSTNAME)), "sethostname")
         # No further user namespaces from inside (as bwrap's --disable-userns); seccomp denies them too.

@@ -24,9 +24,11 @@ Promises, and what keeps them:
 - Each run has a host uid of its own (per-uid kernel pools are not shared), leased by
   the host from the range launched sandboxes use (uids.py): the host writes the
   template's user namespace maps (the template's uid and the whole range), the template
-  keeps CAP_SETUID there alone, and the run's waiter takes the leased uid before its own
-  user namespace maps inside-uid 1000 onto it. The host checks the uid the kernel
-  attaches to the run's hello; the lease ends when the run's cgroup is empty.
+  keeps CAP_SETUID there alone, takes the leased uid as its effective uid only to clone
+  the run's init (so the run's user namespace is owned by that uid), and the init maps
+  inside-uid 1000 onto it and takes it for real, effective and saved uid before its
+  hello. The host checks the uid the kernel attaches to the run's hello; the lease ends
+  when the run's cgroup is empty.
 - A template that dies is replaced (with backoff); meanwhile `fork` returns None and
   the run starts cold. A new sandbox venv generation gets a new template; the old
   one serves no new run and exits once the runs forked from it have ended.
@@ -652,9 +654,11 @@ _OPEN: "set[ForkServer]" = set()
 class ForkedProcess:
     """The parts of asyncio.subprocess.Process that SandboxProcess uses, for a forked run.
 
-    `pid` is the run's outermost process (the waiter) as the host sees it; signals go
-    through a pidfd, so a reused pid is never signalled. Its exit status comes from the
-    waiter's last message; a waiter that vanished without one was SIGKILLed.
+    `pid` is the run's pid 1 (its init, the template's child) as the host sees it;
+    signals go through a pidfd, so a reused pid is never signalled. Its exit status comes
+    from the template, which reaps it and sends it on the run's socket (no process of the
+    run holds that socket by then); without one, the template itself died, and the run
+    with it (its init's PDEATHSIG): SIGKILLed.
     """
 
     def __init__(self, pid: int, pidfd: int, handshake: socket.socket, stdout: asyncio.StreamReader,
@@ -677,7 +681,7 @@ class ForkedProcess:
                 status = reported
         except (OSError, ValueError, AttributeError):
             pass
-        await _readable(self._pidfd)  # the waiter itself has gone
+        await _readable(self._pidfd)  # the init itself has gone
         self.returncode = status
         self._exited.set()
 

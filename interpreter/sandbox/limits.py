@@ -461,7 +461,7 @@ class CgroupManager:
         """A run paused by a bot that has died stays frozen, deaf even to its die-with-parent
         SIGKILL, with the memory it holds. A frozen group none of whose processes has a
         parent outside it but init is such a run (a live bot is the parent of its sandboxes'
-        bwrap, a live fork-server template of its forks' waiters): kill it and thaw it."""
+        bwrap, a live fork-server template of its runs' inits): kill it and thaw it."""
         if not self.freezer:
             return
         state = "freezer.state" if self.version == 1 else "cgroup.freeze"

@@ -27,8 +27,9 @@ EXTENSIONS = ("cogs.run", "cogs.files", "cogs.admin", "cogs.session", "cogs.ask"
 SWEEP_INTERVAL_HOURS = 1.0
 # discord.py runs each interaction's handler (slash commands, buttons, modals, dynamic items)
 # in a task with one of these names; a draining bot waits for them so replies still go out.
+# Listeners of every interaction too: a code box sent after a restart runs in one (cogs/run.py).
 INTERACTION_TASKS = ("CommandTree-invoker", "discord-ui-view-dispatch-", "discord-ui-modal-dispatch-",
-                     "discord-ui-dynamic-item-")
+                     "discord-ui-dynamic-item-", "discord.py: on_interaction")
 DRAIN_MARGIN_SECONDS = 20.0  # past the longest run: the reply's upload to Discord
 RESTARTING = "This bot is restarting; please try again in a minute."
 # Discord checks option types against the definition the member's app holds; one loaded

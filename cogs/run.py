@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import collections.abc
 import dataclasses
 import logging
 import re
+import secrets
 from typing import TYPE_CHECKING
 
 import discord
@@ -62,6 +64,9 @@ class RunCog(commands.Cog, name="Run"):
         # message id -> the request behind that result. A cache only: after a restart, or on
         # another shard, the buttons find the code in the message itself (see request_behind).
         self.recent: collections.OrderedDict[int, RunRequest] = collections.OrderedDict()
+        # Custom ids of the code boxes this process opened: discord.py answers those. A box
+        # opened before a restart (or by another process) is answered by on_interaction.
+        self.opened_boxes: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.run_message_menu)
@@ -135,6 +140,28 @@ class RunCog(commands.Cog, name="Run"):
         if someone_else:
             header += " in a fresh sandbox (no session, no files)"
         await self.execute(interaction, RunRequest(code, interaction.user.id, header=header, fresh_sandbox=someone_else))
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """A code box submitted after the bot restarted: discord.py forgets open modals, so
+        without this the member's code went nowhere and their app said only that it failed.
+        The box's id carries its timeout and whether files or packages were given (their
+        names do not fit in it: the member is told they were left out)."""
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        data = interaction.data or {}
+        match = BOX_ID.fullmatch(str(data.get("custom_id", "")))
+        if match is None or match[0] in self.opened_boxes:
+            return
+        try:
+            code = next(submitted_texts(data.get("components") or []), "")
+            header = ("ℹ️ The bot restarted while your code box was open: this ran without the files and "
+                      "packages you gave; add them again with /run if it needs them.") if match["options"] == "1" else ""
+            timeout = min(int(match["timeout"]), self.settings.max_run_timeout) or None
+            await self.execute(interaction, RunRequest(extract_code(code), interaction.user.id, timeout=timeout,
+                                                       header=header))
+        except Exception as error:  # noqa: BLE001 - a listener's errors are only logged by discord.py
+            await report_error(interaction, error, "a code box sent after a restart")
 
     # --- the run itself
 
@@ -309,6 +336,20 @@ async def package_choices(current: str) -> list[app_commands.Choice[str]]:
     return list_choices(current, candidates, multi=True)
 
 
+BOX_PREFIX = "run:box:"
+BOX_ID = re.compile(re.escape(BOX_PREFIX) + r"(?P<timeout>[0-9]{1,4}):(?P<options>[01]):[0-9a-f]{16}")
+
+
+def submitted_texts(components: list) -> "collections.abc.Iterator[str]":
+    """The values of the text inputs in a submitted modal's components (rows or labels)."""
+    for component in components:
+        if component.get("type") == 4:
+            yield str(component.get("value") or "")
+        yield from submitted_texts(component.get("components") or [])
+        if isinstance(component.get("component"), dict):
+            yield from submitted_texts([component["component"]])
+
+
 class RunModal(discord.ui.Modal, title="Run Python"):
     code: discord.ui.TextInput = discord.ui.TextInput(
         label="Code", style=discord.TextStyle.paragraph, max_length=MAX_CODE_CHARS,
@@ -316,7 +357,12 @@ class RunModal(discord.ui.Modal, title="Run Python"):
 
     def __init__(self, cog: RunCog, author_id: int, files: tuple[str, ...], packages: tuple[str, ...],
                  timeout: int | None, *, code: str = "") -> None:
-        super().__init__(timeout=900)
+        # The id says what a box submitted after a restart needs (see RunCog.on_interaction).
+        custom_id = f"{BOX_PREFIX}{timeout or 0}:{int(bool(files or packages))}:{secrets.token_hex(8)}"
+        super().__init__(timeout=900, custom_id=custom_id)
+        cog.opened_boxes[custom_id] = None
+        while len(cog.opened_boxes) > RECENT_REQUESTS:
+            cog.opened_boxes.popitem(last=False)
         if code:
             self.code.default = code[:MAX_CODE_CHARS]
         self.cog = cog

@@ -331,9 +331,9 @@ class InteractionHarness:
         self.recorder.interactions[payload["token"]] = payload
         before = asyncio.all_tasks()
         self.bot._connection.parse_interaction_create(payload)
-        handlers = [t for t in asyncio.all_tasks() - before
-                    if t.get_name().startswith(("CommandTree-invoker", "discord-ui-view-dispatch", "discord-ui-modal-dispatch",
-                                                "discord-ui-dynamic-item"))]
+        from bot.client import INTERACTION_TASKS  # the tasks that answer interactions, as the bot's drain knows them
+
+        handlers = [t for t in asyncio.all_tasks() - before if t.get_name().startswith(INTERACTION_TASKS)]
         task = None
         if handlers:
             task = asyncio.ensure_future(asyncio.gather(*handlers))

@@ -298,3 +298,28 @@ async def test_csv_as_excel_writes_it_loads_as_a_table(discord_world, tmp_path, 
     [stored] = await interpreter.list_user_files(w.alice.id)
     ran = await w.harness.slash("run", w.alice, code=f"print(load_file('{stored['file_id']}')['price'].sum())")
     assert "```\n5.75\n```" in ran.content, ran.content
+
+
+def restart_forgets_open_boxes(world) -> None:
+    """What a restart does to code boxes that are open in members' apps: discord.py no longer knows them."""
+    world.bot._connection._view_store._modals.clear()
+    world.bot.get_cog("Run").opened_boxes.clear()
+
+
+async def test_a_code_box_sent_after_a_restart_still_runs(discord_world):
+    w = discord_world
+    box = await w.harness.slash("run", w.alice, timeout=7)
+    with_options = await w.harness.slash("run", w.bob, packages="scipy")
+    restart_forgets_open_boxes(w)
+
+    ran = await w.harness.submit_modal(box, w.alice, {"Code": "```py\nprint('typed before the restart')\n```"})
+    assert ran.content.startswith("✅ Finished") and "typed before the restart" in ran.content, ran.content
+    assert await (await interpreter.get_engine()).recent_runs(1)
+
+    told = await w.harness.submit_modal(with_options, w.bob, {"Code": "print('no packages')"})
+    assert "this ran without the files and packages you gave" in told.content and "no packages" in told.content
+
+    # Before a restart, discord.py's own modal answers, once.
+    fresh = await w.harness.slash("run", w.alice)
+    once = await w.harness.submit_modal(fresh, w.alice, {"Code": "print('once')"})
+    assert [s.kind for s in once.sent].count("callback") == 1 and "once" in once.content

@@ -9,6 +9,7 @@ SIGKILL and restarted on the same port; only Discord's network is recorded.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 
@@ -34,6 +35,27 @@ def kill(server: MongoTestServer) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait()
     server.stop()  # closes the pipes
+
+
+@contextlib.asynccontextmanager
+async def bot_on_mongo(bot_settings, monkeypatch, tmp_path, database: str, selection_ms: int = SERVER_SELECTION_MS,
+                       **settings):
+    """The real bot on a file-backed MongoDB wire server (`world.mongo`, to kill and restart)."""
+    server = MongoTestServer(sqlite_path=tmp_path / "mongo.sqlite3").start()
+    settings = bot_settings.replace(
+        mongodb_uri=Secret(f"{server.uri}&serverSelectionTimeoutMS={selection_ms}"),
+        mongodb_database=database, **settings)
+    world = await start_bot(settings, monkeypatch, tmp_path)
+    engine = await interpreter.get_engine()
+    world.mongo = server
+    try:
+        yield world
+    finally:
+        world.bot.expiry_sweep.cancel()
+        await dpytest.empty_queue()
+        await engine.close()
+        await engine.store.close()
+        server.stop()
 
 
 def acknowledged_after(reply, dispatched: float, stamps: dict[int, float]) -> float:
@@ -113,25 +135,13 @@ async def test_run_is_acknowledged_and_runs_while_mongodb_is_down(bot_settings, 
 async def test_hourly_limit_still_refuses_what_this_process_counted_during_an_outage(
         bot_settings, monkeypatch, tmp_path):
     """Failing open is bounded: the memory window of this process still counts."""
-    server = MongoTestServer(sqlite_path=tmp_path / "mongo.sqlite3").start()
-    settings = bot_settings.replace(
-        mongodb_uri=Secret(f"{server.uri}&serverSelectionTimeoutMS={SERVER_SELECTION_MS}"),
-        mongodb_database="outage_limit", runs_per_member_per_hour=2)
-    world = await start_bot(settings, monkeypatch, tmp_path)
-    engine = await interpreter.get_engine()
-    try:
+    async with bot_on_mongo(bot_settings, monkeypatch, tmp_path, "outage_limit", runs_per_member_per_hour=2) as world:
         assert "one" in (await world.harness.slash("run", world.alice, code="print('one')")).content
-        kill(server)
+        kill(world.mongo)
         assert "two" in (await world.harness.slash("run", world.alice, code="print('two')")).content
         refused = await world.harness.slash("run", world.alice, code="print('three')")
         assert refused.callback.ephemeral  # refused before acknowledging: no database needed to know
         assert refused.callback.content.startswith("⏳ You've used your 2 runs for this hour")
-    finally:
-        world.bot.expiry_sweep.cancel()
-        await dpytest.empty_queue()
-        await engine.close()
-        await engine.store.close()
-        server.stop()
 
 
 async def test_a_limit_only_the_run_history_knows_is_refused_privately_after_the_acknowledgement(

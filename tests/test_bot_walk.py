@@ -20,7 +20,7 @@ from interpreter.store import UNAVAILABLE_MESSAGE
 from tests.discord_harness import attachment_payload
 from tests.fixtures_discord import start_bot
 from tests.fixtures_mongo import MongoTestServer
-from tests.test_bot_store_outage import acknowledged_after, kill, stamped  # noqa: F401 (fixture)
+from tests.test_bot_store_outage import acknowledged_after, bot_on_mongo, kill, stamped  # noqa: F401 (fixture)
 
 # Under Discord's 3 s deadline so the test stays short; before the fix the acknowledgement
 # waited for it (and with the default 5 s, missed the deadline).
@@ -30,21 +30,8 @@ ACKNOWLEDGED_WITHIN = 1.0
 
 @pytest.fixture
 async def world_on_mongo(bot_settings, monkeypatch, tmp_path):
-    server = MongoTestServer(sqlite_path=tmp_path / "mongo.sqlite3").start()
-    settings = bot_settings.replace(
-        mongodb_uri=Secret(f"{server.uri}&serverSelectionTimeoutMS={SERVER_SELECTION_MS}"),
-        mongodb_database="walk")
-    world = await start_bot(settings, monkeypatch, tmp_path)
-    engine = await interpreter.get_engine()
-    world.mongo = server
-    try:
+    async with bot_on_mongo(bot_settings, monkeypatch, tmp_path, "walk", SERVER_SELECTION_MS) as world:
         yield world
-    finally:
-        world.bot.expiry_sweep.cancel()
-        await dpytest.empty_queue()
-        await engine.close()
-        await engine.store.close()
-        server.stop()
 
 
 def said(reply) -> str:
@@ -254,17 +241,12 @@ async def test_session_lookups_with_workers_and_the_database_down(
     from tests.fixtures_executor import WORKER_TOKEN
 
     worker, = await executor_workers(1)
-    server = MongoTestServer(sqlite_path=tmp_path / "mongo.sqlite3").start()
-    settings = bot_settings.replace(
-        executor_urls=(worker.url,), executor_token=Secret(WORKER_TOKEN), run_timeout=30, max_run_timeout=30,
-        mongodb_uri=Secret(f"{server.uri}&serverSelectionTimeoutMS={SERVER_SELECTION_MS}"), mongodb_database="walk_sessions")
-    w = await start_bot(settings, monkeypatch, tmp_path)
-    stamps = stamped(w)
-    engine = await interpreter.get_engine()
-    try:
+    async with bot_on_mongo(bot_settings, monkeypatch, tmp_path, "walk_sessions", SERVER_SELECTION_MS, executor_urls=(worker.url,),
+                            executor_token=Secret(WORKER_TOKEN), run_timeout=30, max_run_timeout=30) as w:
+        stamps = stamped(w)
         started = await w.harness.slash("session", w.alice, subcommand="start")
         assert started.content.startswith("🧠 Session started."), started.content
-        kill(server)
+        kill(w.mongo)
         dispatched = time.monotonic()
         status = await w.harness.start_slash("session", w.alice, subcommand="status").wait()
         assert acknowledged_after(status, dispatched, stamps) < ACKNOWLEDGED_WITHIN
@@ -274,12 +256,6 @@ async def test_session_lookups_with_workers_and_the_database_down(
             ran = await w.harness.slash("run", member, code="print('still running')")
             assert "✅" in ran.content and "still running" in ran.content, ran.content
             assert "Ran in a fresh sandbox: your session could not be looked up" in ran.content
-    finally:
-        w.bot.expiry_sweep.cancel()
-        await dpytest.empty_queue()
-        await engine.close()
-        await engine.store.close()
-        server.stop()
 
 
 @pytest.mark.parametrize("name, data", [

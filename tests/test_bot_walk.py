@@ -18,8 +18,6 @@ from cogs._format import code_block
 from config.settings import Secret
 from interpreter.store import UNAVAILABLE_MESSAGE
 from tests.discord_harness import attachment_payload
-from tests.fixtures_discord import start_bot
-from tests.fixtures_mongo import MongoTestServer
 from tests.test_bot_store_outage import acknowledged_after, bot_on_mongo, kill, stamped  # noqa: F401 (fixture)
 
 # Under Discord's 3 s deadline so the test stays short; before the fix the acknowledgement

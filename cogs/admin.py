@@ -19,6 +19,7 @@ from discord.ext import commands
 import interpreter
 from cogs._access import admin_only, is_bot_owner
 from cogs._format import EMBED_DESCRIPTION_LIMIT, EMBED_FIELD_LIMIT, NO_MENTIONS, clean_text, display_filename, inline
+from cogs._uploads import _expires_timestamp
 from cogs.session import session_line_for_status, sessions_in_guild
 from interpreter.store import StoreUnavailable
 
@@ -236,6 +237,8 @@ def executors_field(executors: list[dict[str, Any]], *, show_address: bool) -> s
 
 def status_embed(status: dict[str, Any], *, queue: Any, bot_uptime: float, latency: float,
                  shards: str = "", show_addresses: bool = False) -> discord.Embed:
+    # Times as everywhere else the bot shows one: in the reader's clock, relative ("2 hours ago").
+    status = {**status, "last_cleanup": _expires_timestamp(status.get("last_cleanup")) or None}
     sandbox = status.get("sandbox") if isinstance(status.get("sandbox"), dict) else {}
     runs = status.get("runs") if isinstance(status.get("runs"), dict) else {}
     executors = [w for w in status.get("executors") or [] if isinstance(w, dict)]

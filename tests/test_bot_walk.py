@@ -297,3 +297,14 @@ async def test_a_code_box_sent_after_a_restart_still_runs(discord_world):
     fresh = await w.harness.slash("run", w.alice)
     once = await w.harness.submit_modal(fresh, w.alice, {"Code": "print('once')"})
     assert [s.kind for s in once.sent].count("callback") == 1 and "once" in once.content
+
+
+def test_status_shows_the_last_cleanup_as_a_discord_time():
+    """/status showed it as the engine's ISO text ('2026-12-02T19:52:48.855000+00:00')."""
+    from cogs._queue import QueueStats
+    from cogs.admin import status_embed
+
+    embed = status_embed({"venv_exists": True, "last_cleanup": "2026-12-02T19:52:48.855000+00:00"},
+                         queue=QueueStats(0, 0, 0, 2), bot_uptime=1.0, latency=0.1)
+    packages = next(field.value for field in embed.fields if field.name == "Packages")
+    assert "**last cleanup:** <t:1796241168:R>" in packages, packages

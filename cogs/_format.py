@@ -140,12 +140,17 @@ def code_block(text: str, language: str = "") -> str:
     return f"```{language}\n{body}\n```"
 
 
-def inline(text: str, limit: int = 200) -> str:
-    """Member text shown in a normal line: cleaned, shortened, markdown and mentions escaped."""
+def inline(text: str, limit: int = 200, *, links: bool = False) -> str:
+    """Member text shown in a normal line: cleaned, shortened, markdown and mentions escaped,
+    and links left unlinked (`links` keeps them, for the bot's own configuration): outside a
+    code block Discord makes a link of any http:// and unfurls a preview card of that site
+    under the bot's message (a run's error message could post a phishing page's card with
+    the bot's authority)."""
     text = clean_text(text).replace("\n", " ")
     if len(text) > limit:
         text = text[: limit - 1] + "…"
-    return discord.utils.escape_mentions(discord.utils.escape_markdown(text))
+    text = discord.utils.escape_mentions(discord.utils.escape_markdown(text))
+    return text if links else text.replace("://", ":/" + _ZWSP + "/")
 
 
 def display_filename(name: str) -> str:

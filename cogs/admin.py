@@ -214,7 +214,7 @@ def worker_line(worker: dict[str, Any], number: int, *, show_address: bool) -> s
     state = worker_state(worker)
     name = inline(str(worker.get("name") or str(worker.get("instance") or "")[:12] or f"worker {number}"), 60)
     if show_address and worker.get("url"):
-        name += f" ({inline(str(worker['url']), 80)})"
+        name += f" ({inline(str(worker['url']), 80, links=True)})"  # the owner's own setting
     parts = [f"{WORKER_ICONS[state]} {name}", state]
     if state != "not answering":
         for key, label in (("runs_in_flight", "running"), ("queued", "waiting"), ("warm_sandboxes", "warm"),

@@ -308,3 +308,17 @@ def test_status_shows_the_last_cleanup_as_a_discord_time():
                          queue=QueueStats(0, 0, 0, 2), bot_uptime=1.0, latency=0.1)
     packages = next(field.value for field in embed.fields if field.name == "Packages")
     assert "**last cleanup:** <t:1796241168:R>" in packages, packages
+
+
+async def test_links_in_member_text_outside_code_blocks_are_not_links(discord_world, tmp_path):
+    """An error's one line and a file's name are shown outside code blocks, where Discord
+    links any http:// and unfurls the site's preview card under the bot's message."""
+    w = discord_world
+    reply = await w.harness.slash("run", w.alice, code="raise SystemExit('Free nitro: https://discord-gift.example/claim')")
+    status_line = reply.content.splitlines()[0]  # the code preview below it is a code block: not linked there
+    assert "discord-gift.example/claim" in status_line and "https://" not in status_line, status_line
+    path = tmp_path / "data.csv"
+    path.write_text("a\n1\n")
+    stored = await w.harness.slash("upload", w.alice, attachments={
+        "file": attachment_payload(path, filename="see http:⁄⁄evil.example and https://evil.example.csv")})
+    assert "Stored" in stored.content and "://" not in stored.content, stored.content

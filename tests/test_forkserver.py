@@ -111,6 +111,24 @@ async def test_a_chart_runs_in_a_child_of_the_template_that_preloaded_the_data_l
         await runner.close()
 
 
+async def test_the_data_template_is_one_thread_when_it_clones_runs(tmp_path, sandbox_venv):
+    """A bare clone(2) copies only the calling thread and runs no library's at-fork handler:
+    a lock another template thread held at that moment (pyarrow's jemalloc purging thread,
+    which importing pandas started, holds its arena locks while it purges) would stay held in
+    the run's init for ever, and init's fork of the member would hang on it. So the template,
+    with the production preload, has no thread but its main one."""
+    runner = fork_runner(tmp_path, SANDBOX_POOL_PRELOAD="numpy,pandas,matplotlib,seaborn")
+    try:
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
+        pid = template_python_pid(runner)
+        threads = {tid: Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() for tid in os.listdir(f"/proc/{pid}/task")}
+        assert list(threads) == [str(pid)], threads
+        outcome = await run(runner, "import pandas as pd, pyarrow as pa\nprint(pd.DataFrame({'x': pa.array([1, 2])}).x.sum())")
+        assert outcome.success and outcome.output == "3\n", outcome.error
+    finally:
+        await runner.close()
+
+
 async def test_execute_code_warms_in_the_background_on_first_use(tmp_path, sandbox_venv):
     """A library user never calls warm_up(): the first run starts the warm capacity and
     does not wait for it; later runs are forked."""

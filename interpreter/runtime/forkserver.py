@@ -160,6 +160,10 @@ def main() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
     runs: dict[int, socket.socket] = {}  # each run's init -> the socket its exit status goes to
     ready = {"kind": "ready", "pid": os.getpid()}
+    others = _other_threads()
+    if others:  # sandbox_env turns off the ones known (bwrap.py); a library update may bring one
+        notice = "; ".join(filter(None, [notice, f"threads besides the template's main one ({', '.join(others)}): "
+                                                  "a lock one holds when a run is cloned stays held in its init"]))
     if notice:
         ready["notice"] = notice[:NOTICE_CHARS]
     requests.sendall(json.dumps(ready).encode())
@@ -190,6 +194,20 @@ def main() -> None:
                 handshake.close()  # EOF: the host starts this run cold
         for fd in fds:  # the run's pipes are the run's own now (or refused with it)
             os.close(fd)
+
+
+def _other_threads() -> list[str]:
+    """Names of this process's threads but the calling one. A bare clone copies only the
+    caller and runs no library's at-fork handler: the others must not exist (_clone)."""
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) != os.getpid():  # main() runs in the main thread, whose id is the pid
+            try:
+                with open(f"/proc/self/task/{tid}/comm") as fh:
+                    names.append(fh.read().strip())
+            except OSError:
+                pass  # it has just ended
+    return names
 
 
 def _drain(fd: int) -> None:

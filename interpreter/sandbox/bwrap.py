@@ -195,6 +195,11 @@ def sandbox_env(preload: str = "") -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "NUMEXPR_MAX_THREADS": "1",
+        # pyarrow's jemalloc (initialised when pandas is imported) starts a purging thread:
+        # in a fork-server template a thread besides the main one is a hazard (a bare
+        # clone copies only the caller; a lock that thread held at the clone stays held in
+        # the run's init, runtime/forkserver.py), and in a run it counts against the pids limit.
+        "JE_ARROW_MALLOC_CONF": "background_thread:false",
         "VIRTUAL_ENV": VENV_MOUNT,
     }
     if preload:

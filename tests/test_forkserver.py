@@ -316,6 +316,33 @@ async def test_a_forked_runs_exit_status_is_the_kernels_whether_its_init_exits_o
         await sandbox.destroy()
 
 
+async def test_a_run_the_template_cannot_clone_starts_cold_and_the_template_serves_on(forking):
+    """clone(2) failing in the template (here EAGAIN: its pids cgroup is full, as a host
+    short of processes would make it) refuses that one run at once: the host starts it
+    cold, told why, and the same template forks the next run once the kernel lets it."""
+    server = serving(forking)
+    template = server.template
+    pids_dir = next(d for d in template.cgroup.dirs if (d / "pids.max").exists())
+    before = (pids_dir / "pids.max").read_text().strip()
+    (pids_dir / "pids.max").write_text((pids_dir / "pids.current").read_text())
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await server.fork(10) is None
+        assert loop.time() - started < 5  # refused at once, not the host's handshake time-out
+        outcome = await run(forking, "print('cold')")
+        assert outcome.success and outcome.output == "cold\n", outcome.error
+    finally:
+        (pids_dir / "pids.max").write_text(before)
+    assert server.template is template and template.alive
+    assert server.describe()["fork_failures"] >= 1
+    forked = server.describe()["runs_forked"]
+    outcome = await run(forking, "print('forked again')")
+    assert outcome.success and outcome.output == "forked again\n", outcome.error
+    assert server.describe()["runs_forked"] == forked + 1
+    assert "clone: Resource temporarily unavailable" in bytes(template.output).decode(errors="replace")
+
+
 @BOTH_TEMPLATES
 async def test_a_forked_runs_orphans_are_reaped_and_hold_none_of_its_process_limit(forking):
     """The run's pid 1 (its supervisor) reaps the member's orphans: three times RUN_MAX_PROCESSES

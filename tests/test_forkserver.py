@@ -316,6 +316,21 @@ async def test_a_forked_runs_exit_status_is_the_kernels_whether_its_init_exits_o
         await sandbox.destroy()
 
 
+async def test_a_forked_run_dies_with_the_template_that_cloned_it(forking):
+    """The run's init asks for SIGKILL when its parent, the template, dies (PR_SET_PDEATHSIG):
+    its later uid change (the kernel clears that request on a change of effective uid) must
+    not undo it, or a run would outlive its template's death unreaped, its status untold."""
+    sandbox = await serving(forking).fork(10)
+    assert sandbox is not None
+    try:
+        os.kill(template_python_pid(forking), signal.SIGKILL)
+        # No status can come from a dead template: the host's word for it is "killed".
+        assert await asyncio.wait_for(sandbox.proc.wait(), 10) == -signal.SIGKILL
+        assert not Path(f"/proc/{sandbox.proc.pid}").exists()
+    finally:
+        await sandbox.destroy()
+
+
 async def test_a_run_the_template_cannot_clone_starts_cold_and_the_template_serves_on(forking):
     """clone(2) failing in the template (here EAGAIN: its pids cgroup is full, as a host
     short of processes would make it) refuses that one run at once: the host starts it

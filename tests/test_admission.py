@@ -309,6 +309,45 @@ def test_a_runs_task_times_count_only_what_its_tasks_did_since_and_keep_those_of
     assert RunTaskTimes(tmp_path / "gone")() is None  # no task list: nothing known
 
 
+REAPED_BURNERS = """
+import os, sys, time
+sys.stdin.readline()
+for _ in range(10):  # children that each burn ~30 ms of CPU and are reaped between two readings
+    child = os.fork()
+    if child == 0:
+        end = time.process_time() + 0.03
+        while time.process_time() < end:
+            pass
+        os._exit(0)
+    os.waitpid(child, 0)
+print('done', flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_runs_task_times_count_the_cpu_of_tasks_that_ended_between_two_readings(tmp_path: Path):
+    """CPU burnt in processes that start and end between two readings is the run's own
+    too: their reaper's counters (cutime, cstime) carry it. Without it, a run doing its
+    work in short-lived children (subprocess calls in a loop, or a member gaming the
+    clock) looked as if it waited for a CPU: on an idle machine a 2 s time-out ran ~15 s
+    (RUN_WALL_TIME_FACTOR 10) and the member was told it waited 13 s for a CPU."""
+    tasks = tmp_path / "tasks"  # the run cgroup's lists: the children are never in them
+    parent = subprocess.Popen([sys.executable, "-c", REAPED_BURNERS], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        tasks.write_text(f"{parent.pid}\n")
+        (tmp_path / "cgroup.procs").write_text(f"{parent.pid}\n")
+        probe = RunTaskTimes(tasks)
+        parent.stdin.write("go\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline() == "done\n"
+        reading = probe()
+        assert reading is not None and 0.25 <= reading.on_cpu < 1.0, reading
+    finally:
+        parent.kill()
+        parent.wait()
+
+
 async def test_a_run_whose_tasks_have_all_ended_is_not_long():
     """Its code is done and the runner is collecting its files: moving it gains nothing."""
     gate = AdmissionGate(1, long_capacity=1, long_after=0.05, wait_for_probe=True)

@@ -13,6 +13,12 @@ ahead, a session's sandbox) counts only what it does from then on. A task that h
 exited takes its counters with it: it counts what it had when last read (each reading
 remembers every task's), and what it did after that is lost. Lost wait makes the run
 look *more* its own, never less: the safe side, with wall-time judgement as the limit.
+CPU is not lost that way: a process's counters in /proc/PID/stat carry the CPU of its
+threads that ended and of the children it reaped (utime, stime, cutime, cstime), so the
+run's CPU is also summed over its processes (`cgroup.procs`, beside the task list), and
+the larger of the two sums counts. Otherwise a run doing its work in short-lived
+processes (subprocess calls in a loop) would look starved while it ran, and its
+time-out, which counts only CPU while a task is runnable, would stretch to its wall cap.
 Reads are bounded by the run's pids limit, and by MAX_TASKS.
 """
 
@@ -20,9 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from pathlib import Path
 
 NS = 1e-9
+TICK = 1 / os.sysconf("SC_CLK_TCK")  # seconds of one clock tick, the unit of /proc/PID/stat's times
 MAX_TASKS = 1024  # a run's tasks read at most (its pids cgroup limit is smaller by default)
 
 
@@ -62,14 +70,23 @@ def read_schedstat(tid: int | str) -> tuple[int, int] | None:
         return None
 
 
-def is_runnable(tid: int | str) -> bool:
-    """The task is running or waiting for a CPU (state R in /proc/TID/stat)."""
+def read_stat(tid: int | str) -> tuple[bool, float] | None:
+    """(running or waiting for a CPU, seconds of CPU of its process: its threads, those
+    that ended included, and the children it reaped) from /proc/TID/stat; None when gone."""
     try:
         with open(f"/proc/{tid}/stat", "rb") as handle:
             # the state follows the command name, which may itself hold ') '
-            return handle.read().rpartition(b") ")[2][:1] == b"R"
-    except OSError:
-        return False
+            fields = handle.read().rpartition(b") ")[2].split()
+        # fields[0] is the state (field 3); utime, stime, cutime, cstime are fields 14-17
+        return fields[0] == b"R", sum(int(field) for field in fields[11:15]) * TICK
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_runnable(tid: int | str) -> bool:
+    """The task is running or waiting for a CPU (state R in /proc/TID/stat)."""
+    stat = read_stat(tid)
+    return stat is not None and stat[0]
 
 
 @functools.cache
@@ -88,9 +105,11 @@ class RunTaskTimes:
 
     def __init__(self, task_list: Path, *, max_tasks: int = MAX_TASKS) -> None:
         self.task_list = task_list
+        self.process_list = task_list.with_name("cgroup.procs")  # beside `tasks` (v1) or `cgroup.threads` (v2)
         self.max_tasks = max_tasks
         self._baseline: dict[int, tuple[int, int]] = dict(self._read() or [])
         self._last_seen: dict[int, tuple[int, int]] = {}  # tid -> (cpu, wait) ns since the baseline, last read
+        self._process_baseline: dict[int, float] = self._process_cpu()  # pid -> CPU seconds (read_stat)
 
     @classmethod
     def of_cgroup(cls, cgroup) -> "RunTaskTimes | None":
@@ -111,10 +130,28 @@ class RunTaskTimes:
             self._last_seen[tid] = (max(0, cpu_ns - base_cpu), max(0, wait_ns - base_wait))
         if len(self._last_seen) > self.max_tasks * 4:  # a run that keeps starting tasks: forget the oldest
             self._last_seen = dict(list(self._last_seen.items())[-self.max_tasks:])
-        on_cpu = sum(cpu for cpu, _ in self._last_seen.values())
+        on_cpu = sum(cpu for cpu, _ in self._last_seen.values()) * NS
         waited = sum(wait for _, wait in self._last_seen.values())
+        # The same CPU by process, with what ended between readings (a process gone and not
+        # yet reaped is missing from both until its reaper's counters have it).
+        by_process = sum(max(0.0, cpu - self._process_baseline.get(pid, 0.0))
+                         for pid, cpu in self._process_cpu().items())
         # No task left, whether or not one was seen before: its code has ended.
-        return TaskTimes(on_cpu * NS, waited * NS, runnable, ended=not found)
+        return TaskTimes(max(on_cpu, by_process), waited * NS, runnable, ended=not found)
+
+    def _process_cpu(self) -> dict[int, float]:
+        """pid -> CPU seconds (read_stat) of the run's processes; none when their list is unreadable."""
+        try:
+            with open(self.process_list, "rb") as handle:
+                pids = handle.read().split()[: self.max_tasks]
+        except OSError:
+            return {}
+        found = {}
+        for raw in pids:
+            stat = read_stat(int(raw))
+            if stat is not None:
+                found[int(raw)] = stat[1]
+        return found
 
     def _read(self) -> list[tuple[int, tuple[int, int]]] | None:
         """(tid, counters) of the run's tasks; None when its task list cannot be read."""

@@ -358,6 +358,37 @@ async def test_a_run_the_template_cannot_clone_starts_cold_and_the_template_serv
     assert "clone: Resource temporarily unavailable" in bytes(template.output).decode(errors="replace")
 
 
+async def test_a_cloned_init_that_fails_before_it_takes_over_never_serves_as_a_second_template(
+        tmp_path, sandbox_venv, monkeypatch):
+    """Whatever is raised in a freshly cloned init before it takes over ends that process:
+    it must never fall back into the template's request loop, where it would read the
+    host's requests beside the real template (and with the run's uid). Here every init
+    raises at once: each run starts cold, told why, and the template stays one process."""
+    from interpreter.sandbox import runner as runner_module
+
+    source = runner_module.RUNTIME_MODULES["forkserver.py"]
+    takes_over = b'become the supervisor. Never returns."""\n'
+    assert source.count(takes_over) == 1
+    monkeypatch.setattr(runner_module, "RUNTIME_MODULES", {
+        **runner_module.RUNTIME_MODULES,
+        "forkserver.py": source.replace(takes_over, takes_over + b'    raise RuntimeError("init fails at once")\n')})
+    runner = fork_runner(tmp_path)
+    try:
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT), runner.describe()["fork_server"]
+        server = serving(runner)
+        template = server.template
+        procs = next(d for d in template.cgroup.dirs if (d / "cgroup.procs").exists()) / "cgroup.procs"
+        before = set(procs.read_text().split())
+        for attempt in range(2):  # (three failures in a row replace the template)
+            outcome = await run(runner, f"print('cold {attempt}')")
+            assert outcome.success and outcome.output == f"cold {attempt}\n", outcome.error
+        assert server.describe()["runs_forked"] == 0
+        assert set(procs.read_text().split()) == before  # no init left behind, none serving requests
+        assert server.template is template and template.alive
+    finally:
+        await runner.close()
+
+
 @BOTH_TEMPLATES
 async def test_a_forked_runs_orphans_are_reaped_and_hold_none_of_its_process_limit(forking):
     """The run's pid 1 (its supervisor) reaps the member's orphans: three times RUN_MAX_PROCESSES

@@ -250,7 +250,12 @@ def _clone_run(request: dict, fds: list[int], handshake: socket.socket, template
     try:
         pid = _clone(RUN_NAMESPACES)
         if pid == 0:
-            _run_init(request, fds, handshake, template_fds, uid, gid, seccomp)  # never returns
+            # The child must never come back to the template's request loop as a second
+            # template: whatever is raised before _run_init takes over ends it here.
+            try:
+                _run_init(request, fds, handshake, template_fds, uid, gid, seccomp)  # never returns
+            finally:
+                os._exit(1)
     finally:
         if uid != own:  # (the child never gets here)
             os.seteuid(own)

@@ -13,17 +13,14 @@ import asyncio
 import json
 import logging
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-from interpreter.packages import PackageManager
 from interpreter.sandbox import SandboxRunner
-from tests.fixtures_sandbox import make_settings
 from tests.sandbox_helpers import files_by_name, run
+from tests.test_fork_warm import DATA_PRELOAD, pooled_data_runner
 from tests.test_forkserver import READY_TIMEOUT, fork_runner
 
-DATA_PRELOAD = "numpy,pandas,matplotlib,seaborn"
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "interpreter" / "runtime"
 
 SCIPY_LOADED = "sorted(name for name in sys.modules if name == 'scipy' or name.startswith('scipy.'))"
@@ -115,13 +112,8 @@ async def test_a_kde_gives_exactly_scipys_numbers_and_a_members_import_scipy_is_
 
 async def test_a_pooled_sandbox_launched_with_the_preload_defers_scipy_the_same_way(tmp_path, sandbox_venv):
     """The pool (no fork server) runs the same bootstrap.prepare as the template."""
-    data = tmp_path / "data"
-    data.mkdir()
-    settings = make_settings(data, SANDBOX_FORK_SERVER="false", SANDBOX_POOL_SIZE="1", SANDBOX_LIGHT_POOL_SIZE="0",
-                             SANDBOX_POOL_PRELOAD=DATA_PRELOAD)
-    runner = SandboxRunner(settings, PackageManager(settings))
+    runner = await pooled_data_runner(tmp_path)
     try:
-        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
         outcome = await run(runner, EVERY_SCIPY_CHART, timeout=60)
         assert runner.pool.describe()["heavy"]["served_warm"] == 1, runner.pool.describe()
     finally:

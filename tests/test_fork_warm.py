@@ -24,6 +24,22 @@ from tests.test_forkserver import READY_TIMEOUT, fork_runner
 
 DATA_PRELOAD = "numpy,pandas,matplotlib,seaborn"
 
+
+async def pooled_data_runner(tmp_path) -> SandboxRunner:
+    """A runner without the fork server whose pool holds one heavy sandbox, warm (its
+    bootstrap.prepare done) and one light sandbox fewer: a second data run starts cold."""
+    data = tmp_path / "data"
+    data.mkdir()
+    settings = make_settings(data, SANDBOX_FORK_SERVER="false", SANDBOX_POOL_SIZE="1", SANDBOX_LIGHT_POOL_SIZE="0",
+                             SANDBOX_POOL_PRELOAD=DATA_PRELOAD)
+    runner = SandboxRunner(settings, PackageManager(settings))
+    try:
+        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT), runner.describe()
+    except BaseException:
+        await runner.close()
+        raise
+    return runner
+
 CHART = PLOT  # the benchmark's chart (bench/arrivals.py measures the warm-up's effect on it)
 
 # What a run could find of a warm-up: figures, figure numbers, rcParams, seaborn's
@@ -168,13 +184,8 @@ async def test_a_spare_waits_at_a_low_cpu_weight_and_its_run_competes_at_the_nor
 async def test_a_pooled_sandbox_that_warmed_up_shows_the_run_what_a_cold_start_does(tmp_path, sandbox_venv):
     """The pool's heavy sandboxes draw the same warm-up chart (bootstrap.prepare): their run
     sees no figure, file, rcParams or palette of it, as a sandbox started cold for the run."""
-    data = tmp_path / "data"
-    data.mkdir()
-    settings = make_settings(data, SANDBOX_FORK_SERVER="false", SANDBOX_POOL_SIZE="1", SANDBOX_LIGHT_POOL_SIZE="0",
-                             SANDBOX_POOL_PRELOAD=DATA_PRELOAD)
-    runner = SandboxRunner(settings, PackageManager(settings))
+    runner = await pooled_data_runner(tmp_path)
     try:
-        assert await asyncio.wait_for(runner.warm_up(), READY_TIMEOUT)
         pooled, cold = await asyncio.gather(run(runner, PROBE), run(runner, PROBE))  # one pooled sandbox: one is cold
         for outcome in (pooled, cold):
             assert outcome.success, outcome.error

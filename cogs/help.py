@@ -116,7 +116,9 @@ class HelpCog(commands.Cog, name="Help"):
 
     @app_commands.command(name="help", description="How to run code, use your files, sessions and packages")
     async def help(self, interaction: discord.Interaction) -> None:
-        await interaction.response.send_message(embed=help_embed(self.bot.settings), ephemeral=True,
+        # The limits a run really gets: with execution workers, theirs (learned at start-up).
+        settings = (await interpreter.get_engine()).applied_settings()
+        await interaction.response.send_message(embed=help_embed(settings), ephemeral=True,
                                                 allowed_mentions=NO_MENTIONS)
 
 

@@ -166,6 +166,7 @@ async def warm_up() -> dict:
     (SANDBOX_WARM_ON_FIRST_RUN) and runs start cold until it is ready."""
     executor = await get_executor()
     layers = await executor.warm_up()
+    await (await get_engine()).learn_run_limits()  # start-up: disagreeing settings are logged now
     if isinstance(executor, LocalExecutor):
         await executor.wait_warm()
         layers = executor.runner.describe()

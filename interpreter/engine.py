@@ -25,6 +25,7 @@ from typing import Any
 
 from config import Settings, load_settings
 from interpreter import policy
+from interpreter.worker_limits import as_applied
 from interpreter.access import RunAccess
 from interpreter.assistant import Assistant
 from interpreter.audit import Clock, RunAudit
@@ -71,6 +72,7 @@ class Engine:
         if executor is None:
             executor = make_executor(settings, self.store, packages=packages, runner=runner, sessions=sessions)
         self.executor = executor
+        self._run_limits: dict[str, float] = {}  # the execution workers', as last learned (none: local)
         # The in-process parts when execution is local (tests and the seed's get_package_manager
         # reach them); a remote executor has no runner or sessions in this process.
         self.packages = getattr(executor, "packages", None) or packages or PackageManager(settings)
@@ -168,7 +170,8 @@ class Engine:
                    attach_named_files: bool = True, admitted: Callable[[], None] = lambda: None,
                    run_id: str | None = None) -> RunResult:
         checked = self._check(code, timeout, user_id=user_id, user_files=user_files,
-                              install_packages=install_packages, session_id=session_id)
+                              install_packages=install_packages, session_id=session_id,
+                              maximum=await self._max_timeout())
         if checked.refusal:
             return RunResult.refusal(checked.refusal)
         admitted()  # a valid request: from here on it is a run in flight (the audit's admission record)
@@ -193,7 +196,7 @@ class Engine:
 
     async def run_snippet(self, code: str, inputs: list[InputFile], timeout: float | None = None) -> RunResult:
         """Run code with these input files (no store involved: the CLI and demo use this)."""
-        checked = self._check(code, timeout)
+        checked = self._check(code, timeout, maximum=await self._max_timeout())
         if checked.refusal:
             return RunResult.refusal(checked.refusal)
         return await self.executor.run(ExecutionRequest(code=code, timeout=checked.limit, user_id=0,
@@ -209,10 +212,27 @@ class Engine:
         owned = [meta["file_id"] for meta in await self.files.list_files(user_id) if meta.get("file_id") in named]
         return await self.files.resolve_for_run(user_id, owned) if owned else []
 
-    def _check(self, code: Any, timeout: Any, *, user_id: Any = 0, user_files: Any = None,
+    async def _max_timeout(self) -> float:
+        """The largest timeout a run may have: this bot's maximum, or the execution workers'
+        when it is lower (theirs is what they accept)."""
+        return float((await self.learn_run_limits()).max_run_timeout)
+
+    async def learn_run_limits(self) -> Settings:
+        """Ask the execution side for its per-run limits (the executor caches them) and
+        return applied_settings()."""
+        self._run_limits = await self.executor.run_limits() or self._run_limits
+        return self.applied_settings()
+
+    def applied_settings(self) -> Settings:
+        """This bot's settings with the per-run limits a run really gets, as last learned
+        (the execution workers' apply): what /help tells members."""
+        return as_applied(self.settings, self._run_limits)
+
+    def _check(self, code: Any, timeout: Any, *, maximum: float, user_id: Any = 0, user_files: Any = None,
                install_packages: Any = None, session_id: Any = None) -> _Checked:
         """Validate a request the way a caller of the seed API may get it wrong: the first
-        problem becomes the refusal; a timeout above the maximum is lowered, with a warning."""
+        problem becomes the refusal; a timeout above the maximum is lowered, with a warning
+        when the caller chose it (the default is lowered silently: the member chose nothing)."""
         refusal = (_code_refusal(code) or _member_refusal(user_id) or _timeout_refusal(timeout)
                    or _list_refusal(user_files, "user_files", "file ids")
                    or _list_refusal(install_packages, "install_packages", "package names")
@@ -222,12 +242,13 @@ class Engine:
         reason = policy.precheck(code)
         if reason:
             return _Checked(f"Security validation failed: {reason}")
-        requested = self.settings.run_timeout if timeout is None else timeout
-        maximum = self.settings.max_run_timeout
+        if timeout is None:
+            return _Checked(limit=min(float(self.settings.run_timeout), maximum))
+        requested = timeout
         if requested <= maximum:
             return _Checked(limit=float(requested))
         shown = f"{requested:g}" if isinstance(requested, float) else (str(requested) if requested < 10**18 else "more than 10**18")
-        return _Checked(limit=float(maximum), warnings=(f"timeout lowered from {shown} to the maximum of {maximum} seconds",))
+        return _Checked(limit=float(maximum), warnings=(f"timeout lowered from {shown} to the maximum of {maximum:g} seconds",))
 
     async def recent_runs(self, limit: int = 10, user_id: int | None = None, guild_id: int | None = None) -> list[dict]:
         """Audited runs, newest first (only one member's / one guild's when given).

@@ -92,6 +92,11 @@ class Executor(Protocol):
     async def status(self) -> dict:
         """Packages, sandbox layers, load and sessions, for /status (keys as get_interpreter_status)."""
 
+    async def run_limits(self) -> dict[str, float] | None:
+        """The per-run limits the machines that execute enforce (keys as status()["sandbox"]
+        ["limits"]) when they are other machines' and may differ from this process's
+        settings; None when they are this process's own, or cannot be learned now."""
+
     async def warm_up(self) -> dict:
         """Build the sandbox venv and start warm capacity now rather than on the first run.
         Returns the sandbox layers in force (as status()["sandbox"])."""
@@ -169,6 +174,9 @@ class LocalExecutor:
         status["runs"] = self.runner.load()
         status["sessions"] = self.sessions.describe()
         return status
+
+    async def run_limits(self) -> dict[str, float] | None:
+        return None  # this process's own settings are the limits
 
     async def warm_up(self) -> dict:
         await self.packages.ensure_venv()

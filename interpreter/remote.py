@@ -48,6 +48,7 @@ from interpreter.service.wire import (
 )
 from interpreter.sessions import EndReason, SessionInfo, SessionRefused
 from interpreter.types import InterpreterError
+from interpreter.worker_limits import LimitsWarning, lowest_limits
 
 if TYPE_CHECKING:
     from config import Settings
@@ -61,6 +62,7 @@ CALL_TIMEOUT_SECONDS = 30.0  # session calls, sweep
 STATUS_TIMEOUT_SECONDS = 3.0  # /status shows a worker that does not answer as such, quickly
 CONNECT_TIMEOUT_SECONDS = 5.0
 RUN_MARGIN_SECONDS = 300.0  # past the run's own timeout: queueing on the worker, files both ways
+LIMITS_EVERY_SECONDS = 60.0  # a worker reconfigured and restarted is noticed within this
 UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 
 NO_WORKER = "The code runners are unavailable right now; please try again in a minute"
@@ -114,6 +116,9 @@ class RemoteExecutor:
         self._http: aiohttp.ClientSession | None = None
         self._http_loop: asyncio.AbstractEventLoop | None = None
         self.retried = 0  # runs answered by a second worker after the first failed
+        self._limits: dict[str, float] | None = None
+        self._limits_at = -LIMITS_EVERY_SECONDS
+        self._limits_warning = LimitsWarning()
 
     # ------------------------------------------------------------------ workers
 
@@ -467,6 +472,19 @@ class RemoteExecutor:
         status["sessions"] = sessions
         status["executors"] = executors
         return status
+
+    async def run_limits(self) -> dict[str, float] | None:
+        """The lowest of each per-run limit over the workers answering /v1/status (a run may go
+        to any of them), asked again every LIMITS_EVERY_SECONDS; None while none answers."""
+        if self._limits is not None and time.monotonic() - self._limits_at < LIMITS_EVERY_SECONDS:
+            return self._limits
+        answers = await self._every_worker("GET", "/v1/status", timeout=STATUS_TIMEOUT_SECONDS)
+        limits = lowest_limits([answer.body for _, answer in answers if isinstance(answer, Answer)])
+        if not limits:
+            return None
+        self._limits, self._limits_at = limits, time.monotonic()
+        self._limits_warning.check(self.settings, limits)
+        return limits
 
     async def warm_up(self) -> dict:
         layers: dict = {}

@@ -1,0 +1,81 @@
+"""A bot whose settings disagree with its execution workers' limits: the workers' apply.
+
+A bot with the default 60 s run time-out in front of a worker whose maximum is 30 s used
+to send 60 with every /run, and the worker refused every run ("timeout: must be above 0
+and at most 30 seconds") though no member chose a time-out. Real worker process over
+HTTP, discord.py's real dispatch.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import interpreter
+from config.settings import Secret
+from tests.fixtures_executor import WORKER_TOKEN
+from tests.test_bot_help import fields_of
+
+
+def limit_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "interpreter.worker_limits" and r.levelno == logging.WARNING]
+
+
+async def test_a_bot_above_its_workers_limits_runs_with_the_workers_limits(
+        executor_workers, bot_settings, monkeypatch, tmp_path, caplog):
+    from tests.fixtures_discord import start_bot
+
+    caplog.set_level(logging.WARNING, logger="interpreter.worker_limits")
+    worker, = await executor_workers(1, RUN_TIMEOUT_SECONDS="30", MAX_RUN_TIMEOUT_SECONDS="30", RUN_MEMORY_MB="512")
+    settings = bot_settings.replace(executor_urls=(worker.url,), executor_token=Secret(WORKER_TOKEN),
+                                    run_timeout=60, max_run_timeout=120, run_memory_mb=1024)
+    w = await start_bot(settings, monkeypatch, tmp_path)
+    try:
+        await interpreter.warm_up()  # what the bot does at start-up (prepare_sandbox)
+        assert len(limit_warnings(caplog)) == 1, limit_warnings(caplog)  # before any run
+
+        # /help tells the limits a run really gets: the worker's.
+        shown = await w.harness.slash("help", w.alice)
+        limits = fields_of(shown)["⏱️ Limits"]
+        assert limits.startswith("Each run: 30 s (up to 30 s") and "512 MB of memory" in limits, limits
+
+        # The member chose no time-out: the run goes ahead under the worker's 30 s, silently.
+        ran = await w.harness.slash("run", w.alice, code="print(6 * 7)")
+        assert ran.content.startswith("✅ Finished") and "42" in ran.content, ran.content
+        assert "timeout" not in ran.content.lower(), ran.content
+
+        # An explicit value above the worker's maximum: lowered, and the member is told, as
+        # for a value above the bot's own maximum.
+        asked = await w.harness.slash("run", w.alice, code="print('ok')", timeout=100)
+        assert asked.content.startswith("✅ Finished"), asked.content
+        assert "timeout lowered from 100 to the maximum of 30 seconds" in asked.content, asked.content
+        within = await w.harness.slash("run", w.alice, code="print('ok')", timeout=20)
+        assert within.content.startswith("✅ Finished") and "lowered" not in within.content, within.content
+
+        # One warning for the whole class of limits, naming each disagreeing setting.
+        warned = limit_warnings(caplog)
+        assert len(warned) == 1, warned
+        for named in ("RUN_TIMEOUT_SECONDS=60", "MAX_RUN_TIMEOUT_SECONDS=120", "RUN_MEMORY_MB=1024", "512"):
+            assert named in warned[0], warned[0]
+        assert "OUTPUT_LIMIT_BYTES" not in warned[0], warned[0]  # the same on both sides
+    finally:
+        w.bot.expiry_sweep.cancel()
+        await (await interpreter.get_engine()).close()
+
+
+async def test_a_bot_matching_its_workers_logs_no_warning(executor_workers, bot_settings, monkeypatch, tmp_path,
+                                                          caplog):
+    from tests.fixtures_discord import start_bot
+
+    caplog.set_level(logging.WARNING, logger="interpreter.worker_limits")
+    worker, = await executor_workers(1)
+    settings = bot_settings.replace(executor_urls=(worker.url,), executor_token=Secret(WORKER_TOKEN),
+                                    run_timeout=30, max_run_timeout=30)
+    w = await start_bot(settings, monkeypatch, tmp_path)
+    try:
+        ran = await w.harness.slash("run", w.alice, code="print(6 * 7)")
+        assert ran.content.startswith("✅ Finished"), ran.content
+        assert limit_warnings(caplog) == []
+    finally:
+        w.bot.expiry_sweep.cancel()
+        await (await interpreter.get_engine()).close()

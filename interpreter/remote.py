@@ -119,6 +119,7 @@ class RemoteExecutor:
         self._limits: dict[str, float] | None = None
         self._limits_at = -LIMITS_EVERY_SECONDS
         self._limits_warning = LimitsWarning()
+        self._learning: asyncio.Future[dict[str, float] | None] | None = None
 
     # ------------------------------------------------------------------ workers
 
@@ -478,6 +479,14 @@ class RemoteExecutor:
         to any of them), asked again every LIMITS_EVERY_SECONDS; None while none answers."""
         if self._limits is not None and time.monotonic() - self._limits_at < LIMITS_EVERY_SECONDS:
             return self._limits
+        # One question at a time: runs arriving together wait for the same answer rather
+        # than each asking every worker (which would also count as load in _pick).
+        learning = self._learning
+        if learning is None or learning.done() or learning.get_loop() is not asyncio.get_running_loop():
+            learning = self._learning = asyncio.ensure_future(self._learn_limits())
+        return await asyncio.shield(learning)
+
+    async def _learn_limits(self) -> dict[str, float] | None:
         answers = await self._every_worker("GET", "/v1/status", timeout=STATUS_TIMEOUT_SECONDS)
         limits = lowest_limits([answer.body for _, answer in answers if isinstance(answer, Answer)])
         if not limits:

@@ -213,7 +213,7 @@ FIELDS: tuple[Field, ...] = (
     Field("disk_reserve_mb", "DISK_RESERVE_MB", "16", _int_range(0), "MB set aside in DATA_DIR while there is room; released when the disk is full so deleting files still works (the database needs a little space to delete). 0: none."),
     # Runs
     Field("run_timeout", "RUN_TIMEOUT_SECONDS", "60", _int_range(1, 3600), "Default time limit of one run, in seconds: wall-clock time, less the time the queue paused it or, in the long lane, it waited for a CPU (see RUN_WALL_TIME_FACTOR)."),
-    Field("max_run_timeout", "MAX_RUN_TIMEOUT_SECONDS", "120", _int_range(1, 3600), "Largest timeout a member may ask for."),
+    Field("max_run_timeout", "MAX_RUN_TIMEOUT_SECONDS", "120", _int_range(1, 3600), "Largest timeout a member may ask for. With execution workers (EXECUTOR_URLS) their maximum applies when lower: the bot lowers its timeouts to it and logs the difference."),
     Field("output_limit_bytes", "OUTPUT_LIMIT_BYTES", "100000", _int_range(1000), "Output kept from one run (stdout and stderr together); the rest is cut with a marker."),
     Field("output_kill_bytes", "OUTPUT_KILL_BYTES", "10000000", _int_range(1000), "A run that prints more than this is stopped ('output limit')."),
     Field("run_memory_mb", "RUN_MEMORY_MB", "1024", _int_range(64), "Memory one run may use (cgroup limit), in MB."),

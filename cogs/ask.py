@@ -296,7 +296,7 @@ class AskCog(commands.Cog, name="Ask"):
             files = await self._describe_files(in_reach, runner)
         except RunNotStarted as refusal:  # the look at the files could not start (queue, cooldown)
             return Answer(AskOutcome.RUN_REFUSED, detail=str(refusal))
-        facts = sandbox_facts(self.settings, interpreter.get_package_manager().approved,
+        facts = sandbox_facts(engine.applied_settings(), interpreter.get_package_manager().approved,
                               stateful=thread.conversation.session_id is not None)
         return await engine.assistant.ask(thread.conversation, question, system=system_prompt(facts, files),
                                           run_code=runner.run, progress=editor.on_progress)

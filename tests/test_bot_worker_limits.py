@@ -13,6 +13,7 @@ import logging
 import interpreter
 from config.settings import Secret
 from tests.fixtures_executor import WORKER_TOKEN
+from tests.openai_script import answer
 from tests.test_bot_help import fields_of
 
 
@@ -76,6 +77,26 @@ async def test_a_bot_matching_its_workers_logs_no_warning(executor_workers, bot_
         ran = await w.harness.slash("run", w.alice, code="print(6 * 7)")
         assert ran.content.startswith("✅ Finished"), ran.content
         assert limit_warnings(caplog) == []
+    finally:
+        w.bot.expiry_sweep.cancel()
+        await (await interpreter.get_engine()).close()
+
+
+async def test_ask_tells_the_model_the_workers_limits(executor_workers, bot_settings, model, monkeypatch, tmp_path):
+    from tests.fixtures_discord import start_bot
+
+    worker, = await executor_workers(1, RUN_TIMEOUT_SECONDS="30", MAX_RUN_TIMEOUT_SECONDS="30", RUN_MEMORY_MB="512")
+    settings = bot_settings.replace(executor_urls=(worker.url,), executor_token=Secret(WORKER_TOKEN),
+                                    run_timeout=60, max_run_timeout=120, run_memory_mb=1024,
+                                    openai_base_url=model.url, openai_api_key=Secret("sk-test-limits"))
+    w = await start_bot(settings, monkeypatch, tmp_path)
+    try:
+        await interpreter.warm_up()
+        model.script = [answer("Nothing to run for that.")]
+        reply = await w.harness.slash("ask", w.alice, question="What can the sandbox do?")
+        assert "Nothing to run for that." in reply.content, reply.content
+        system = model.received[0].messages[0]["content"]
+        assert "30 s and 512 MB per run" in system, system
     finally:
         w.bot.expiry_sweep.cancel()
         await (await interpreter.get_engine()).close()

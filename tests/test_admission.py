@@ -348,6 +348,51 @@ def test_a_runs_task_times_count_the_cpu_of_tasks_that_ended_between_two_reading
         parent.wait()
 
 
+def test_a_runs_own_time_counts_its_time_however_many_tasks_it_has():
+    """Own time = wall time less the time some task waited for a CPU (at least the longest
+    single wait, and the summed wait shared out over the tasks that waited), or the CPU
+    time if that is more. Before, wall time less the *summed* wait: a burst of competing
+    tasks made that negative, and a sleep right after it counted as nothing."""
+    # One task: its wait is the run's.
+    assert TaskTimes(1.0, 3.0, task_waits={7: 3.0}).own_seconds(10) == 7
+    # Many busy tasks competing for one CPU for 10 s: their waits add up to 30 s; the CPU
+    # (10 s) is all their time, the run's own.
+    busy = {tid: 7.5 for tid in range(4)}
+    assert TaskTimes(10.0, 30.0, task_waits=busy).own_seconds(10) == 10
+    # A burst of 8 processes competing for 1 s (7 s of waits summed, 7/8 s each), then a
+    # 9 s sleep: the sleep counts (before: max(10 - 7, 1) = 3 s).
+    burst = {tid: 7 / 8 for tid in range(100, 108)}
+    assert TaskTimes(1.0, 7.0, task_waits=burst).own_seconds(10) == 10 - 7 / 8
+    # The same burst with 100 competing tasks (99 s of waits in 1 s): still the sleep counts.
+    crowd = {tid: 0.99 for tid in range(100)}
+    assert abs(TaskTimes(1.0, 99.0, task_waits=crowd).own_seconds(10) - 9.01) < 1e-9
+    # Starved at idle weight: a task that got 0.1 s of CPU in 10 s, waiting the rest, alone
+    # or with its main thread asleep until it is done (joining it): its own time stays small.
+    assert TaskTimes(0.1, 9.9, task_waits={1: 9.9}).own_seconds(10) == 0.1
+    assert TaskTimes(0.1, 9.9, task_waits={1: 0.0, 2: 9.9}).own_seconds(10) == 0.1
+    # Two starved workers waiting side by side (about 9.9 s each): small too.
+    assert abs(TaskTimes(0.2, 19.7, task_waits={1: 9.8, 2: 9.9}).own_seconds(10) - 0.2) < 1e-9
+    # Times made without waits task by task (tests, older probes): `waited` is one task's.
+    assert TaskTimes(0.06, 1000.0).own_seconds(10) == 0.06
+    # While a task is runnable, only CPU time, however the waits add up.
+    assert TaskTimes(1.0, 7.0, runnable=True, task_waits=burst).own_seconds(10) == 1.0
+
+
+def test_a_runs_own_time_between_two_readings_counts_the_tasks_that_came_and_went():
+    """`since` takes each task's wait as its growth between the readings: a task that
+    ended keeps its last reading (no growth), a new one counts from nothing."""
+    first = TaskTimes(1.0, 7.0, task_waits={1: 0.0, **{tid: 7 / 8 for tid in range(100, 108)}})
+    # 5 s later: the burst's processes ended (as last read), the main task slept, and a new
+    # task came, waited 0.5 s and ran 0.5 s.
+    later = TaskTimes(1.5, 7.5, task_waits={**first.task_waits, 200: 0.5})
+    between = later.since(first)
+    assert between.task_waits == {200: 0.5} and between.waited == 0.5
+    assert between.own_seconds(5) == 4.5
+    # Another burst between the readings: 4 new tasks competing on one CPU for 2 s of the 5.
+    again = TaskTimes(3.0, 13.0, task_waits={**first.task_waits, **{tid: 1.5 for tid in range(300, 304)}})
+    assert again.since(first).own_seconds(5) == 3.5
+
+
 async def test_a_run_whose_tasks_have_all_ended_is_not_long():
     """Its code is done and the runner is collecting its files: moving it gains nothing."""
     gate = AdmissionGate(1, long_capacity=1, long_after=0.05, wait_for_probe=True)
@@ -864,8 +909,8 @@ def cpu_hogs(cpu: int, count: int, shares: int = HOG_SHARES):
 
 
 @contextlib.asynccontextmanager
-async def starved_runs(tmp_path: Path, *, hog_shares: int = HOG_SHARES, **settings: str):
-    """An engine of one slot, runs forked from templates pinned to one CPU that busy
+async def starved_runs(tmp_path: Path, *, hog_shares: int = HOG_SHARES, hogs: int = HOGS, **settings: str):
+    """An engine of one slot, runs forked from templates pinned to one CPU that `hogs` busy
     processes hog (weighing `hog_shares`), while the bot itself runs on the other CPUs;
     long after 0.1 s (the setting's least)."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -880,8 +925,8 @@ async def starved_runs(tmp_path: Path, *, hog_shares: int = HOG_SHARES, **settin
             **settings))
         assert await interpreter.warm_up()
     try:
-        with pinned_threads(host_cpus), cpu_hogs(runs_cpu, HOGS, hog_shares) as hogs:
-            engine.test_hogs = hogs  # the hogs' cpu cgroup, for a test that weighs them again
+        with pinned_threads(host_cpus), cpu_hogs(runs_cpu, hogs, hog_shares) as hog_group:
+            engine.test_hogs = hog_group  # the hogs' cpu cgroup, for a test that weighs them again
             yield engine
     finally:
         await engine.close()
@@ -946,7 +991,8 @@ async def test_a_starved_long_loop_gets_its_time_out_of_its_own_time_not_of_wall
         clock = gate._long[0].clock
         assert clock.counts_own_time
         readings, probe = [], clock._probe  # what the clock reads of the run's tasks
-        clock._probe = lambda: readings.append(probe()) or readings[-1]
+        clock._probe = lambda: readings.append(probe()) or stamps.append(time.monotonic() - started) or readings[-1]
+        stamps = []
         await until(run.done, "the loop times out", within=120)
         result = run.result()
     assert killed, "the loop was never killed"
@@ -995,6 +1041,49 @@ async def test_a_sleep_in_the_long_lane_still_times_out_on_time(tmp_path, sandbo
     assert result["exit_cause"] == "timeout" and result["error"] == "Execution timeout after 2 seconds", result
     assert killed and killed[0] - moved < 2 + 0.5, (killed, moved)  # its time-out ran on from the slot
     assert not any("for a CPU" in w for w in result.get("warnings", ())), result
+
+
+BURSTS_THEN_SLEEPS = """
+import os, time
+start = time.monotonic()
+for _ in range(24):  # processes that, each second, compete for the run's one CPU for 0.25 s, then sleep
+    if os.fork() == 0:
+        while True:
+            into = (time.monotonic() - start) % 1.0
+            if into >= 0.25:
+                time.sleep(1.0 - into)
+time.sleep(60)
+"""
+
+
+async def test_sleeps_after_bursts_of_competing_processes_count_towards_the_time_out(tmp_path, sandbox_venv,
+                                                                                      monkeypatch):
+    """Processes competing with each other record more wait, summed, than the wall time
+    (~5.75 s each second here). Before, own time was wall time less that sum, or the CPU
+    time if more: the sleeps between the bursts counted as nothing, so a 3 s time-out ran
+    ~12 s (the CPU time, a quarter of the wall time), and the member was told it waited
+    for a CPU. Now the time some task waited is left out, not the sum."""
+    killed = record_kills(monkeypatch)
+    # The runs' CPU pinned, with no hog on it: the processes wait only for each other.
+    async with starved_runs(tmp_path, hogs=0, RUN_WALL_TIME_FACTOR="30") as engine:
+        gate = engine.runner._admission()
+        started = time.monotonic()
+        run = asyncio.create_task(interpreter.execute_code(BURSTS_THEN_SLEEPS, user_id=ALICE, timeout=3))
+        await until(lambda: gate.long_running == 1, "the run moves to the long lane", within=30)
+        clock = gate._long[0].clock
+        assert clock.counts_own_time
+        readings, probe = [], clock._probe  # what the clock reads of the run's tasks
+        clock._probe = lambda: readings.append(probe()) or readings[-1]
+        await until(run.done, "the run times out", within=120)
+        result = run.result()
+    assert result["exit_cause"] == "timeout" and result["error"] == "Execution timeout after 3 seconds", result
+    ran = killed[0] - started if killed else None
+    summed = max((r.waited for r in readings if r is not None), default=0.0)
+    assert ran is not None and summed > ran, f"the waits never added up to more than the wall time: {summed}, {ran}"
+    # Before: 10.5 s measured (the member told it waited 7.5 s). Now ~5.3 s: the time-out,
+    # the time some task waited (~1.4 s), and what the clock under-counts when it reads
+    # the run in a burst (only CPU time counts while a task is runnable).
+    assert ran < 8, (ran, summed, result.get("warnings"))
 
 
 async def test_without_per_task_times_long_runs_time_out_on_wall_time_and_status_and_log_say_so(

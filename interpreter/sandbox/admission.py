@@ -28,9 +28,14 @@ time waiting for a CPU, and a run judged long for that would be demoted to the i
 (or paused) where it starves further with its time-out running. So the runner gives each
 run a probe (`Grant.measure_with`, schedstat.py) once its sandbox has started: its tasks'
 CPU time and runqueue wait since then. A run's own time is its wall time since then less
-the time its tasks waited for a CPU, or the CPU time its tasks used if that is more (a run
-of many busy processes waits in all of them at once: its wait can exceed its wall time,
-never its CPU). While one of its tasks is runnable, only its CPU time counts: the kernel
+the time some task of it waited for a CPU, or the CPU time its tasks used if that is more.
+Not less their summed wait: tasks of one run (a burst of busy threads or processes, or a
+run throttled by its own CPU quota) wait at once, their waits can add up to more than the
+wall time, and a sleep after such a burst would count as nothing. The time some task
+waited is taken as the longest single task's wait, or the summed wait shared out over the
+tasks that waited if that is more (`TaskTimes.waited_at_once`): however many tasks a run
+has, its sleeps count, and a starved run (one task, or a thread joining a starved one)
+keeps its own time small. While one of its tasks is runnable, only its CPU time counts: the kernel
 adds a wait to the statistics when it ends, so a wait going on cannot be told from a
 sleep. A run whose tasks have all ended is not long (its code is done; the runner is
 collecting its files). At its long-after time a run whose own time is shorter is looked at again when it
@@ -159,8 +164,8 @@ class RunClock:
     It stands still while the run is paused (`pause`/`resume`: the queue froze it), and,
     once `count_own_time` is called (the queue lowered the run's CPU weight, admission.py),
     it leaves out the time the run's tasks waited for a CPU: its running time is then its
-    own time as the probe tells it (wall time less runqueue wait, or its CPU time if that
-    is more; while one of its tasks is runnable, a wait going on is not in the figures
+    own time as the probe tells it (`TaskTimes.own_seconds`: wall time less the time some
+    task waited for a CPU, or its CPU time if that is more; while one of its tasks is runnable, a wait going on is not in the figures
     yet, so only CPU time counts until it is known). The time it left out is
     `starved_seconds`. So that no run holds its memory and place forever, `until` also
     stops a run whose unpaused wall time reached `wall_factor` times its budget, however
@@ -369,7 +374,7 @@ class Grant:
 
     def own_seconds(self) -> float:
         """Seconds this run has run or slept since its own time began counting (wall time
-        before the probe came; wall time less runqueue wait, or CPU time, after)."""
+        before the probe came; `TaskTimes.own_seconds` after)."""
         now = asyncio.get_running_loop().time()
         since = self._measured_since if self._measured_since is not None else now
         times = self._probe() if self._probe is not None else None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 NS = 1e-9
@@ -47,17 +48,40 @@ class TaskTimes:
     # No task of the run is left (its code has ended; the host is collecting and tearing
     # down): nothing of it runs or sleeps any more.
     ended: bool = False
+    # `waited` task by task (tid -> seconds; ended tasks as last read). Empty: not known
+    # task by task, and `waited` is taken for one task's.
+    task_waits: Mapping[int, float] = dataclasses.field(default_factory=dict)
 
     def own_seconds(self, wall: float) -> float:
         """Of `wall` seconds these times cover, those the run ran or slept: wall time less
-        the time its tasks waited for a CPU, or its CPU time if that is more (a run of many
-        busy tasks waits in all of them at once). While a task is runnable, only CPU time."""
-        return self.on_cpu if self.runnable else max(wall - self.waited, self.on_cpu)
+        the time some task of it waited for a CPU, or its CPU time if that is more. While a
+        task is runnable, only CPU time (see `runnable`)."""
+        return self.on_cpu if self.runnable else max(wall - self.waited_at_once(wall), self.on_cpu)
+
+    def waited_at_once(self, wall: float) -> float:
+        """Of `wall` seconds, at least how long some task of the run waited for a CPU.
+
+        Not `waited`: waits overlap. Tasks of one run compete with each other (a burst of
+        busy threads or processes, or a run throttled by its own CPU quota) and wait at
+        once, so their waits can add up to more than the wall time, and wall less their
+        sum would count a sleep right after such a burst as nothing. The time some task
+        waited is at least the longest single task's wait (one task's waits never overlap)
+        and at least the summed wait shared out over the tasks that waited (no more than
+        all of them wait at once). The larger of those two is taken: so a run's own time
+        is never less for its tasks' number, a single starved task (or a thread joining a
+        starved one) leaves its own time small, and what is left out (waits that did not
+        overlap, spread over many tasks) errs towards counting the run's time, up to the
+        wall time."""
+        waits = [wait for wait in self.task_waits.values() if wait > 0] or [self.waited]
+        return min(wall, max(max(waits), self.waited / len(waits)))
 
     def since(self, earlier: "TaskTimes") -> "TaskTimes":
-        """These times less `earlier`'s (flags as now)."""
-        return dataclasses.replace(self, on_cpu=max(0.0, self.on_cpu - earlier.on_cpu),
-                                   waited=max(0.0, self.waited - earlier.waited))
+        """These times less `earlier`'s (flags as now; a task's wait as its growth since then)."""
+        return dataclasses.replace(
+            self, on_cpu=max(0.0, self.on_cpu - earlier.on_cpu),
+            waited=max(0.0, self.waited - earlier.waited),
+            task_waits={tid: wait - earlier.task_waits.get(tid, 0.0) for tid, wait in self.task_waits.items()
+                        if wait > earlier.task_waits.get(tid, 0.0)})
 
 
 def read_schedstat(tid: int | str) -> tuple[int, int] | None:
@@ -131,13 +155,14 @@ class RunTaskTimes:
         if len(self._last_seen) > self.max_tasks * 4:  # a run that keeps starting tasks: forget the oldest
             self._last_seen = dict(list(self._last_seen.items())[-self.max_tasks:])
         on_cpu = sum(cpu for cpu, _ in self._last_seen.values()) * NS
-        waited = sum(wait for _, wait in self._last_seen.values())
+        task_waits = {tid: wait * NS for tid, (_, wait) in self._last_seen.items() if wait}
         # The same CPU by process, with what ended between readings (a process gone and not
         # yet reaped is missing from both until its reaper's counters have it).
         by_process = sum(max(0.0, cpu - self._process_baseline.get(pid, 0.0))
                          for pid, cpu in self._process_cpu().items())
         # No task left, whether or not one was seen before: its code has ended.
-        return TaskTimes(max(on_cpu, by_process), waited * NS, runnable, ended=not found)
+        return TaskTimes(max(on_cpu, by_process), sum(task_waits.values()), runnable, ended=not found,
+                         task_waits=task_waits)
 
     def _process_cpu(self) -> dict[int, float]:
         """pid -> CPU seconds (read_stat) of the run's processes; none when their list is unreadable."""

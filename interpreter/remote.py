@@ -63,6 +63,7 @@ STATUS_TIMEOUT_SECONDS = 3.0  # /status shows a worker that does not answer as s
 CONNECT_TIMEOUT_SECONDS = 5.0
 RUN_MARGIN_SECONDS = 300.0  # past the run's own timeout: queueing on the worker, files both ways
 LIMITS_EVERY_SECONDS = 60.0  # a worker reconfigured and restarted is noticed within this
+LIMITS_RETRY_SECONDS = 5.0  # no worker answered: asked again no sooner than this
 UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 
 NO_WORKER = "The code runners are unavailable right now; please try again in a minute"
@@ -117,7 +118,7 @@ class RemoteExecutor:
         self._http_loop: asyncio.AbstractEventLoop | None = None
         self.retried = 0  # runs answered by a second worker after the first failed
         self._limits: dict[str, float] | None = None
-        self._limits_at = -LIMITS_EVERY_SECONDS
+        self._ask_limits_at = float("-inf")  # when the workers' limits are asked again
         self._limits_warning = LimitsWarning()
         self._learning: asyncio.Future[dict[str, float] | None] | None = None
 
@@ -476,22 +477,34 @@ class RemoteExecutor:
 
     async def run_limits(self) -> dict[str, float] | None:
         """The lowest of each per-run limit over the workers answering /v1/status (a run may go
-        to any of them), asked again every LIMITS_EVERY_SECONDS; None while none answers."""
-        if self._limits is not None and time.monotonic() - self._limits_at < LIMITS_EVERY_SECONDS:
-            return self._limits
-        # One question at a time: runs arriving together wait for the same answer rather
-        # than each asking every worker (which would also count as load in _pick).
-        learning = self._learning
-        if learning is None or learning.done() or learning.get_loop() is not asyncio.get_running_loop():
-            learning = self._learning = asyncio.ensure_future(self._learn_limits())
-        return await asyncio.shield(learning)
+        to any of them); None while none has answered yet.
+
+        A run never waits for a refresh: once limits are known, a stale answer is returned
+        while the workers are asked again in the background (every LIMITS_EVERY_SECONDS), so
+        a worker that hangs on /status costs no run its STATUS_TIMEOUT_SECONDS. Only the
+        first question, with nothing known, is awaited; when no worker answers it, it is
+        asked again no sooner than LIMITS_RETRY_SECONDS later."""
+        if time.monotonic() >= self._ask_limits_at:
+            # One question at a time: runs arriving together share it rather than each
+            # asking every worker (which would also count as load in _pick).
+            learning = self._learning
+            if learning is None or learning.done() or learning.get_loop() is not asyncio.get_running_loop():
+                learning = self._learning = asyncio.ensure_future(self._learn_limits())
+            if self._limits is None:
+                return await asyncio.shield(learning)
+        return self._limits
 
     async def _learn_limits(self) -> dict[str, float] | None:
-        answers = await self._every_worker("GET", "/v1/status", timeout=STATUS_TIMEOUT_SECONDS)
-        limits = lowest_limits([answer.body for _, answer in answers if isinstance(answer, Answer)])
+        try:
+            answers = await self._every_worker("GET", "/v1/status", timeout=STATUS_TIMEOUT_SECONDS)
+            limits = lowest_limits([answer.body for _, answer in answers if isinstance(answer, Answer)])
+        except Exception:  # noqa: BLE001 - often in the background: a run goes on with what is known
+            log.warning("could not ask the execution workers for their limits", exc_info=True)
+            limits = None
         if not limits:
-            return None
-        self._limits, self._limits_at = limits, time.monotonic()
+            self._ask_limits_at = time.monotonic() + LIMITS_RETRY_SECONDS
+            return self._limits
+        self._limits, self._ask_limits_at = limits, time.monotonic() + LIMITS_EVERY_SECONDS
         self._limits_warning.check(self.settings, limits)
         return limits
 

@@ -8,6 +8,7 @@ HTTP, discord.py's real dispatch.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import interpreter
@@ -100,3 +101,46 @@ async def test_ask_tells_the_model_the_workers_limits(executor_workers, bot_sett
     finally:
         w.bot.expiry_sweep.cancel()
         await (await interpreter.get_engine()).close()
+
+
+async def test_a_worker_that_hangs_on_status_costs_no_run_a_wait(bot_settings, monkeypatch):
+    """The limits are asked of every worker, and a worker may hang on /v1/status. Once they
+    are known, a run never waits for their refresh: it gets the last answer while the
+    workers are asked again in the background. With nothing known, the first question is
+    awaited, and when no worker answers it is not asked again by every following run."""
+    from interpreter import remote
+    from interpreter.remote import RemoteExecutor
+
+    asked = []
+
+    async def hangs(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.append(1)
+        await reader.read()  # never answers; ends when the bot gives up and closes
+        writer.close()
+
+    server = await asyncio.start_server(hangs, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    settings = bot_settings.replace(executor_urls=(url,), executor_token=Secret(WORKER_TOKEN))
+    known = {"max_timeout_s": 30.0}
+    stale = RemoteExecutor(settings, store=None)
+    fresh = RemoteExecutor(settings, store=None)
+    try:
+        monkeypatch.setattr(remote, "STATUS_TIMEOUT_SECONDS", 30.0)
+        stale._limits = known  # learned a while ago, and due to be asked again
+        assert await asyncio.wait_for(stale.run_limits(), 10) == known  # not the worker's 30 s
+
+        assert stale._learning is not None and not stale._learning.done()  # asked in the background
+        stale._learning.cancel()
+        await stale.close()
+
+        monkeypatch.setattr(remote, "STATUS_TIMEOUT_SECONDS", 0.2)
+        asked.clear()
+        assert await fresh.run_limits() is None  # asked, and no worker answered
+        assert await fresh.run_limits() is None
+        assert len(asked) == 1, "every run asked the hung worker again"
+    finally:
+        for executor in (stale, fresh):
+            if executor._learning is not None:
+                executor._learning.cancel()
+            await executor.close()
+        server.close()

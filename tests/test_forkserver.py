@@ -300,6 +300,20 @@ async def test_a_forked_run_is_two_processes_cloned_straight_into_its_namespaces
         await sandbox.destroy()
 
 
+async def test_a_forked_sandbox_let_go_of_is_destroyed_at_once_however_often(forking):
+    """A forked sandbox can be let go of (abandon: killed, its watcher stopped) and still be
+    destroyed afterwards, e.g. a spare dropped while the keeper is cancelled and then
+    stopped with the rest: that destroy waited for an exit status nobody would read any
+    more, and the fork server's close (a test's teardown, the bot's shutdown) hung for ever."""
+    server = serving(forking)
+    sandbox = await server.fork(10)
+    assert sandbox is not None
+    sandbox.abandon()
+    await asyncio.wait_for(sandbox.destroy(), 30)
+    await asyncio.wait_for(sandbox.destroy(), 30)
+    assert sandbox.proc.returncode == -signal.SIGKILL
+
+
 @BOTH_TEMPLATES
 async def test_a_forked_runs_exit_status_is_the_kernels_whether_its_init_exits_or_is_killed(forking):
     """The template reaps each run's init and reports its status: an exit code the member

@@ -681,8 +681,13 @@ class ForkedProcess:
                 status = reported
         except (OSError, ValueError, AttributeError):
             pass
-        await _readable(self._pidfd)  # the init itself has gone
-        self.returncode = status
+        with contextlib.suppress(OSError, ValueError):  # (a pidfd closed by release: let go of already)
+            await _readable(self._pidfd)  # the init itself has gone
+        self._ended(status)
+
+    def _ended(self, status: int) -> None:
+        if self.returncode is None:
+            self.returncode = status
         self._exited.set()
 
     async def wait(self) -> int:
@@ -695,10 +700,13 @@ class ForkedProcess:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)  # the run's init follows (PDEATHSIG)
 
     def release(self) -> None:
+        """Let go of the run: killed, and no longer watched. Whoever still waits for it is
+        told it was killed rather than left waiting for a status nobody will read."""
         self._watcher.cancel()
         with contextlib.suppress(OSError):
             os.close(self._pidfd)
         self._handshake.close()
+        self._ended(-signal.SIGKILL)
 
 
 @dataclasses.dataclass

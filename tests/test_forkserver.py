@@ -300,6 +300,41 @@ async def test_a_forked_run_is_two_processes_cloned_straight_into_its_namespaces
         await sandbox.destroy()
 
 
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+async def test_a_paused_run_whose_template_died_is_killed_when_the_bot_starts_again(forking):
+    """A run paused (its cgroup frozen) when its template's Python dies cannot die itself:
+    its PDEATHSIG stays pending while it is frozen, and its init falls to the template's
+    bwrap, which waits for it for ever, with the memory it holds. The start-up sweep
+    (CgroupManager.detect) kills and thaws it, as it does a run a dead bot paused."""
+    from interpreter.sandbox.limits import CgroupManager
+
+    server = serving(forking)
+    sandbox = await server.fork(10)
+    assert sandbox is not None and sandbox.cgroup is not None
+    try:
+        init, template_python = sandbox.proc.pid, template_python_pid(forking)
+        assert sandbox.cgroup.freeze()
+        os.kill(template_python, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while parent_of(init) == template_python:
+            assert loop.time() < deadline, "the init was never re-parented"
+            await asyncio.sleep(0.01)
+        assert Path(f"/proc/{parent_of(init)}/comm").read_text().strip() == "bwrap"
+        assert sandbox.cgroup.pids(), "a frozen run does not die by itself"
+        CgroupManager.detect()  # the bot starting up again
+        while sandbox.cgroup.pids():
+            assert loop.time() < deadline, "the paused run of a dead template was left frozen"
+            await asyncio.sleep(0.01)
+    finally:
+        sandbox.cgroup.frozen = True
+        sandbox.cgroup.kill_all()
+        await sandbox.destroy()
+
+
 async def test_a_forked_sandbox_let_go_of_is_destroyed_at_once_however_often(forking):
     """A forked sandbox can be let go of (abandon: killed, its watcher stopped) and still be
     destroyed afterwards, e.g. a spare dropped while the keeper is cancelled and then

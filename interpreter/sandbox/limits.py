@@ -460,8 +460,10 @@ class CgroupManager:
     def _kill_orphaned_frozen(self) -> None:
         """A run paused by a bot that has died stays frozen, deaf even to its die-with-parent
         SIGKILL, with the memory it holds. A frozen group none of whose processes has a
-        parent outside it but init is such a run (a live bot is the parent of its sandboxes'
-        bwrap, a live fork-server template of its runs' inits): kill it and thaw it."""
+        parent outside it but init, or a bwrap, is such a run: a live bot is the parent of
+        its sandboxes' bwrap, a live fork-server template's Python of its runs' inits; when
+        that template dies, the inits it cloned fall to its bwrap (pid 1 of its namespace),
+        which waits for them for ever. Kill it and thaw it."""
         if not self.freezer:
             return
         state = "freezer.state" if self.version == 1 else "cgroup.freeze"
@@ -473,7 +475,7 @@ class CgroupManager:
                 continue
             group = RunCgroup([child], self.version, freezer_dir=child, frozen=True)  # kill_all thaws it
             pids = group.pids()
-            if pids and all(_parent_pid(pid) in pids | {0, 1} for pid in pids):
+            if pids and all(_parent_pid(pid) in pids | {0, 1} or _is_bwrap(_parent_pid(pid)) for pid in pids):
                 log.warning("killing run cgroup %s: paused, and the bot that paused it is gone", child.name)
                 group.kill_all()
 
@@ -481,6 +483,13 @@ class CgroupManager:
         """A sweep at most every SWEEP_INTERVAL_SECONDS (called as runs start)."""
         if time.monotonic() - self._last_sweep >= SWEEP_INTERVAL_SECONDS:
             self.sweep()
+
+
+def _is_bwrap(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "bwrap"
+    except OSError:
+        return False
 
 
 def _parent_pid(pid: int) -> int:
